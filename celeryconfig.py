@@ -1,0 +1,38 @@
+"""Celery settings as a plain module (Celery's `config_from_object` reads it).
+
+Values come from settings.py, the one place that reads the environment.
+"""
+
+import settings
+
+broker_url = settings.REDIS_URL or "redis://127.0.0.1:6379/0"
+result_backend = broker_url
+
+# Pixels travel as raw bytes (msgpack); results are JSON so anything can read them. Never pickle.
+task_serializer = "msgpack"
+result_serializer = "json"
+accept_content = ["msgpack", "json"]
+result_accept_content = ["json"]
+
+# Single images go to the interactive queue; workers are started with -Q for it.
+task_default_queue = settings.INTERACTIVE_QUEUE
+task_routes = {"classify": {"queue": settings.INTERACTIVE_QUEUE}}
+imports = ("tasks.classify", "tasks.worker")
+
+# One process owns the model (one per GPU); batching happens inside it.
+worker_pool = "prefork"
+worker_concurrency = 1
+# celery-batches can only batch what was prefetched: room for a full batch running
+# plus a full batch filling behind it.
+worker_prefetch_multiplier = 2 * settings.BATCH_SIZE
+# Loading and warming a model takes far longer than the 4 s default.
+worker_proc_alive_timeout = 180.0
+worker_send_task_events = True
+task_send_sent_event = True
+
+# A request is acknowledged after its batch ran, so a crashed worker's requests are redelivered.
+task_acks_late = True
+broker_transport_options = {"visibility_timeout": 300}
+result_backend_transport_options = {"visibility_timeout": 300}
+result_expires = settings.RESULT_TTL_S
+broker_connection_retry_on_startup = True

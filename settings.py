@@ -1,0 +1,72 @@
+"""Every setting of the service, read once from the environment.
+
+This is the one place that reads environment variables; the README's configuration
+table mirrors it. Importing it is cheap and pulls in no TensorFlow, so the API,
+the workers, the scripts and the tests all share it.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _str(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+
+
+#: Where Redis (broker and result backend) lives. Empty: `make run` starts an embedded one.
+REDIS_URL: str = _str("REDIS_URL", "")
+#: Address and port of the HTTP API.
+HOST: str = _str("HOST", "127.0.0.1")
+PORT: int = _int("PORT", 5000)
+#: Flower's port (it binds to 127.0.0.1 under `make run`).
+FLOWER_PORT: int = _int("FLOWER_PORT", 5555)
+
+#: Registry name of the served model (see models/registry.py).
+MODEL: str = _str("MODEL", "resnet50")
+#: `imagenet` (Keras download), `random` (benchmarks only), or a path to a .keras/.h5 file.
+MODEL_WEIGHTS: str = _str("MODEL_WEIGHTS", "imagenet")
+#: Path to Keras' imagenet_class_index.json; empty: Keras downloads it like decode_predictions does.
+CLASS_INDEX: str = _str("CLASS_INDEX", "")
+
+#: Largest batch the worker runs (celery-batches flush_every).
+BATCH_SIZE: int = max(1, _int("BATCH_SIZE", 32))
+#: How long an idle worker lets a partial batch wait for companions (flush_interval).
+BATCH_WAIT_MS: float = max(0.0, _float("BATCH_WAIT_MS", 10.0))
+
+#: How long POST /predict waits for its answer before replying 202 (default and upper bound).
+PREDICT_TIMEOUT_S: float = _float("PREDICT_TIMEOUT_S", 30.0)
+MAX_PREDICT_TIMEOUT_S: float = _float("MAX_PREDICT_TIMEOUT_S", 300.0)
+#: How long results and issued ids are kept in Redis.
+RESULT_TTL_S: int = _int("RESULT_TTL_S", 3600)
+
+#: Where large uploads and videos are written (never into Redis).
+UPLOAD_DIR: str = _str("UPLOAD_DIR", os.path.join("var", "uploads"))
+#: Largest accepted request body, in megabytes.
+MAX_UPLOAD_MB: float = _float("MAX_UPLOAD_MB", 20.0)
+#: Largest accepted image, in pixels (width x height); larger ones are refused before decoding.
+MAX_IMAGE_PIXELS: int = _int("MAX_IMAGE_PIXELS", 64_000_000)
+
+#: gunicorn processes and threads per process for the API.
+API_WORKERS: int = _int("API_WORKERS", 2)
+API_THREADS: int = _int("API_THREADS", 32)
+
+#: Celery queue that single-image requests go to.
+INTERACTIVE_QUEUE: str = "interactive"

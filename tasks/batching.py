@@ -1,0 +1,84 @@
+"""A celery-batches task class that batches adaptively instead of on a fixed clock.
+
+Stock `Batches` flushes its buffer every `flush_interval` even while the single
+pool process is still busy, so under load the pool queues a string of tiny
+batches. Here a partial batch is flushed only when no batch is running: requests
+that arrive during inference accumulate and go together as soon as the model is
+free, a full batch (`flush_every`) goes at once, and a lone request on an idle
+worker waits at most `flush_interval`. No batch exceeds `flush_every`.
+"""
+
+from __future__ import annotations
+
+from itertools import count
+from queue import Empty
+from typing import Any
+
+from celery.utils.log import get_logger
+from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
+
+logger = get_logger(__name__)
+
+
+class AdaptiveBatches(Batches):
+    abstract = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._in_flight = 0
+
+    def _take(self, limit: int) -> list:
+        taken = []
+        while len(taken) < limit:
+            try:
+                taken.append(self._buffer.get_nowait())
+            except Empty:
+                break
+        return taken
+
+    def _do_flush(self) -> None:
+        """Called by the timer, on every `flush_every`-th request, and when a batch returns."""
+        while self._buffer.qsize() and (self._in_flight == 0 or self._buffer.qsize() >= self.flush_every):
+            self.flush(self._take(self.flush_every))
+        self._count = count(self._buffer.qsize() + 1)
+        if self._buffer.qsize() == 0 and self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+
+    def flush(self, requests: list) -> Any:
+        """Send one batch to the pool; it counts as in flight until it returns or its process dies.
+
+        Mirrors `Batches.flush` (acks_early on accept, acks_late on return) and adds the
+        completion callbacks that flush what accumulated meanwhile.
+        """
+        acks_late = [r for r in requests if r.task.acks_late]
+        acks_early = [r for r in requests if not r.task.acks_late]
+        self._in_flight += 1
+
+        def on_accepted(pid: int, time_accepted: float) -> None:
+            for req in acks_early:
+                req.acknowledge()
+
+        def on_return(result: Any) -> None:
+            for req in acks_late:
+                req.acknowledge()
+            self._finished()
+
+        def on_error(exc: Any) -> None:
+            # The pool process died (e.g. killed): acks_late requests stay unacknowledged
+            # and the broker redelivers them after its visibility timeout.
+            logger.error("Batch of %d lost: %r", len(requests), exc)
+            self._finished()
+
+        return self._pool.apply_async(
+            apply_batches_task,
+            (self, ([SimpleRequest.from_request(r) for r in requests],), 0, None),
+            accept_callback=on_accepted,
+            callback=on_return,
+            error_callback=on_error,
+        )
+
+    def _finished(self) -> None:
+        self._in_flight -= 1
+        self._do_flush()

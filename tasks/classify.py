@@ -1,0 +1,77 @@
+"""The batched classify task: many single-image requests, one model call.
+
+Each request carries `pixels` (uint8 H×W×3 bytes made by models.images) and `top`.
+Every request gets its own result or failure in the backend: celery-batches
+discards the task's return value and swallows its exceptions.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from celery.utils.log import get_logger
+
+import settings
+from tasks import celery_app
+from tasks.batching import AdaptiveBatches
+from tasks.worker import classifier
+
+logger = get_logger(__name__)
+
+
+def _parse(kwargs: dict, shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
+    """The request's image as an array and its `top`, or ValueError naming what is wrong."""
+    top = kwargs.get("top", 5)
+    if not isinstance(top, int) or top < 1:
+        raise ValueError(f"'top' must be a positive integer, got {top!r}")
+    data = kwargs.get("pixels")
+    if not isinstance(data, (bytes, bytearray)):
+        raise ValueError("payload has no 'pixels' bytes")
+    expected = shape[0] * shape[1] * shape[2]
+    if len(data) != expected:
+        raise ValueError(f"payload has {len(data)} bytes of pixels; this model needs {expected} ({shape} uint8)")
+    return np.frombuffer(data, np.uint8).reshape(shape), top
+
+
+@celery_app.task(
+    base=AdaptiveBatches,
+    name="classify",
+    flush_every=settings.BATCH_SIZE,
+    flush_interval=settings.BATCH_WAIT_MS / 1000.0,
+    acks_late=True,
+)
+def classify(requests: list) -> None:
+    model = classifier()
+    backend = celery_app.backend
+    started = time.time()
+    valid, images, tops = [], [], []
+    for req in requests:
+        try:
+            image, top = _parse(req.kwargs, model.spec.input_shape)
+            images.append(image)
+            tops.append(top)
+            valid.append(req)
+        except Exception as exc:  # one bad payload fails alone
+            backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
+    if not valid:
+        return
+    try:
+        t0 = time.perf_counter()
+        probabilities = model.predict(np.stack(images))
+        inference_ms = (time.perf_counter() - t0) * 1000.0
+    except Exception as exc:
+        logger.exception("inference failed for a batch of %d", len(valid))
+        for req in valid:
+            backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
+        return
+    logger.info("batch size=%d padded=%d inference_ms=%.1f", len(valid), model.bucket_for(len(valid)), inference_ms)
+    for req, row, top in zip(valid, probabilities, tops):
+        result = {
+            "model": model.spec.name,
+            "predictions": model.top(row, top),
+            "batch_size": len(valid),
+            "inference_ms": round(inference_ms, 2),
+            "batch_started_at": started,
+        }
+        backend.mark_as_done(req.id, result, request=req)
