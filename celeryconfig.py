@@ -17,7 +17,7 @@ result_accept_content = ["json"]
 # Single images go to the interactive queue; workers are started with -Q for it.
 task_default_queue = settings.INTERACTIVE_QUEUE
 task_routes = {"classify": {"queue": settings.INTERACTIVE_QUEUE}}
-imports = ("tasks.classify", "tasks.worker")
+imports = ("tasks.worker", "tasks.classify")
 
 # One process owns the model (one per GPU); batching happens inside it.
 worker_pool = "prefork"

@@ -1,0 +1,41 @@
+"""The HTTP API: a Flask app factory with one blueprint per concern.
+
+This process never imports TensorFlow: it validates and resizes uploads with
+Pillow and sends pixels to the workers through Redis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask import Flask
+
+import settings
+from api import health, predict, results
+from api.errors import register_error_handlers
+from api.waiter import ResultWaiter
+from models.registry import get_spec
+from tasks import celery_app
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(
+        MAX_CONTENT_LENGTH=int(settings.MAX_UPLOAD_MB * 1024 * 1024),
+        MAX_IMAGE_PIXELS=settings.MAX_IMAGE_PIXELS,
+        MODEL_SPEC=get_spec(settings.MODEL),
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update(config or {})
+    app.json.sort_keys = False
+
+    app.extensions["celery"] = celery_app
+    broker_url = celery_app.conf.broker_url
+    app.extensions["redis"] = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=2)
+    app.extensions["result_waiter"] = ResultWaiter(broker_url)
+
+    register_error_handlers(app)
+    for blueprint in (predict.bp, results.bp, health.bp):
+        app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,33 @@
+"""/healthz (the process answers) and /readyz (Redis answers and a worker serves our model)."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+from flask import Blueprint, current_app, jsonify
+
+from tasks.readiness import READY_KEY_PREFIX
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    model = current_app.config["MODEL_SPEC"].name
+    client: redis.Redis = current_app.extensions["redis"]
+    try:
+        client.ping()
+        keys = list(client.scan_iter(match=READY_KEY_PREFIX + "*", count=1000))
+        workers = [json.loads(v) for v in client.mget(keys) if v] if keys else []
+    except redis.RedisError as exc:
+        return jsonify(ready=False, reason=f"redis unavailable: {type(exc).__name__}"), 503
+    serving = [w for w in workers if w.get("model") == model]
+    if not serving:
+        return jsonify(ready=False, reason=f"no worker has loaded model {model!r} yet", workers=workers), 503
+    return jsonify(ready=True, model=model, workers=serving)

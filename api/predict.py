@@ -1,0 +1,32 @@
+"""POST /predict: one image, answered synchronously (or 202 + result URL after the timeout)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request, url_for
+
+import settings
+from api.errors import APIError
+from api.submissions import failure_message, prediction_body, submit_classify, wait_for
+from api.uploads import image_pixels, query_number
+
+bp = Blueprint("predict", __name__)
+
+
+@bp.post("/predict")
+def predict():
+    top = int(query_number("top", default=5, low=1, high=1000, integer=True))
+    timeout = query_number("timeout", default=settings.PREDICT_TIMEOUT_S, low=0, high=settings.MAX_PREDICT_TIMEOUT_S)
+    spec = current_app.config["MODEL_SPEC"]
+    pixels = image_pixels("image", spec.input_size)
+    task_id = submit_classify(pixels, top, spec.name)
+
+    meta = wait_for(task_id, timeout)
+    if meta["status"] == "SUCCESS":
+        return jsonify(prediction_body(task_id, meta["result"]))
+    if meta["status"] == "FAILURE":
+        raise APIError(500, f"classification failed: {failure_message(meta)}")
+    result_url = url_for("results.result", task_id=task_id)
+    response = jsonify(success=False, id=task_id, status=meta["status"], result_url=result_url)
+    response.status_code = 202
+    response.headers["Location"] = result_url
+    return response

@@ -1,0 +1,82 @@
+"""Issuing task ids, sending work to the queue and shaping stored results for clients.
+
+Celery says PENDING for any id, so every id this service issues is recorded in
+Redis (with the results' TTL): GET /result answers 404 for the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import redis
+from celery import Celery
+from flask import current_app
+
+import settings
+from api.errors import APIError
+from api.waiter import ResultWaiter
+
+ISSUED_PREFIX = "imageclf:issued:"
+
+
+def _celery() -> Celery:
+    return current_app.extensions["celery"]
+
+
+def _redis() -> redis.Redis:
+    return current_app.extensions["redis"]
+
+
+def submit_classify(pixels: bytes, top: int, model: str) -> str:
+    """Record a new random id and queue one image for the batched classify task."""
+    task_id = str(uuid.uuid4())
+    record = json.dumps({"kind": "predict", "model": model, "created": time.time()})
+    try:
+        _redis().set(ISSUED_PREFIX + task_id, record, ex=settings.RESULT_TTL_S)
+        _celery().send_task("classify", kwargs={"pixels": pixels, "top": top}, task_id=task_id)
+    except redis.RedisError as exc:
+        raise APIError(503, f"the queue is unavailable, try again later ({type(exc).__name__})",
+                       {"Retry-After": "5"}) from None
+    return task_id
+
+
+def issued(task_id: str) -> dict[str, Any] | None:
+    """What was recorded when `task_id` was issued, or None if this service never issued it."""
+    try:
+        record = _redis().get(ISSUED_PREFIX + task_id)
+    except redis.RedisError:
+        raise APIError(503, "the result store is unavailable, try again later", {"Retry-After": "5"}) from None
+    return json.loads(record) if record else None
+
+
+def fetch_meta(task_id: str) -> dict[str, Any]:
+    """The task's stored state and result as the Celery backend decodes them."""
+    try:
+        return _celery().backend.get_task_meta(task_id)
+    except redis.RedisError:
+        raise APIError(503, "the result store is unavailable, try again later", {"Retry-After": "5"}) from None
+
+
+def wait_for(task_id: str, timeout: float) -> dict[str, Any]:
+    waiter: ResultWaiter = current_app.extensions["result_waiter"]
+    return waiter.wait(task_id, timeout, lambda: fetch_meta(task_id))
+
+
+def prediction_body(task_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The POST /predict success body (also nested in GET /result)."""
+    return {
+        "success": True,
+        "id": task_id,
+        "model": result["model"],
+        "predictions": result["predictions"],
+        "batch_size": result["batch_size"],
+        "inference_ms": result["inference_ms"],
+    }
+
+
+def failure_message(meta: dict[str, Any]) -> str:
+    exc = meta.get("result")
+    return f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)

@@ -1,0 +1,44 @@
+"""Reading request inputs: the uploaded image (validated and resized here) and query numbers."""
+
+from __future__ import annotations
+
+import math
+
+from flask import current_app, request
+
+from api.errors import APIError
+from models.images import ImageDecodeError, decode_to_pixels
+
+_STATUS_FOR_REASON = {
+    ImageDecodeError.UNSUPPORTED: 415,
+    ImageDecodeError.CORRUPT: 400,
+    ImageDecodeError.TOO_LARGE: 413,
+}
+
+
+def image_pixels(field: str, size: int) -> bytes:
+    """The multipart file `field` decoded to `size`×`size` RGB bytes, or a 4xx APIError."""
+    upload = request.files.get(field)
+    if upload is None:
+        received = ", ".join(sorted(request.files)) or "none"
+        raise APIError(400, f"missing file field {field!r} in a multipart/form-data body (file fields received: {received})")
+    try:
+        return decode_to_pixels(upload.read(), size, current_app.config["MAX_IMAGE_PIXELS"])
+    except ImageDecodeError as exc:
+        name = upload.filename or field
+        raise APIError(_STATUS_FOR_REASON[exc.reason], f"{name}: {exc}") from None
+
+
+def query_number(name: str, default: float, low: float, high: float, integer: bool = False) -> float:
+    """Query parameter `name` as a number in [low, high], or a 400 naming the problem."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise APIError(400, f"query parameter {name!r} must be {kind}, got {raw!r}") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise APIError(400, f"query parameter {name!r} must be between {low:g} and {high:g}, got {raw!r}")
+    return value
