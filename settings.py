@@ -33,11 +33,15 @@ def _float(name: str, default: float) -> float:
 
 #: Where Redis (broker and result backend) lives. Empty: `make run` starts an embedded one.
 REDIS_URL: str = _str("REDIS_URL", "")
+#: Where the embedded Redis keeps its append-only file (only when REDIS_URL is unset).
+REDIS_DATA_DIR: str = _str("REDIS_DATA_DIR", os.path.join("var", "redis"))
 #: Address and port of the HTTP API.
 HOST: str = _str("HOST", "127.0.0.1")
 PORT: int = _int("PORT", 5000)
 #: Flower's port (it binds to 127.0.0.1 under `make run`).
 FLOWER_PORT: int = _int("FLOWER_PORT", 5555)
+#: "user:password" to protect Flower with HTTP basic auth; empty: no auth (it binds to 127.0.0.1).
+FLOWER_BASIC_AUTH: str = _str("FLOWER_BASIC_AUTH", "")
 
 #: Registry name of the served model (see models/registry.py).
 MODEL: str = _str("MODEL", "resnet50")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from celery import Celery
 from flask import Flask
 
 import settings
@@ -16,7 +17,6 @@ from api import health, predict, results
 from api.errors import register_error_handlers
 from api.waiter import ResultWaiter
 from models.registry import get_spec
-from tasks import celery_app
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -30,8 +30,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update(config or {})
     app.json.sort_keys = False
 
-    app.extensions["celery"] = celery_app
-    broker_url = celery_app.conf.broker_url
+    celery = celery_init_app(app)
+    broker_url = celery.conf.broker_url
     app.extensions["redis"] = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=2)
     app.extensions["result_waiter"] = ResultWaiter(broker_url)
 
@@ -39,3 +39,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     for blueprint in (predict.bp, results.bp, health.bp):
         app.register_blueprint(blueprint)
     return app
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """A send-only Celery app (same celeryconfig as the workers, no result backend).
+
+    Results are read from Redis by api.result_store instead; see there for why.
+    """
+    celery = Celery(app.import_name)
+    celery.config_from_object("celeryconfig")
+    celery.conf.result_backend = None
+    app.extensions["celery"] = celery
+    return celery

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, current_app, jsonify, url_for
 
 import settings
 from api.errors import APIError
-from api.submissions import failure_message, prediction_body, submit_classify, wait_for
+from api.result_store import failure_message
+from api.submissions import prediction_body, submit_classify, wait_for
 from api.uploads import image_pixels, query_number
 
 bp = Blueprint("predict", __name__)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from api.errors import APIError
-from api.submissions import failure_message, fetch_meta, issued, prediction_body
+from api.result_store import failure_message
+from api.submissions import fetch_meta, issued, prediction_body
 
 bp = Blueprint("results", __name__)
 

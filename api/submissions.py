@@ -17,6 +17,7 @@ from flask import current_app
 
 import settings
 from api.errors import APIError
+from api.result_store import read_meta
 from api.waiter import ResultWaiter
 
 ISSUED_PREFIX = "imageclf:issued:"
@@ -53,9 +54,9 @@ def issued(task_id: str) -> dict[str, Any] | None:
 
 
 def fetch_meta(task_id: str) -> dict[str, Any]:
-    """The task's stored state and result as the Celery backend decodes them."""
+    """The task's stored state and result."""
     try:
-        return _celery().backend.get_task_meta(task_id)
+        return read_meta(_redis(), task_id)
     except redis.RedisError:
         raise APIError(503, "the result store is unavailable, try again later", {"Retry-After": "5"}) from None
 
@@ -72,11 +73,7 @@ def prediction_body(task_id: str, result: dict[str, Any]) -> dict[str, Any]:
         "id": task_id,
         "model": result["model"],
         "predictions": result["predictions"],
+        "batch_id": result["batch_id"],
         "batch_size": result["batch_size"],
         "inference_ms": result["inference_ms"],
     }
-
-
-def failure_message(meta: dict[str, Any]) -> str:
-    exc = meta.get("result")
-    return f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)

@@ -21,7 +21,9 @@ def image_pixels(field: str, size: int) -> bytes:
     upload = request.files.get(field)
     if upload is None:
         received = ", ".join(sorted(request.files)) or "none"
-        raise APIError(400, f"missing file field {field!r} in a multipart/form-data body (file fields received: {received})")
+        raise APIError(
+            400, f"missing file field {field!r} in a multipart/form-data body (file fields received: {received})"
+        )
     try:
         return decode_to_pixels(upload.read(), size, current_app.config["MAX_IMAGE_PIXELS"])
     except ImageDecodeError as exc:

@@ -15,7 +15,8 @@ from typing import Any
 
 import redis
 
-_RESULT_PREFIX = "celery-task-meta-"
+from api.result_store import READY_STATES, RESULT_KEY_PREFIX
+
 _FALLBACK_POLL_S = 0.5
 
 
@@ -37,9 +38,9 @@ class ResultWaiter:
         while True:
             try:
                 pubsub = redis.Redis.from_url(self._redis_url).pubsub(ignore_subscribe_messages=True)
-                pubsub.psubscribe(_RESULT_PREFIX + "*")
+                pubsub.psubscribe(RESULT_KEY_PREFIX + "*")
                 for message in pubsub.listen():
-                    task_id = message["channel"].decode()[len(_RESULT_PREFIX):]
+                    task_id = message["channel"].decode()[len(RESULT_KEY_PREFIX):]
                     with self._lock:
                         event = self._events.get(task_id)
                     if event is not None:
@@ -58,7 +59,7 @@ class ResultWaiter:
             while True:
                 meta = fetch()
                 remaining = deadline - time.monotonic()
-                if meta["status"] in ("SUCCESS", "FAILURE", "REVOKED") or remaining <= 0:
+                if meta["status"] in READY_STATES or remaining <= 0:
                     return meta
                 event.wait(min(remaining, _FALLBACK_POLL_S))
                 event.clear()

@@ -8,6 +8,7 @@ discards the task's return value and swallows its exceptions.
 from __future__ import annotations
 
 import time
+import uuid
 
 import numpy as np
 from celery.utils.log import get_logger
@@ -65,11 +66,14 @@ def classify(requests: list) -> None:
         for req in valid:
             backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
         return
-    logger.info("batch size=%d padded=%d inference_ms=%.1f", len(valid), model.bucket_for(len(valid)), inference_ms)
+    batch_id = uuid.uuid4().hex
+    logger.info("batch %s size=%d padded=%d inference_ms=%.1f",
+                batch_id, len(valid), model.bucket_for(len(valid)), inference_ms)
     for req, row, top in zip(valid, probabilities, tops):
         result = {
             "model": model.spec.name,
             "predictions": model.top(row, top),
+            "batch_id": batch_id,
             "batch_size": len(valid),
             "inference_ms": round(inference_ms, 2),
             "batch_started_at": started,

