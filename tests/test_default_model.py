@@ -39,4 +39,9 @@ def test_resnet50_random_weights_serves_1000_class_probabilities_and_stops_clean
         code = svc.stop()
     assert code == 0, svc.log_tail()
     assert not ping(redis_url), "the embedded Redis outlived scripts.run"
+    try:
+        httpx.get(svc.url + "/healthz", timeout=2)
+        raise AssertionError("the API outlived scripts.run")
+    except httpx.ConnectError:
+        pass
     assert (tmp_path / "redis" / "appendonlydir").exists() or any((tmp_path / "redis").glob("*.aof"))

@@ -105,3 +105,15 @@ def test_gpu_discovery_follows_cuda_visible_devices(monkeypatch):
     assert gpu_ids() == []
     [(name, argv, env)] = worker_commands([])
     assert env["CUDA_VISIBLE_DEVICES"] == "" and "cpu@%h" in argv
+
+
+def test_the_api_process_never_imports_tensorflow():
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    code = ("import sys, api; api.create_app(); "
+            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; assert not bad, bad")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
