@@ -14,6 +14,7 @@ from typing import Any
 import redis
 from celery import Celery
 from flask import current_app
+from kombu.exceptions import OperationalError
 
 import settings
 from api.errors import APIError
@@ -38,7 +39,7 @@ def submit_classify(pixels: bytes, top: int, model: str) -> str:
     try:
         _redis().set(ISSUED_PREFIX + task_id, record, ex=settings.RESULT_TTL_S)
         _celery().send_task("classify", kwargs={"pixels": pixels, "top": top}, task_id=task_id)
-    except redis.RedisError as exc:
+    except (redis.RedisError, OperationalError) as exc:
         raise APIError(503, f"the queue is unavailable, try again later ({type(exc).__name__})",
                        {"Retry-After": "5"}) from None
     return task_id
