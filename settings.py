@@ -47,6 +47,10 @@ FLOWER_BASIC_AUTH: str = _str("FLOWER_BASIC_AUTH", "")
 MODEL: str = _str("MODEL", "resnet50")
 #: `imagenet` (Keras download), `random` (benchmarks only), or a path to a .keras/.h5 file.
 MODEL_WEIGHTS: str = _str("MODEL_WEIGHTS", "imagenet")
+#: Inference backend in the workers: `tensorflow` or `onnxruntime` (exported once, cached).
+BACKEND: str = _str("BACKEND", "tensorflow")
+#: Where exported models (ONNX) are cached.
+MODEL_CACHE_DIR: str = _str("MODEL_CACHE_DIR", os.path.join("var", "model-cache"))
 #: Path to Keras' imagenet_class_index.json; empty: Keras downloads it like decode_predictions does.
 CLASS_INDEX: str = _str("CLASS_INDEX", "")
 

@@ -77,30 +77,34 @@ def batch_buckets(max_batch: int) -> list[int]:
     return sorted(sizes)
 
 
-class Classifier:
-    """A model compiled once for uint8 HWC batches, run only at a few padded batch sizes.
+def compiled_graph(spec: ModelSpec, model: keras.Model) -> tf.types.experimental.GenericFunction:
+    """One tf.function from uint8 HWC pixels to probabilities: cast + preprocess_input + model.
 
-    Preprocessing (cast + the model's preprocess_input) is inside the compiled graph,
-    so callers pass the raw uint8 pixels the API produced.
+    Its batch dimension is unknown, so it is traced once; the ONNX export converts this same graph.
+    """
+    preprocess = _resolve(spec.preprocess)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *spec.input_shape), tf.uint8, name="pixels")])
+    def infer(pixels: tf.Tensor) -> tf.Tensor:
+        return model(preprocess(tf.cast(pixels, tf.float32)), training=False)
+
+    return infer
+
+
+class Classifier:
+    """A compiled model run only at a few padded batch sizes, with labels.
+
+    `infer` maps a uint8 (n, H, W, 3) array to (n, classes) probabilities; preprocessing
+    is inside it, so callers pass the raw pixels the API produced.
     """
 
-    def __init__(self, spec: ModelSpec, model: keras.Model, labels: Sequence[str], max_batch: int) -> None:
+    def __init__(self, spec: ModelSpec, infer: Callable[[np.ndarray], np.ndarray], labels: Sequence[str],
+                 max_batch: int, backend: str) -> None:
         self.spec = spec
         self.labels = list(labels)
         self.buckets = batch_buckets(max_batch)
-        preprocess = _resolve(spec.preprocess)
-
-        @tf.function(
-            input_signature=[tf.TensorSpec((None, *spec.input_shape), tf.uint8)],
-            reduce_retracing=True,
-        )
-        def infer(pixels: tf.Tensor) -> tf.Tensor:
-            return model(preprocess(tf.cast(pixels, tf.float32)), training=False)
-
+        self.backend = backend
         self._infer = infer
-        out_classes = int(model.output_shape[-1])
-        if out_classes != len(self.labels):
-            raise ValueError(f"model has {out_classes} outputs but the class index has {len(self.labels)} labels")
 
     def bucket_for(self, n: int) -> int:
         """The smallest padded batch size that holds `n` images."""
@@ -123,7 +127,7 @@ class Classifier:
         if padded != n:
             pad = np.zeros((padded - n, *pixels.shape[1:]), pixels.dtype)
             pixels = np.concatenate([pixels, pad])
-        return self._infer(tf.constant(pixels)).numpy()[:n]
+        return self._infer(pixels)[:n]
 
     def top(self, probabilities: np.ndarray, k: int) -> list[dict]:
         """The `k` most likely classes of one probability row, most likely first."""
@@ -136,7 +140,23 @@ class Classifier:
         ]
 
 
-def load_classifier(spec: ModelSpec, weights: str, class_index: str, max_batch: int) -> Classifier:
-    """Build, compile and return a Classifier (not yet warmed up)."""
+BACKENDS = ("tensorflow", "onnxruntime")
+
+
+def load_classifier(spec: ModelSpec, weights: str, class_index: str, max_batch: int,
+                    backend: str = "tensorflow", cache_dir: str = "") -> Classifier:
+    """Build the model, compile it for `backend` and return a Classifier (not yet warmed up)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown BACKEND {backend!r}; choose one of {', '.join(BACKENDS)}")
     model = build_keras_model(spec, weights)
-    return Classifier(spec, model, load_labels(class_index), max_batch)
+    labels = load_labels(class_index)
+    if int(model.output_shape[-1]) != len(labels):
+        raise ValueError(f"model has {model.output_shape[-1]} outputs but the class index has {len(labels)} labels")
+    graph = compiled_graph(spec, model)
+    if backend == "onnxruntime":
+        from models.onnx_backend import onnx_infer
+
+        infer = onnx_infer(graph, spec, weights, cache_dir)
+    else:
+        infer = lambda pixels: graph(tf.constant(pixels)).numpy()  # noqa: E731
+    return Classifier(spec, infer, labels, max_batch, backend)

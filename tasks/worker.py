@@ -40,16 +40,18 @@ def load_model(**_: object) -> None:
 
     spec = get_spec(settings.MODEL)
     start = time.perf_counter()
-    _classifier = load_classifier(spec, settings.MODEL_WEIGHTS, settings.CLASS_INDEX, settings.BATCH_SIZE)
+    _classifier = load_classifier(spec, settings.MODEL_WEIGHTS, settings.CLASS_INDEX, settings.BATCH_SIZE,
+                                  settings.BACKEND, settings.MODEL_CACHE_DIR)
     loaded = time.perf_counter() - start
     warm = _classifier.warm_up()
     logger.info(
-        "model %s (weights %s) loaded in %.1f s, warmed up on batch sizes %s in %.1f s",
-        spec.name, settings.MODEL_WEIGHTS, loaded, _classifier.buckets, warm,
+        "model %s (weights %s, backend %s) loaded in %.1f s, warmed up on batch sizes %s in %.1f s",
+        spec.name, settings.MODEL_WEIGHTS, settings.BACKEND, loaded, _classifier.buckets, warm,
     )
     start_heartbeat(celery_app.conf.broker_url, {
         "model": spec.name,
         "pid": os.getpid(),
+        "backend": settings.BACKEND,
         "batch_sizes": _classifier.buckets,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     })
