@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, current_app, jsonify, url_for
 
 import settings
@@ -15,15 +17,24 @@ bp = Blueprint("predict", __name__)
 
 @bp.post("/predict")
 def predict():
+    received = time.time()
     top = int(query_number("top", default=5, low=1, high=1000, integer=True))
     timeout = query_number("timeout", default=settings.PREDICT_TIMEOUT_S, low=0, high=settings.MAX_PREDICT_TIMEOUT_S)
     spec = current_app.config["MODEL_SPEC"]
     pixels = image_pixels("image", spec.input_size)
+    decoded = time.time()
     task_id = submit_classify(pixels, top, spec.name)
 
     meta = wait_for(task_id, timeout)
     if meta["status"] == "SUCCESS":
-        return jsonify(prediction_body(task_id, meta["result"]))
+        seen = time.time()
+        body = prediction_body(task_id, meta["result"])
+        body["timings"].update(
+            decode_ms=round((decoded - received) * 1000, 2),
+            result_ms=round((seen - meta["result"]["done_at"]) * 1000, 2),
+            total_ms=round((seen - received) * 1000, 2),
+        )
+        return jsonify(body)
     if meta["status"] == "FAILURE":
         raise APIError(500, f"classification failed: {failure_message(meta)}")
     result_url = url_for("results.result", task_id=task_id)

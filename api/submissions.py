@@ -33,12 +33,13 @@ def _redis() -> redis.Redis:
 
 
 def submit_classify(pixels: bytes, top: int, model: str) -> str:
-    """Record a new random id and queue one image for the batched classify task."""
+    """Record a new random id and queue one image for the batched classify task (stamped for timings)."""
     task_id = str(uuid.uuid4())
     record = json.dumps({"kind": "predict", "model": model, "created": time.time()})
     try:
         _redis().set(ISSUED_PREFIX + task_id, record, ex=settings.RESULT_TTL_S)
-        _celery().send_task("classify", kwargs={"pixels": pixels, "top": top}, task_id=task_id)
+        _celery().send_task("classify", kwargs={"pixels": pixels, "top": top, "sent_at": time.time()},
+                            task_id=task_id)
     except (redis.RedisError, OperationalError) as exc:
         raise APIError(503, f"the queue is unavailable, try again later ({type(exc).__name__})",
                        {"Retry-After": "5"}) from None
@@ -76,5 +77,5 @@ def prediction_body(task_id: str, result: dict[str, Any]) -> dict[str, Any]:
         "predictions": result["predictions"],
         "batch_id": result["batch_id"],
         "batch_size": result["batch_size"],
-        "inference_ms": result["inference_ms"],
+        "timings": dict(result["timings"]),
     }

@@ -10,8 +10,9 @@ worker waits at most `flush_interval`. No batch exceeds `flush_every`.
 
 from __future__ import annotations
 
+import time
 from itertools import count
-from queue import Empty
+from queue import Empty, Queue
 from typing import Any
 
 from celery.utils.log import get_logger
@@ -21,12 +22,27 @@ from celery_batches.trace import apply_batches_task
 logger = get_logger(__name__)
 
 
+class _StampingQueue(Queue):
+    """The batch buffer; notes when each request reached this worker (for the stage breakdown)."""
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        item.received_at = time.time()
+        super().put(item, block, timeout)
+
+
 class AdaptiveBatches(Batches):
     abstract = True
 
     def __init__(self) -> None:
         super().__init__()
+        self._buffer = _StampingQueue()
         self._in_flight = 0
+
+    @staticmethod
+    def _simple(request: Any) -> SimpleRequest:
+        simple = SimpleRequest.from_request(request)
+        simple.received_at = getattr(request, "received_at", None)
+        return simple
 
     def _take(self, limit: int) -> list:
         taken = []
@@ -73,7 +89,7 @@ class AdaptiveBatches(Batches):
 
         return self._pool.apply_async(
             apply_batches_task,
-            (self, ([SimpleRequest.from_request(r) for r in requests],), 0, None),
+            (self, ([self._simple(r) for r in requests],), 0, None),
             accept_callback=on_accepted,
             callback=on_return,
             error_callback=on_error,

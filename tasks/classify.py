@@ -1,6 +1,7 @@
 """The batched classify task: many single-image requests, one model call.
 
-Each request carries `pixels` (uint8 H×W×3 bytes made by models.images) and `top`.
+Each request carries `pixels` (uint8 H×W×3 bytes made by models.images), `top`, and
+`sent_at` (when the API queued it). Results carry the per-stage timings.
 Every request gets its own result or failure in the backend: celery-batches
 discards the task's return value and swallows its exceptions.
 """
@@ -75,7 +76,19 @@ def classify(requests: list) -> None:
             "predictions": model.top(row, top),
             "batch_id": batch_id,
             "batch_size": len(valid),
-            "inference_ms": round(inference_ms, 2),
-            "batch_started_at": started,
+            "timings": _timings(req, started, inference_ms),
+            "done_at": time.time(),
         }
         backend.mark_as_done(req.id, result, request=req)
+
+
+def _timings(req: object, batch_started: float, inference_ms: float) -> dict[str, float]:
+    """Milliseconds spent in the broker queue, waiting for a batch, and in the model."""
+    sent = req.kwargs.get("sent_at")
+    received = getattr(req, "received_at", None)
+    timings = {"inference_ms": round(inference_ms, 2)}
+    if isinstance(sent, (int, float)) and received:
+        timings["queue_ms"] = round((received - sent) * 1000, 2)
+    if received:
+        timings["batch_wait_ms"] = round((batch_started - received) * 1000, 2)
+    return timings

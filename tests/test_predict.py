@@ -60,7 +60,18 @@ def test_result_endpoint_returns_the_same_result(service):
     stored = httpx.get(f"{service.url}/result/{body['id']}", timeout=10)
     assert stored.status_code == 200
     assert stored.json()["status"] == "SUCCESS"
-    assert stored.json()["result"] == body
+    result = stored.json()["result"]
+    assert {k: v for k, v in result.items() if k != "timings"} == {k: v for k, v in body.items() if k != "timings"}
+    # The worker's stage timings are stored; the API adds its own (decode, result, total) to live answers.
+    assert result["timings"].items() <= body["timings"].items()
+
+
+def test_answers_carry_a_per_stage_breakdown(service):
+    timings = predict(service, SHARED / PHOTOS[0]["path"]).json()["timings"]
+    stages = ["decode_ms", "queue_ms", "batch_wait_ms", "inference_ms", "result_ms"]
+    assert all(timings[s] >= 0 for s in stages), timings
+    assert timings["inference_ms"] > 0
+    assert sum(timings[s] for s in stages) <= timings["total_ms"] + 1.0, timings
 
 
 def test_unknown_id_is_404(service):
