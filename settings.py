@@ -56,6 +56,8 @@ CLASS_INDEX: str = _str("CLASS_INDEX", "")
 
 #: Largest batch the worker runs (celery-batches flush_every).
 BATCH_SIZE: int = max(1, _int("BATCH_SIZE", 32))
+#: Pad batches to a few fixed sizes: `auto` (only when a GPU is visible), `on`, or `off`.
+BATCH_PADDING: str = _str("BATCH_PADDING", "auto")
 #: How long an idle worker lets a partial batch wait for companions (flush_interval).
 BATCH_WAIT_MS: float = max(0.0, _float("BATCH_WAIT_MS", 10.0))
 

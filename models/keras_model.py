@@ -99,15 +99,19 @@ class Classifier:
     """
 
     def __init__(self, spec: ModelSpec, infer: Callable[[np.ndarray], np.ndarray], labels: Sequence[str],
-                 max_batch: int, backend: str) -> None:
+                 max_batch: int, backend: str, pad: bool = True) -> None:
         self.spec = spec
         self.labels = list(labels)
         self.buckets = batch_buckets(max_batch)
+        self.max_batch = max_batch
         self.backend = backend
+        self.pad = pad
         self._infer = infer
 
     def bucket_for(self, n: int) -> int:
-        """The smallest padded batch size that holds `n` images."""
+        """The batch size `n` images run at: the smallest bucket that holds them, or `n` unpadded."""
+        if not self.pad and 0 < n <= self.max_batch:
+            return n
         for size in self.buckets:
             if size >= n:
                 return size
@@ -143,9 +147,18 @@ class Classifier:
 BACKENDS = ("tensorflow", "onnxruntime")
 
 
+def gpu_visible() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
 def load_classifier(spec: ModelSpec, weights: str, class_index: str, max_batch: int,
-                    backend: str = "tensorflow", cache_dir: str = "") -> Classifier:
-    """Build the model, compile it for `backend` and return a Classifier (not yet warmed up)."""
+                    backend: str = "tensorflow", cache_dir: str = "", pad: bool | None = None) -> Classifier:
+    """Build the model, compile it for `backend` and return a Classifier (not yet warmed up).
+
+    `pad` (default: only when a GPU is visible) rounds batches up to a few fixed sizes. GPUs
+    autotune kernels per shape, so they need it; on CPU neither backend retraces for a new
+    batch size and padding 17 rows to 24 measured 35% slower, so CPU batches run as they are.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown BACKEND {backend!r}; choose one of {', '.join(BACKENDS)}")
     model = build_keras_model(spec, weights)
@@ -159,4 +172,4 @@ def load_classifier(spec: ModelSpec, weights: str, class_index: str, max_batch: 
         infer = onnx_infer(graph, spec, weights, cache_dir)
     else:
         infer = lambda pixels: graph(tf.constant(pixels)).numpy()  # noqa: E731
-    return Classifier(spec, infer, labels, max_batch, backend)
+    return Classifier(spec, infer, labels, max_batch, backend, gpu_visible() if pad is None else pad)

@@ -40,19 +40,20 @@ def load_model(**_: object) -> None:
 
     spec = get_spec(settings.MODEL)
     start = time.perf_counter()
+    pad = None if settings.BATCH_PADDING == "auto" else settings.BATCH_PADDING == "on"
     _classifier = load_classifier(spec, settings.MODEL_WEIGHTS, settings.CLASS_INDEX, settings.BATCH_SIZE,
-                                  settings.BACKEND, settings.MODEL_CACHE_DIR)
+                                  settings.BACKEND, settings.MODEL_CACHE_DIR, pad)
     loaded = time.perf_counter() - start
     warm = _classifier.warm_up()
     logger.info(
-        "model %s (weights %s, backend %s) loaded in %.1f s, warmed up on batch sizes %s in %.1f s",
-        spec.name, settings.MODEL_WEIGHTS, settings.BACKEND, loaded, _classifier.buckets, warm,
+        "model %s (weights %s, backend %s, padding %s) loaded in %.1f s, warmed up on batch sizes %s in %.1f s",
+        spec.name, settings.MODEL_WEIGHTS, settings.BACKEND, _classifier.pad, loaded, _classifier.buckets, warm,
     )
     start_heartbeat(celery_app.conf.broker_url, {
         "model": spec.name,
         "pid": os.getpid(),
         "backend": settings.BACKEND,
-        "batch_sizes": _classifier.buckets,
+        "padded_batch_sizes": _classifier.buckets if _classifier.pad else None,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     })
 

@@ -89,6 +89,22 @@ def test_batch_buckets_cover_every_size_with_little_padding():
         assert padded - n < max(8, n)
 
 
+def test_unpadded_classifier_runs_batches_as_they_are_and_padded_one_rounds_up():
+    from models.keras_model import Classifier
+
+    calls = []
+
+    def infer(x):
+        calls.append(len(x))
+        return np.tile(np.arange(4, dtype=np.float32), (len(x), 1))
+
+    spec = get_spec("mobilenet_v1_0.75")
+    images = np.zeros((17, 224, 224, 3), np.uint8)
+    for pad, ran in ((False, 17), (True, 24)):
+        out = Classifier(spec, infer, ["a", "b", "c", "d"], 32, "test", pad).predict(images)
+        assert out.shape == (17, 4) and calls[-1] == ran
+
+
 def test_registry_knows_the_default_and_the_shared_model_and_rejects_others():
     assert get_spec("resnet50").input_shape == (224, 224, 3)
     assert "mobilenet_v1_0.75" in MODELS
