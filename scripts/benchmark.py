@@ -1,51 +1,71 @@
-"""Raw in-process model throughput next to end-to-end service throughput, in one run.
+"""How close the service comes to the model's own speed: raw in-process vs end to end, in one run.
 
-    python -m scripts.benchmark                                  # ResNet50, random weights
+    python -m scripts.benchmark                                   # ResNet50 random weights, both backends
     python -m scripts.benchmark --model mobilenet_v1_0.75 \\
-        --weights ../shared/assets/models/mobilenet_v1_0.75_224_imagenet.keras
+        --weights ../shared/assets/models/mobilenet_v1_0.75_224_imagenet.keras --backends tensorflow
+    python -m scripts.benchmark --url http://127.0.0.1:5000 --backends tensorflow   # a running service
 
-It starts the service itself (scripts.run, embedded Redis) unless --url points at a
-running one, measures the same model through the same Classifier the worker uses
-(batch 1, 8, 32), then sends real multipart uploads of a real JPEG at each
-concurrency. Figures from different runs on a shared machine are not comparable;
-compare the ratios printed at the end.
+For each backend it measures the worker's own Classifier in this process (batch 1, 8,
+32: the ceiling), starts the service (its own Redis, scripts.run) with BATCH_SIZE set to
+the best raw batch unless --batch-size is given, sends real multipart uploads of a
+1024x768 JPEG at each concurrency, and reads the per-stage timings every answer carries.
+Writes JSON, Markdown and PNG plots to --out. Figures from different runs on a shared
+machine are not comparable: compare the ratios inside one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import io
 import json
 import os
+import platform
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from models.images import decode_to_pixels
 from models.registry import get_spec
-from scripts.redis_server import free_port
+from scripts.redis_server import free_port, ping, redis_argv
+from scripts.supervise import wait_until
 
-DEFAULT_IMAGE = Path(__file__).resolve().parent.parent.parent / "shared" / "assets" / "images" / "cat_720p.jpg"
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PHOTO = ROOT.parent / "shared" / "assets" / "images" / "cat_720p.jpg"
+STAGES = ("decode_ms", "queue_ms", "batch_wait_ms", "inference_ms", "result_ms")
 
 
-def raw_throughput(model: str, weights: str, class_index: str, image: bytes, batches: list[int],
-                   seconds: float) -> dict[int, dict]:
-    """Images/s and ms per call of the worker's own Classifier at each batch size."""
+def test_jpeg(photo: Path) -> bytes:
+    """A real photo re-encoded at 1024x768 (about 100 KB), the upload every request sends."""
+    buf = io.BytesIO()
+    Image.open(photo).convert("RGB").resize((1024, 768), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def raw_throughput(model: str, weights: str, class_index: str, backend: str, image: bytes,
+                   batches: list[int], seconds: float) -> dict[int, dict]:
+    """Images/s and ms per call of the worker's own Classifier (same backend, no padding) per batch."""
     from models.keras_model import load_classifier
 
     spec = get_spec(model)
-    classifier = load_classifier(spec, weights, class_index, max(batches))
+    with tempfile.TemporaryDirectory() as cache:
+        classifier = load_classifier(spec, weights, class_index, max(batches), backend, cache)
     classifier.warm_up()
     one = np.frombuffer(decode_to_pixels(image, spec.input_size, 10**9), np.uint8).reshape(spec.input_shape)
     results = {}
-    for batch in batches:
+    for batch in tqdm(batches, desc=f"raw {backend}", unit="batch size"):
         x = np.repeat(one[None], batch, axis=0)
         calls, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds or calls < 3:
@@ -53,60 +73,189 @@ def raw_throughput(model: str, weights: str, class_index: str, image: bytes, bat
             calls += 1
         elapsed = time.perf_counter() - start
         results[batch] = {"images_per_s": batch * calls / elapsed, "ms_per_call": 1000 * elapsed / calls}
+    del classifier
+    gc.collect()
     return results
 
 
-def e2e(url: str, image: bytes, concurrency: int, requests: int) -> dict:
-    """Throughput, latency percentiles and batch sizes of `requests` uploads from `concurrency` clients."""
-    latencies, sizes, errors = [], [], 0
-    with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
+def e2e(url: str, image: bytes, concurrency: int, requests: int, bar: tqdm) -> dict:
+    """Throughput, latency percentiles, batch sizes and mean stage timings at one concurrency."""
+    latencies: list[float] = []
+    sizes: Counter[int] = Counter()
+    stages: dict[str, list[float]] = {s: [] for s in STAGES}
+    errors = 0
+    with httpx.Client(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as client:
 
-        def one(_: int) -> None:
+        def one(record: bool) -> None:
             nonlocal errors
             t0 = time.perf_counter()
-            response = client.post(url + "/predict", files={"image": ("bench.jpg", image, "image/jpeg")})
+            try:
+                response = client.post(url + "/predict", files={"image": ("bench.jpg", image, "image/jpeg")})
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if not record:
+                return
             latencies.append(time.perf_counter() - t0)
-            if response.status_code == 200:
-                sizes.append(response.json()["batch_size"])
-            else:
+            bar.update()
+            if not ok:
                 errors += 1
+                return
+            body = response.json()
+            sizes[body["batch_size"]] += 1
+            for stage in STAGES:
+                stages[stage].append(body["timings"][stage])
 
-        for _ in range(min(concurrency, 4)):  # settle connections and the worker
-            one(0)
-        latencies.clear(), sizes.clear()
+        for _ in range(2):  # settle connections
+            one(False)
         start = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(one, range(requests)))
+            list(pool.map(lambda _: one(True), range(requests)))
         elapsed = time.perf_counter() - start
     q = statistics.quantiles(latencies, n=100)
     return {
         "concurrency": concurrency, "requests": requests, "errors": errors,
-        "images_per_s": len(sizes) / elapsed,
+        "images_per_s": (requests - errors) / elapsed,
         "p50_ms": 1000 * q[49], "p90_ms": 1000 * q[89], "p99_ms": 1000 * q[98],
-        "mean_batch_size": statistics.mean(sizes) if sizes else 0.0,
+        "batch_sizes": dict(sorted(sizes.items())),
+        "mean_batch_size": sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values())),
+        "stages_mean_ms": {s: statistics.fmean(v) if v else None for s, v in stages.items()},
     }
 
 
-def start_service(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port, flower = free_port(), free_port()
-    env = {**os.environ, **env, "PORT": str(port), "FLOWER_PORT": str(flower), "REDIS_URL": "",
-           "REDIS_DATA_DIR": tempfile.mkdtemp(prefix="bench-redis-")}
-    log = open(Path(tempfile.gettempdir()) / "benchmark-service.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.run"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+def redis_bytes_per_image(redis_url: str, pixels: bytes, n: int = 20) -> float:
+    """Redis memory one queued classify task takes (sent to a queue nobody consumes, then dropped)."""
+    import redis
+    from celery import Celery
+
+    app = Celery("benchmark")
+    app.config_from_object("celeryconfig")
+    app.conf.update(broker_url=redis_url, result_backend=None)
+    queue = "benchmark-bytes"
+    client = redis.Redis.from_url(redis_url)
+    client.delete(queue)
+    for _ in range(n):
+        app.send_task("classify", kwargs={"pixels": pixels, "top": 5, "sent_at": time.time()}, queue=queue)
+    used = client.memory_usage(queue, samples=0) or 0
+    client.delete(queue)
+    return used / n
+
+
+class LocalService:
+    """Redis + scripts.run started for one backend, stopped on exit."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env, self.log_path = env, log_path
+
+    def __enter__(self) -> LocalService:
+        port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        self.redis = subprocess.Popen(redis_argv(port, tempfile.mkdtemp(prefix="bench-redis-"), durable=False),
+                                      stdout=subprocess.DEVNULL)
+        if not wait_until(lambda: ping(self.redis_url), 15):
+            raise SystemExit("Redis did not start")
+        api_port, flower_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{api_port}"
+        env = {**os.environ, **self.env, "REDIS_URL": self.redis_url, "PORT": str(api_port),
+               "FLOWER_PORT": str(flower_port), "HOST": "127.0.0.1"}
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "scripts.run"], cwd=ROOT, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        if not wait_until(self._ready, 600, 0.5):
+            self.__exit__()
+            raise SystemExit(f"the service did not become ready; see {self.log_path}")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            return True  # reported by the caller's next request failing; see the log
         try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc, url
+            return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGTERM)
-    raise SystemExit(f"the service did not become ready; see {log.name}")
+            return False
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(120)
+        self.redis.terminate()
+        self.redis.wait(10)
+        self.log.close()
+
+
+def markdown(report: dict) -> str:
+    """The report's tables."""
+    out = [f"Model `{report['model']}` (weights `{report['weights']}`), upload: {report['image']}.",
+           f"Machine: {report['machine']}. Run: {report['date']}.", "", f"    {report['command']}", ""]
+    out += ["### Raw in-process throughput (the ceiling)", "",
+            "| backend | batch | images/s | ms per call |", "|---|---|---|---|"]
+    for name, b in report["backends"].items():
+        for batch, r in b["raw"].items():
+            out.append(f"| {name} | {batch} | {r['images_per_s']:.1f} | {r['ms_per_call']:.1f} |")
+    out += ["", "### End to end (HTTP multipart → API → Redis → batching worker → answer)", "",
+            "| backend | BATCH_SIZE | clients | images/s | p50 ms | p90 ms | p99 ms | errors | batch sizes seen |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, b in report["backends"].items():
+        for lvl in b["e2e"]:
+            dist = ", ".join(f"{k}×{v}" for k, v in lvl["batch_sizes"].items())
+            out.append(f"| {name} | {b['batch_size']} | {lvl['concurrency']} | {lvl['images_per_s']:.1f} | "
+                       f"{lvl['p50_ms']:.0f} | {lvl['p90_ms']:.0f} | {lvl['p99_ms']:.0f} | {lvl['errors']} | {dist} |")
+    out += ["", "### Where the time goes (mean ms per request)", "",
+            "| backend | clients | decode (API) | queue | batch wait | inference | result | p50 total |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, b in report["backends"].items():
+        for lvl in b["e2e"]:
+            s = lvl["stages_mean_ms"]
+            cells = " | ".join(f"{s[k]:.1f}" if s[k] is not None else "-" for k in STAGES)
+            out.append(f"| {name} | {lvl['concurrency']} | {cells} | {lvl['p50_ms']:.0f} |")
+    out += ["", "### Ratios", "",
+            "| backend | raw best (batch) | e2e best (clients) | e2e ÷ raw best | conc-1 p50 − raw batch-1 | "
+            "Redis bytes per queued image |", "|---|---|---|---|---|---|"]
+    for name, b in report["backends"].items():
+        r = b["ratios"]
+        out.append(f"| {name} | {r['raw_best_images_per_s']:.1f} ({r['raw_best_batch']}) | "
+                   f"{r['e2e_best_images_per_s']:.1f} ({r['e2e_best_concurrency']}) | {r['e2e_over_raw_best']:.2f} | "
+                   f"{r['conc1_p50_minus_raw_batch1_ms']:+.1f} ms | {b['redis_bytes_per_image']:,.0f} |")
+    return "\n".join(out) + "\n"
+
+
+def plots(report: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for key, ylabel, name in (("images_per_s", "images/s", "throughput"), ("p99_ms", "p99 latency (ms)", "p99")):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for backend, b in report["backends"].items():
+            conc = [lvl["concurrency"] for lvl in b["e2e"]]
+            line = ax.plot(conc, [lvl[key] for lvl in b["e2e"]], marker="o", label=f"{backend} end to end")[0]
+            if key == "images_per_s":
+                ax.axhline(b["ratios"]["raw_best_images_per_s"], color=line.get_color(), linestyle="--",
+                           label=f"{backend} raw best (batch {b['ratios']['raw_best_batch']})")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{report['model']}: {ylabel} vs concurrency")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        path = out / f"benchmark_{name}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU" \
+        if not os.environ.get("CUDA_VISIBLE_DEVICES") else f"{cpu}, {os.cpu_count()} cores, GPU"
 
 
 def main() -> int:
@@ -114,39 +263,63 @@ def main() -> int:
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--weights", default="random")
     parser.add_argument("--class-index", default=os.environ.get("CLASS_INDEX", ""))
-    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
-    parser.add_argument("--concurrency", default="1,32", help="comma-separated client counts")
-    parser.add_argument("--requests", type=int, default=192, help="requests per concurrency level")
-    parser.add_argument("--raw-seconds", type=float, default=8.0)
-    parser.add_argument("--url", help="benchmark a running service instead of starting one")
+    parser.add_argument("--backends", default="tensorflow,onnxruntime")
+    parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO)
+    parser.add_argument("--concurrency", default="1,4,16,32,64")
+    parser.add_argument("--requests", type=int, default=64, help="requests per level (at least 2 per client)")
+    parser.add_argument("--raw-batches", default="1,8,32")
+    parser.add_argument("--raw-seconds", type=float, default=6.0)
+    parser.add_argument("--batch-size", default="auto", help="the service's BATCH_SIZE; auto: the best raw batch")
+    parser.add_argument("--url", help="benchmark this running service (one backend) instead of starting one")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
-    image = args.image.read_bytes()
 
-    proc = None
-    url = args.url
-    if not url:
-        proc, url = start_service({"MODEL": args.model, "MODEL_WEIGHTS": args.weights,
-                                   "CLASS_INDEX": args.class_index})
-    try:
-        raw = raw_throughput(args.model, args.weights, args.class_index, image, [1, 8, 32], args.raw_seconds)
-        levels = [e2e(url, image, int(c), args.requests) for c in args.concurrency.split(",")]
-    finally:
-        if proc is not None:
-            os.kill(proc.pid, signal.SIGINT)
-            proc.wait(120)
-    best = max(r["images_per_s"] for r in raw.values())
+    image = test_jpeg(args.photo)
+    spec = get_spec(args.model)
+    pixels = decode_to_pixels(image, spec.input_size, 10**9)
+    levels = [int(c) for c in args.concurrency.split(",")]
     report = {
-        "model": args.model, "weights": args.weights, "image": str(args.image),
-        "raw": raw, "e2e": levels,
-        "e2e_over_raw_best": {lvl["concurrency"]: lvl["images_per_s"] / best for lvl in levels},
+        "command": "python -m scripts.benchmark " + " ".join(sys.argv[1:]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(), "model": args.model, "weights": args.weights,
+        "image": f"{args.photo.name} re-encoded 1024x768, {len(image):,} bytes", "backends": {},
     }
-    print(json.dumps(report, indent=2))
-    for batch, r in raw.items():
-        print(f"raw batch {batch:>2}: {r['images_per_s']:7.1f} img/s  {r['ms_per_call']:8.1f} ms/call")
-    for lvl in levels:
-        print(f"e2e conc {lvl['concurrency']:>2}: {lvl['images_per_s']:7.1f} img/s  p50 {lvl['p50_ms']:7.1f} ms  "
-              f"p99 {lvl['p99_ms']:7.1f} ms  mean batch {lvl['mean_batch_size']:.1f}  errors {lvl['errors']}  "
-              f"= {lvl['images_per_s'] / best:.2f} x raw best")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for backend in args.backends.split(","):
+        raw = raw_throughput(args.model, args.weights, args.class_index, backend, image,
+                             [int(b) for b in args.raw_batches.split(",")], args.raw_seconds)
+        best_batch = max(raw, key=lambda b: raw[b]["images_per_s"])
+        batch_size = best_batch if args.batch_size == "auto" else int(args.batch_size)
+        env = {"MODEL": args.model, "MODEL_WEIGHTS": args.weights, "CLASS_INDEX": args.class_index,
+               "BACKEND": backend, "BATCH_SIZE": str(batch_size), "MODEL_CACHE_DIR": tempfile.mkdtemp()}
+        total = sum(max(args.requests, 2 * c) for c in levels)
+        if args.url:
+            url, redis_bytes, runs = args.url, float("nan"), []
+            with tqdm(total=total, desc=f"e2e {backend}", unit="req") as bar:
+                runs = [e2e(url, image, c, max(args.requests, 2 * c), bar) for c in levels]
+        else:
+            with LocalService(env, Path(tempfile.gettempdir()) / f"benchmark-{backend}.log") as svc:
+                redis_bytes = redis_bytes_per_image(svc.redis_url, pixels)
+                with tqdm(total=total, desc=f"e2e {backend}", unit="req") as bar:
+                    runs = [e2e(svc.url, image, c, max(args.requests, 2 * c), bar) for c in levels]
+        best = max(runs, key=lambda r: r["images_per_s"])
+        conc1 = next((r for r in runs if r["concurrency"] == 1), runs[0])
+        report["backends"][backend] = {
+            "batch_size": batch_size, "raw": raw, "e2e": runs, "redis_bytes_per_image": redis_bytes,
+            "ratios": {
+                "raw_best_batch": best_batch, "raw_best_images_per_s": raw[best_batch]["images_per_s"],
+                "e2e_best_images_per_s": best["images_per_s"], "e2e_best_concurrency": best["concurrency"],
+                "e2e_over_raw_best": best["images_per_s"] / raw[best_batch]["images_per_s"],
+                "conc1_p50_minus_raw_batch1_ms": conc1["p50_ms"] - raw[min(raw)]["ms_per_call"],
+            },
+        }
+    stem = f"benchmark-{args.model}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (args.out / f"{stem}.md").write_text(table)
+    written = plots(report, args.out)
+    print(table)
+    print("wrote", args.out / f"{stem}.json", args.out / f"{stem}.md", *written)
     return 0
 
 
