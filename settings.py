@@ -58,8 +58,9 @@ CLASS_INDEX: str = _str("CLASS_INDEX", "")
 BATCH_SIZE: int = max(1, _int("BATCH_SIZE", 32))
 #: Pad batches to a few fixed sizes: `auto` (only when a GPU is visible), `on`, or `off`.
 BATCH_PADDING: str = _str("BATCH_PADDING", "auto")
-#: How long an idle worker lets a partial batch wait for companions (flush_interval).
-BATCH_WAIT_MS: float = max(0.0, _float("BATCH_WAIT_MS", 10.0))
+#: How long an idle worker lets a partial batch wait for companions (flush_interval);
+#: 0: none, batches form from what arrives while the model is busy.
+BATCH_WAIT_MS: float = max(0.0, _float("BATCH_WAIT_MS", 0.0))
 
 #: How long POST /predict waits for its answer before replying 202 (default and upper bound).
 PREDICT_TIMEOUT_S: float = _float("PREDICT_TIMEOUT_S", 30.0)

@@ -235,6 +235,8 @@ def plots(report: dict, out: Path) -> list[Path]:
                 ax.axhline(b["ratios"]["raw_best_images_per_s"], color=line.get_color(), linestyle="--",
                            label=f"{backend} raw best (batch {b['ratios']['raw_best_batch']})")
         ax.set_xscale("log", base=2)
+        ticks = sorted({lvl["concurrency"] for b in report["backends"].values() for lvl in b["e2e"]})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{report['model']}: {ylabel} vs concurrency")

@@ -5,7 +5,9 @@ pool process is still busy, so under load the pool queues a string of tiny
 batches. Here a partial batch is flushed only when no batch is running: requests
 that arrive during inference accumulate and go together as soon as the model is
 free, a full batch (`flush_every`) goes at once, and a lone request on an idle
-worker waits at most `flush_interval`. No batch exceeds `flush_every`.
+worker waits at most `flush_interval` — or not at all when `flush_when_idle` is set,
+in which case batches form only from what arrives while the model is busy. No batch
+exceeds `flush_every`.
 """
 
 from __future__ import annotations
@@ -32,11 +34,25 @@ class _StampingQueue(Queue):
 
 class AdaptiveBatches(Batches):
     abstract = True
+    #: Flush as soon as a request arrives while no batch is running (no waiting for companions).
+    flush_when_idle = False
 
     def __init__(self) -> None:
         super().__init__()
         self._buffer = _StampingQueue()
         self._in_flight = 0
+
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 (Celery's name)
+        handler = super().Strategy(task, app, consumer)
+        if not self.flush_when_idle:
+            return handler
+
+        def handle_and_flush_when_idle(*args: Any, **kwargs: Any) -> None:
+            handler(*args, **kwargs)
+            if self._in_flight == 0:
+                self._do_flush()
+
+        return handle_and_flush_when_idle
 
     @staticmethod
     def _simple(request: Any) -> SimpleRequest:

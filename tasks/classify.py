@@ -40,7 +40,9 @@ def _parse(kwargs: dict, shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
     base=AdaptiveBatches,
     name="classify",
     flush_every=settings.BATCH_SIZE,
-    flush_interval=settings.BATCH_WAIT_MS / 1000.0,
+    # With BATCH_WAIT_MS=0 the timer is only a safety net; idle workers flush on arrival.
+    flush_interval=max(settings.BATCH_WAIT_MS, 5.0) / 1000.0,
+    flush_when_idle=settings.BATCH_WAIT_MS == 0,
     acks_late=True,
 )
 def classify(requests: list) -> None:

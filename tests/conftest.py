@@ -42,7 +42,6 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             "MODEL_WEIGHTS": str(MOBILENET_FILE),
             "CLASS_INDEX": str(CLASS_INDEX),
             "BATCH_SIZE": "32",
-            "BATCH_WAIT_MS": "10",
             "API_WORKERS": "1",
             "API_THREADS": "64",
         },
