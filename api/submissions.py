@@ -20,6 +20,7 @@ import settings
 from api.errors import APIError
 from api.result_store import read_meta
 from api.waiter import ResultWaiter
+from tasks.payloads import enqueue_classify
 
 ISSUED_PREFIX = "imageclf:issued:"
 
@@ -33,13 +34,12 @@ def _redis() -> redis.Redis:
 
 
 def submit_classify(pixels: bytes, top: int, model: str) -> str:
-    """Record a new random id and queue one image for the batched classify task (stamped for timings)."""
+    """Record a new random id and queue one image for the batched classify task."""
     task_id = str(uuid.uuid4())
     record = json.dumps({"kind": "predict", "model": model, "created": time.time()})
     try:
-        _redis().set(ISSUED_PREFIX + task_id, record, ex=settings.RESULT_TTL_S)
-        _celery().send_task("classify", kwargs={"pixels": pixels, "top": top, "sent_at": time.time()},
-                            task_id=task_id)
+        enqueue_classify(_celery(), _redis(), task_id, pixels, top, settings.RESULT_TTL_S,
+                         extra_keys={ISSUED_PREFIX + task_id: record})
     except (redis.RedisError, OperationalError) as exc:
         raise APIError(503, f"the queue is unavailable, try again later ({type(exc).__name__})",
                        {"Retry-After": "5"}) from None

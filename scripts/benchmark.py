@@ -124,20 +124,25 @@ def e2e(url: str, image: bytes, concurrency: int, requests: int, bar: tqdm) -> d
 
 
 def redis_bytes_per_image(redis_url: str, pixels: bytes, n: int = 20) -> float:
-    """Redis memory one queued classify task takes (sent to a queue nobody consumes, then dropped)."""
+    """Redis memory one queued image takes: message + pixels (queued where nobody consumes, then dropped)."""
+    import uuid
+
     import redis
     from celery import Celery
+
+    from tasks.payloads import PIXELS_PREFIX, enqueue_classify
 
     app = Celery("benchmark")
     app.config_from_object("celeryconfig")
     app.conf.update(broker_url=redis_url, result_backend=None)
     queue = "benchmark-bytes"
     client = redis.Redis.from_url(redis_url)
-    client.delete(queue)
-    for _ in range(n):
-        app.send_task("classify", kwargs={"pixels": pixels, "top": 5, "sent_at": time.time()}, queue=queue)
-    used = client.memory_usage(queue, samples=0) or 0
-    client.delete(queue)
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    for task_id in ids:
+        enqueue_classify(app, client, task_id, pixels, 5, 600, queue=queue)
+    keys = [PIXELS_PREFIX + task_id for task_id in ids]
+    used = (client.memory_usage(queue, samples=0) or 0) + sum(client.memory_usage(k) or 0 for k in keys)
+    client.delete(queue, *keys)
     return used / n
 
 

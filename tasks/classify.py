@@ -1,7 +1,8 @@
 """The batched classify task: many single-image requests, one model call.
 
-Each request carries `pixels` (uint8 H×W×3 bytes made by models.images), `top`, and
-`sent_at` (when the API queued it). Results carry the per-stage timings.
+Each request carries `pixels_key` (the Redis key of uint8 H×W×3 bytes made by
+models.images, see tasks.payloads), `top`, and `sent_at` (when the API queued it).
+Results carry the per-stage timings.
 Every request gets its own result or failure in the backend: celery-batches
 discards the task's return value and swallows its exceptions.
 """
@@ -17,19 +18,19 @@ from celery.utils.log import get_logger
 import settings
 from tasks import celery_app
 from tasks.batching import AdaptiveBatches
-from tasks.worker import classifier
+from tasks.payloads import drop_pixels, fetch_pixels
+from tasks.worker import classifier, pixel_store
 
 logger = get_logger(__name__)
 
 
-def _parse(kwargs: dict, shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
+def _parse(kwargs: dict, data: bytes | None, shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
     """The request's image as an array and its `top`, or ValueError naming what is wrong."""
     top = kwargs.get("top", 5)
     if not isinstance(top, int) or top < 1:
         raise ValueError(f"'top' must be a positive integer, got {top!r}")
-    data = kwargs.get("pixels")
-    if not isinstance(data, (bytes, bytearray)):
-        raise ValueError("payload has no 'pixels' bytes")
+    if data is None:
+        raise ValueError(f"no pixels under {kwargs.get('pixels_key')!r} (missing, or expired before the batch ran)")
     expected = shape[0] * shape[1] * shape[2]
     if len(data) != expected:
         raise ValueError(f"payload has {len(data)} bytes of pixels; this model needs {expected} ({shape} uint8)")
@@ -46,13 +47,32 @@ def _parse(kwargs: dict, shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
     acks_late=True,
 )
 def classify(requests: list) -> None:
+    backend = celery_app.backend
+    keys = [str(req.kwargs.get("pixels_key", "")) for req in requests]
+    try:
+        blobs = fetch_pixels(pixel_store(), keys)
+    except Exception as exc:  # Redis away: fail the batch visibly rather than leave it pending
+        for req in requests:
+            backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
+        return
+    try:
+        _classify_batch(requests, blobs)
+    finally:
+        try:
+            drop_pixels(pixel_store(), keys)
+        except Exception:  # they expire with their TTL anyway
+            logger.warning("could not delete the pixels of %d requests", len(keys), exc_info=True)
+
+
+def _classify_batch(requests: list, blobs: list[bytes | None]) -> None:
+    """One model call for every valid request; each request marked done or failed on its own."""
     model = classifier()
     backend = celery_app.backend
     started = time.time()
     valid, images, tops = [], [], []
-    for req in requests:
+    for req, blob in zip(requests, blobs):
         try:
-            image, top = _parse(req.kwargs, model.spec.input_shape)
+            image, top = _parse(req.kwargs, blob, model.spec.input_shape)
             images.append(image)
             tops.append(top)
             valid.append(req)

@@ -10,6 +10,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+import redis
 from celery.signals import worker_process_init, worker_process_shutdown
 from celery.utils.log import get_logger
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 logger = get_logger(__name__)
 
 _classifier: Classifier | None = None
+_pixel_store: redis.Redis | None = None
 
 
 def classifier() -> Classifier:
@@ -31,6 +33,14 @@ def classifier() -> Classifier:
     if _classifier is None:
         raise RuntimeError("the model is not loaded in this process")
     return _classifier
+
+
+def pixel_store() -> redis.Redis:
+    """This process's Redis client for request pixels (made after the fork, never shared)."""
+    global _pixel_store
+    if _pixel_store is None:
+        _pixel_store = redis.Redis.from_url(celery_app.conf.broker_url, socket_timeout=30)
+    return _pixel_store
 
 
 @worker_process_init.connect

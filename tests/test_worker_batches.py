@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 from celery import Celery
 
 from api.result_store import READY_STATES, failure_message, read_meta
 from models.images import decode_to_pixels
+from tasks.payloads import PIXELS_PREFIX, enqueue_classify
 from tests.helpers import SHARED, labelled_photos
 
 
@@ -34,19 +36,28 @@ def wait_all(client, ids: list[str], timeout_s: float = 120.0) -> list[dict]:
 def test_an_undecodable_payload_fails_alone_and_its_batch_mates_are_answered(client_app, redis_client):
     photos = labelled_photos()[:8]
     pixels = [decode_to_pixels((SHARED / r["path"]).read_bytes(), 224, 10**9) for r in photos]
-    send = lambda kwargs: client_app.send_task("classify", kwargs=kwargs).id  # noqa: E731
-    # Keep the worker busy so the next burst accumulates into one batch behind it.
-    busy = [send({"pixels": pixels[i % 8], "top": 1}) for i in range(32)]
-    before = [send({"pixels": p, "top": 1}) for p in pixels]
-    bad = send({"pixels": b"\x00" * 1000, "top": 1})
-    after = [send({"pixels": p, "top": 1}) for p in pixels]
-    metas = wait_all(redis_client, [*busy, *before, bad, *after])
-    before_m, bad_m, after_m = metas[32:40], metas[40], metas[41:]
 
-    assert bad_m["status"] == "FAILURE"
-    assert "1000 bytes" in failure_message(bad_m)
+    def send(data: bytes) -> str:
+        task_id = str(uuid.uuid4())
+        enqueue_classify(client_app, redis_client, task_id, data, 1, 600)
+        return task_id
+
+    # Keep the worker busy so the next burst accumulates into one batch behind it.
+    busy = [send(pixels[i % 8]) for i in range(32)]
+    before = [send(p) for p in pixels]
+    bad = send(b"\x00" * 1000)
+    missing = str(uuid.uuid4())
+    client_app.send_task("classify", kwargs={"pixels_key": "imageclf:pixels:nowhere", "top": 1}, task_id=missing)
+    after = [send(p) for p in pixels]
+    metas = wait_all(redis_client, [*busy, *before, bad, missing, *after])
+    before_m, bad_m, missing_m, after_m = metas[32:40], metas[40], metas[41], metas[42:]
+
+    assert bad_m["status"] == "FAILURE" and "1000 bytes" in failure_message(bad_m)
+    assert missing_m["status"] == "FAILURE" and "no pixels" in failure_message(missing_m)
     for row, meta in zip(photos * 2, before_m + after_m):
         assert meta["status"] == "SUCCESS"
         assert meta["result"]["predictions"][0]["class_id"] == int(row["expected_class_id"])
-    # Batches are consecutive slices of the queue: the bad payload's neighbours shared its batch.
+    # Batches are consecutive slices of the queue: the bad payloads' neighbours shared their batch.
     assert before_m[-1]["result"]["batch_id"] == after_m[0]["result"]["batch_id"]
+    # Pixels are deleted once answered.
+    assert not list(redis_client.scan_iter(match=PIXELS_PREFIX + "*"))
