@@ -38,12 +38,21 @@ def submit_classify(pixels: bytes, top: int, model: str) -> str:
     task_id = str(uuid.uuid4())
     record = json.dumps({"kind": "predict", "model": model, "created": time.time()})
     try:
+        _refuse_when_full(settings.INTERACTIVE_QUEUE)
         enqueue_classify(_celery(), _redis(), task_id, pixels, top, settings.RESULT_TTL_S,
                          extra_keys={ISSUED_PREFIX + task_id: record})
     except (redis.RedisError, OperationalError) as exc:
         raise APIError(503, f"the queue is unavailable, try again later ({type(exc).__name__})",
                        {"Retry-After": "5"}) from None
     return task_id
+
+
+def _refuse_when_full(queue: str) -> None:
+    """503 + Retry-After instead of piling work up without bound when workers cannot keep up."""
+    depth = _redis().llen(queue)
+    if depth >= settings.MAX_QUEUE_DEPTH:
+        raise APIError(503, f"the service is overloaded: {depth} requests are waiting (MAX_QUEUE_DEPTH="
+                            f"{settings.MAX_QUEUE_DEPTH}); retry later", {"Retry-After": "5"})
 
 
 def issued(task_id: str) -> dict[str, Any] | None:
