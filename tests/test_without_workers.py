@@ -40,11 +40,23 @@ def api_alone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, r
             return False
 
     assert wait_until(up, 30), "the API did not start"
-    yield url, redis.Redis.from_url(redis_url)
+    restart = {"server": server}
+
+    def redis_down_then_up(check_while_down) -> None:
+        restart["server"].terminate()
+        restart["server"].wait(10)
+        try:
+            check_while_down()
+        finally:
+            restart["server"] = subprocess.Popen(redis_argv(redis_port, str(tmp_path_factory.mktemp("redis-again")),
+                                                            durable=False))
+            assert wait_until(lambda: ping(redis_url), 15)
+
+    yield url, redis.Redis.from_url(redis_url), redis_down_then_up
     api.terminate()
     api.wait(20)
-    server.terminate()
-    server.wait(10)
+    restart["server"].terminate()
+    restart["server"].wait(10)
 
 
 def post(url: str, timeout: str) -> httpx.Response:
@@ -53,14 +65,14 @@ def post(url: str, timeout: str) -> httpx.Response:
 
 
 def test_readyz_says_not_ready_and_why(api_alone):
-    url, _ = api_alone
+    url, _, _ = api_alone
     response = httpx.get(url + "/readyz", timeout=10)
     assert response.status_code == 503
     assert response.json()["ready"] is False and "no worker" in response.json()["reason"]
 
 
 def test_predict_answers_202_within_its_timeout_and_backpressure_refuses_past_the_depth(api_alone):
-    url, client = api_alone
+    url, client, _ = api_alone
     for _ in range(DEPTH):
         start = time.monotonic()
         response = post(url, "0.5")
@@ -72,3 +84,22 @@ def test_predict_answers_202_within_its_timeout_and_backpressure_refuses_past_th
     assert refused.headers["Retry-After"] == "5"
     assert "MAX_QUEUE_DEPTH" in refused.json()["error"]
     assert client.llen("interactive") == DEPTH, "accepted work must stay queued; refused work must not be"
+
+
+def test_redis_down_is_a_quick_503_and_the_api_recovers_by_itself(api_alone):
+    url, client, redis_down_then_up = api_alone
+
+    def while_down() -> None:
+        for call in (lambda: post(url, "1"), lambda: httpx.get(url + "/result/some-id", timeout=30),
+                     lambda: httpx.get(url + "/readyz", timeout=30)):
+            start = time.monotonic()
+            response = call()
+            assert response.status_code == 503, response.text
+            assert time.monotonic() - start < 15, "a request hung while Redis was down"
+            body = response.json()
+            assert body.get("success") is False or body.get("ready") is False
+            assert "Traceback" not in response.text
+
+    redis_down_then_up(while_down)
+    client.delete("interactive")  # the new Redis is empty anyway; be explicit about the depth
+    assert post(url, "0.2").status_code == 202, "the API did not recover after Redis came back"
