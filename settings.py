@@ -65,6 +65,8 @@ BATCH_WAIT_MS: float = max(0.0, _float("BATCH_WAIT_MS", 0.0))
 #: How long POST /predict waits for its answer before replying 202 (default and upper bound).
 PREDICT_TIMEOUT_S: float = _float("PREDICT_TIMEOUT_S", 30.0)
 MAX_PREDICT_TIMEOUT_S: float = _float("MAX_PREDICT_TIMEOUT_S", 300.0)
+#: Comma-separated API keys; empty (default): no authentication.
+API_KEYS: list[str] = [k.strip() for k in os.environ.get("API_KEYS", "").split(",") if k.strip()]
 #: Backpressure: above this many waiting tasks in a queue, new submissions get 503 + Retry-After.
 MAX_QUEUE_DEPTH: int = _int("MAX_QUEUE_DEPTH", 2000)
 #: How long results and issued ids are kept in Redis.

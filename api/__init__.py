@@ -14,6 +14,7 @@ from flask import Flask
 
 import settings
 from api import health, predict, results
+from api.auth import init_auth
 from api.errors import register_error_handlers
 from api.waiter import ResultWaiter
 from models.registry import get_spec
@@ -36,6 +37,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["result_waiter"] = ResultWaiter(broker_url)
 
     register_error_handlers(app)
+    init_auth(app, settings.API_KEYS)
     for blueprint in (predict.bp, results.bp, health.bp):
         app.register_blueprint(blueprint)
     return app

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from flask import current_app
+from flask import current_app, g
 from kombu.exceptions import OperationalError
 
 import settings
@@ -36,7 +36,7 @@ def _redis() -> redis.Redis:
 def submit_classify(pixels: bytes, top: int, model: str) -> str:
     """Record a new random id and queue one image for the batched classify task."""
     task_id = str(uuid.uuid4())
-    record = json.dumps({"kind": "predict", "model": model, "created": time.time()})
+    record = json.dumps({"kind": "predict", "model": model, "owner": g.owner, "created": time.time()})
     try:
         _refuse_when_full(settings.INTERACTIVE_QUEUE)
         enqueue_classify(_celery(), _redis(), task_id, pixels, top, settings.RESULT_TTL_S,
@@ -56,12 +56,13 @@ def _refuse_when_full(queue: str) -> None:
 
 
 def issued(task_id: str) -> dict[str, Any] | None:
-    """What was recorded when `task_id` was issued, or None if this service never issued it."""
+    """What was recorded when `task_id` was issued to the caller's key, or None (never issued, or another key's)."""
     try:
         record = _redis().get(ISSUED_PREFIX + task_id)
     except redis.RedisError:
         raise APIError(503, "the result store is unavailable, try again later", {"Retry-After": "5"}) from None
-    return json.loads(record) if record else None
+    info = json.loads(record) if record else None
+    return info if info and info.get("owner") == g.owner else None
 
 
 def fetch_meta(task_id: str) -> dict[str, Any]:

@@ -18,17 +18,13 @@ from scripts.supervise import wait_until
 from tests.helpers import ROOT, SHARED, free_port, labelled_photos
 
 DEPTH = 3
+KEYS = ("key-alice-1234", "key-bob-5678")
 
 
-@pytest.fixture(scope="module")
-def api_alone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, redis.Redis]]:
-    """A Redis and a gunicorn API, and no worker at all."""
-    redis_port, port = free_port(), free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    server = subprocess.Popen(redis_argv(redis_port, str(tmp_path_factory.mktemp("redis-alone")), durable=False))
-    assert wait_until(lambda: ping(redis_url), 15)
-    env = {**os.environ, "REDIS_URL": redis_url, "MODEL": "mobilenet_v1_0.75", "MAX_QUEUE_DEPTH": str(DEPTH),
-           "CUDA_VISIBLE_DEVICES": ""}
+def start_api(redis_url: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """A gunicorn API process on a free port, once it answers /healthz."""
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "MODEL": "mobilenet_v1_0.75", "CUDA_VISIBLE_DEVICES": "", **env}
     api = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", "8",
                             "--bind", f"127.0.0.1:{port}", "api:create_app()"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -40,6 +36,17 @@ def api_alone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, r
             return False
 
     assert wait_until(up, 30), "the API did not start"
+    return api, url
+
+
+@pytest.fixture(scope="module")
+def api_alone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, redis.Redis]]:
+    """A Redis and a gunicorn API, and no worker at all."""
+    redis_port = free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    server = subprocess.Popen(redis_argv(redis_port, str(tmp_path_factory.mktemp("redis-alone")), durable=False))
+    assert wait_until(lambda: ping(redis_url), 15)
+    api, url = start_api(redis_url, {"MAX_QUEUE_DEPTH": str(DEPTH)})
     restart = {"server": server}
 
     def redis_down_then_up(check_while_down) -> None:
@@ -59,9 +66,10 @@ def api_alone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, r
     restart["server"].wait(10)
 
 
-def post(url: str, timeout: str) -> httpx.Response:
+def post(url: str, timeout: str, headers: dict[str, str] | None = None) -> httpx.Response:
     path = SHARED / labelled_photos()[0]["path"]
-    return httpx.post(url + "/predict", params={"timeout": timeout}, files={"image": path.read_bytes()}, timeout=30)
+    return httpx.post(url + "/predict", params={"timeout": timeout}, files={"image": path.read_bytes()},
+                      headers=headers, timeout=30)
 
 
 def test_readyz_says_not_ready_and_why(api_alone):
@@ -103,3 +111,27 @@ def test_redis_down_is_a_quick_503_and_the_api_recovers_by_itself(api_alone):
     redis_down_then_up(while_down)
     client.delete("interactive")  # the new Redis is empty anyway; be explicit about the depth
     assert post(url, "0.2").status_code == 202, "the API did not recover after Redis came back"
+
+
+def test_api_keys_guard_every_endpoint_and_keep_results_private(api_alone):
+    url, client, _ = api_alone
+    redis_port = client.connection_pool.connection_kwargs["port"]
+    api, keyed = start_api(f"redis://127.0.0.1:{redis_port}/0", {"API_KEYS": ",".join(KEYS)})
+    try:
+        client.delete("interactive")
+        assert post(keyed, "0").status_code == 401
+        assert post(keyed, "0", {"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(keyed + "/result/x", timeout=10).status_code == 401
+        assert httpx.get(keyed + "/healthz", timeout=10).status_code == 200  # health stays open
+
+        alice = post(keyed, "0", {"Authorization": f"Bearer {KEYS[0]}"})
+        assert alice.status_code == 202, alice.text
+        result_url = keyed + alice.json()["result_url"]
+        assert httpx.get(result_url, headers={"X-API-Key": KEYS[0]}, timeout=10).status_code == 200
+        assert httpx.get(result_url, headers={"X-API-Key": KEYS[1]}, timeout=10).status_code == 404
+        unauthorised = httpx.get(result_url, timeout=10)
+        assert unauthorised.status_code == 401 and unauthorised.json()["success"] is False
+        assert KEYS[0].encode() not in b"".join(client.get(k) or b"" for k in client.scan_iter("imageclf:issued:*"))
+    finally:
+        api.terminate()
+        api.wait(20)

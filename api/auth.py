@@ -1,0 +1,46 @@
+"""Optional API keys: with API_KEYS set, every endpoint but the health checks needs one.
+
+A key is sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Work is recorded
+under a hash of the key that submitted it, so one key cannot read another's results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import Flask, g, request
+
+from api.errors import APIError
+
+_OPEN_ENDPOINTS = {"health.healthz", "health.readyz"}
+ANONYMOUS = "-"
+
+
+def owner_of(key: str) -> str:
+    """A stable, non-reversible id for a key (what Redis stores, never the key itself)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _presented_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.headers.get("X-API-Key")
+
+
+def init_auth(app: Flask, keys: list[str]) -> None:
+    """Check keys before every request when `keys` is non-empty; `g.owner` says who asked."""
+    owners = [owner_of(k) for k in keys]
+
+    @app.before_request
+    def _authenticate() -> None:
+        g.owner = ANONYMOUS
+        if not owners or request.endpoint in _OPEN_ENDPOINTS:
+            return
+        key = _presented_key()
+        owner = owner_of(key) if key else ""
+        if not any(hmac.compare_digest(owner, known) for known in owners):
+            raise APIError(401, "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
+                           {"WWW-Authenticate": "Bearer"})
+        g.owner = owner
