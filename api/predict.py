@@ -20,10 +20,11 @@ def predict():
     received = time.time()
     top = int(query_number("top", default=5, low=1, high=1000, integer=True))
     timeout = query_number("timeout", default=settings.PREDICT_TIMEOUT_S, low=0, high=settings.MAX_PREDICT_TIMEOUT_S)
+    deadline = query_number("deadline", default=0, low=0, high=settings.RESULT_TTL_S)
     spec = current_app.config["MODEL_SPEC"]
     pixels = image_pixels("image", spec.input_size)
     decoded = time.time()
-    task_id = submit_classify(pixels, top, spec.name)
+    task_id = submit_classify(pixels, top, spec.name, received + deadline if deadline else None)
 
     meta = wait_for(task_id, timeout)
     if meta["status"] == "SUCCESS":
@@ -37,6 +38,8 @@ def predict():
         return jsonify(body)
     if meta["status"] == "FAILURE":
         raise APIError(500, f"classification failed: {failure_message(meta)}")
+    if meta["status"] == "REVOKED":
+        raise APIError(504, f"not computed: {failure_message(meta)}")
     result_url = url_for("results.result", task_id=task_id)
     response = jsonify(success=False, id=task_id, status=meta["status"], result_url=result_url)
     response.status_code = 202

@@ -20,6 +20,6 @@ def result(task_id: str):
     body: dict = {"success": status == "SUCCESS", "id": task_id, "status": status}
     if status == "SUCCESS":
         body["result"] = prediction_body(task_id, meta["result"])
-    elif status == "FAILURE":
+    elif status in ("FAILURE", "REVOKED"):
         body["error"] = failure_message(meta)
     return jsonify(body)

@@ -33,14 +33,14 @@ def _redis() -> redis.Redis:
     return current_app.extensions["redis"]
 
 
-def submit_classify(pixels: bytes, top: int, model: str) -> str:
+def submit_classify(pixels: bytes, top: int, model: str, expires_at: float | None = None) -> str:
     """Record a new random id and queue one image for the batched classify task."""
     task_id = str(uuid.uuid4())
     record = json.dumps({"kind": "predict", "model": model, "owner": g.owner, "created": time.time()})
     try:
         _refuse_when_full(settings.INTERACTIVE_QUEUE)
         enqueue_classify(_celery(), _redis(), task_id, pixels, top, settings.RESULT_TTL_S,
-                         extra_keys={ISSUED_PREFIX + task_id: record})
+                         extra_keys={ISSUED_PREFIX + task_id: record}, expires_at=expires_at)
     except (redis.RedisError, OperationalError) as exc:
         raise APIError(503, f"the queue is unavailable, try again later ({type(exc).__name__})",
                        {"Retry-After": "5"}) from None

@@ -71,6 +71,10 @@ def _classify_batch(requests: list, blobs: list[bytes | None]) -> None:
     started = time.time()
     valid, images, tops = [], [], []
     for req, blob in zip(requests, blobs):
+        expires_at = req.kwargs.get("expires_at")
+        if isinstance(expires_at, (int, float)) and started > expires_at:
+            backend.mark_as_revoked(req.id, "deadline passed before the batch ran; not computed", request=req)
+            continue
         try:
             image, top = _parse(req.kwargs, blob, model.spec.input_shape)
             images.append(image)

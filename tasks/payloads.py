@@ -18,8 +18,13 @@ PIXELS_PREFIX = "imageclf:pixels:"
 
 
 def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: bytes, top: int,
-                     ttl_s: int, extra_keys: dict[str, str] | None = None, queue: str | None = None) -> None:
-    """Store the pixels (and any `extra_keys`) with a TTL, then queue the classify task for them."""
+                     ttl_s: int, extra_keys: dict[str, str] | None = None, queue: str | None = None,
+                     expires_at: float | None = None) -> None:
+    """Store the pixels (and any `extra_keys`) with a TTL, then queue the classify task for them.
+
+    A request still waiting at `expires_at` (epoch seconds) is skipped by the worker, not computed:
+    celery-batches does not apply Celery's own `expires`.
+    """
     key = PIXELS_PREFIX + task_id
     with client.pipeline(transaction=False) as pipe:
         pipe.set(key, pixels, ex=ttl_s)
@@ -27,8 +32,10 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
             pipe.set(name, value, ex=ttl_s)
         pipe.execute()
     options = {"queue": queue} if queue else {}
-    celery.send_task("classify", kwargs={"pixels_key": key, "top": top, "sent_at": time.time()},
-                     task_id=task_id, **options)
+    kwargs = {"pixels_key": key, "top": top, "sent_at": time.time()}
+    if expires_at is not None:
+        kwargs["expires_at"] = expires_at
+    celery.send_task("classify", kwargs=kwargs, task_id=task_id, **options)
 
 
 def fetch_pixels(client: redis.Redis, keys: list[str]) -> list[bytes | None]:

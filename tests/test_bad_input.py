@@ -32,6 +32,7 @@ CASES = [
     ("top not a number", {"image": ("a.jpg", JPEG)}, {"top": "five"}, 400, "'top' must be an integer"),
     ("top zero", {"image": ("a.jpg", JPEG)}, {"top": "0"}, 400, "'top' must be between"),
     ("negative timeout", {"image": ("a.jpg", JPEG)}, {"timeout": "-1"}, 400, "'timeout' must be between"),
+    ("bad deadline", {"image": ("a.jpg", JPEG)}, {"deadline": "soon"}, 400, "'deadline' must be a number"),
     ("nan timeout", {"image": ("a.jpg", JPEG)}, {"timeout": "nan"}, 400, "'timeout'"),
 ]
 

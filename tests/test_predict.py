@@ -107,3 +107,12 @@ def test_ids_are_random_uuids(service):
 
 def test_flower_is_up(service):
     assert httpx.get(service.flower_url + "/healthcheck", timeout=10).status_code == 200
+
+
+def test_results_and_ids_expire_and_pixels_are_deleted_once_answered(service, redis_client):
+    import settings
+
+    task_id = predict(service, SHARED / PHOTOS[0]["path"]).json()["id"]
+    for key in (f"celery-task-meta-{task_id}", f"imageclf:issued:{task_id}"):
+        assert 0 < redis_client.ttl(key) <= settings.RESULT_TTL_S, key
+    assert not redis_client.exists(f"imageclf:pixels:{task_id}")

@@ -61,3 +61,20 @@ def test_an_undecodable_payload_fails_alone_and_its_batch_mates_are_answered(cli
     assert before_m[-1]["result"]["batch_id"] == after_m[0]["result"]["batch_id"]
     # Pixels are deleted once answered.
     assert not list(redis_client.scan_iter(match=PIXELS_PREFIX + "*"))
+
+
+def test_a_request_past_its_deadline_is_skipped_not_computed(client_app, redis_client):
+    pixels = decode_to_pixels((SHARED / labelled_photos()[0]["path"]).read_bytes(), 224, 10**9)
+
+    def send(expires_at: float) -> str:
+        task_id = str(uuid.uuid4())
+        enqueue_classify(client_app, redis_client, task_id, pixels, 1, 600, expires_at=expires_at)
+        return task_id
+
+    busy = [send(time.time() + 600) for _ in range(48)]  # more than a batch: the next ones queue behind
+    late = send(time.time() + 0.05)
+    in_time = send(time.time() + 600)
+    metas = wait_all(redis_client, [*busy, late, in_time])
+    assert metas[-2]["status"] == "REVOKED" and "deadline" in failure_message(metas[-2])
+    assert metas[-1]["status"] == "SUCCESS"
+    assert all(m["status"] == "SUCCESS" for m in metas[:-2])
