@@ -16,6 +16,14 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+# Signatures of formats Pillow reads: a file that starts like one but fails to open is corrupt, not foreign.
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _looks_like_image(data: bytes) -> bool:
+    return data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
 class ImageDecodeError(ValueError):
     """The upload cannot be turned into pixels; `reason` says which client mistake it was."""
 
@@ -73,6 +81,8 @@ def decode_to_pixels(data: bytes, size: int, max_pixels: int) -> bytes:
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
+        if _looks_like_image(data):
+            raise ImageDecodeError(ImageDecodeError.CORRUPT, "the image is truncated or corrupt") from None
         raise ImageDecodeError(
             ImageDecodeError.UNSUPPORTED, "the uploaded file is not an image format this service reads"
         ) from None

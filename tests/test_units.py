@@ -63,7 +63,7 @@ def test_animated_gif_uses_first_frame():
 
 @pytest.mark.parametrize(
     "data, reason",
-    [(b"", "corrupt"), (b"GIF89a not really", "unsupported"), (b"plain text", "unsupported"),
+    [(b"", "corrupt"), (b"GIF89a not really", "corrupt"), (b"plain text", "unsupported"),
      (encode(Image.new("RGB", (64, 64)), "JPEG")[:200], "corrupt")],
 )
 def test_undecodable_inputs_raise_with_a_reason(data, reason):
