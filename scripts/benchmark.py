@@ -21,7 +21,6 @@ import io
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,9 +39,9 @@ from tqdm import tqdm
 from models.images import decode_to_pixels
 from models.registry import get_spec
 from scripts.redis_server import free_port, ping, redis_argv
+from scripts.service_process import ROOT, ServiceProcess
 from scripts.supervise import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHOTO = ROOT.parent / "shared" / "assets" / "images" / "cat_720p.jpg"
 STAGES = ("decode_ms", "queue_ms", "batch_wait_ms", "inference_ms", "result_ms")
 
@@ -147,7 +146,7 @@ def redis_bytes_per_image(redis_url: str, pixels: bytes, n: int = 20) -> float:
 
 
 class LocalService:
-    """Redis + scripts.run started for one backend, stopped on exit."""
+    """Its own Redis plus the service (scripts.run) for one backend, stopped on exit."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env, self.log_path = env, log_path
@@ -159,33 +158,19 @@ class LocalService:
                                       stdout=subprocess.DEVNULL)
         if not wait_until(lambda: ping(self.redis_url), 15):
             raise SystemExit("Redis did not start")
-        api_port, flower_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{api_port}"
-        env = {**os.environ, **self.env, "REDIS_URL": self.redis_url, "PORT": str(api_port),
-               "FLOWER_PORT": str(flower_port), "HOST": "127.0.0.1"}
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "scripts.run"], cwd=ROOT, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        if not wait_until(self._ready, 600, 0.5):
-            self.__exit__()
-            raise SystemExit(f"the service did not become ready; see {self.log_path}")
+        self.service = ServiceProcess({**self.env, "REDIS_URL": self.redis_url}, self.log_path)
+        try:
+            self.service.start(600)
+        except RuntimeError as exc:
+            self.redis.terminate()
+            raise SystemExit(str(exc)) from None
+        self.url, self.proc = self.service.url, self.service.proc
         return self
 
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            return True  # reported by the caller's next request failing; see the log
-        try:
-            return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(120)
+        self.service.stop(120)
         self.redis.terminate()
         self.redis.wait(10)
-        self.log.close()
 
 
 def markdown(report: dict) -> str:

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, Service, free_port
+from scripts.redis_server import free_port
+from scripts.service_process import ServiceProcess
+from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -32,10 +34,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """The whole service serving the shared ImageNet MobileNet, started the way `make run` does."""
     log = tmp_path_factory.mktemp("logs") / "mobilenet-service.log"
-    svc = Service(
+    svc = ServiceProcess(
         env={
             "REDIS_URL": redis_url,
             "MODEL": "mobilenet_v1_0.75",

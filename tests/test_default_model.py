@@ -9,11 +9,12 @@ from __future__ import annotations
 import httpx
 
 from scripts.redis_server import ping
-from tests.helpers import CLASS_INDEX, SHARED, Service, labelled_photos
+from scripts.service_process import ServiceProcess
+from tests.helpers import CLASS_INDEX, SHARED, labelled_photos
 
 
 def test_resnet50_random_weights_serves_1000_class_probabilities_and_stops_cleanly(tmp_path):
-    svc = Service(
+    svc = ServiceProcess(
         env={"REDIS_URL": "", "MODEL": "resnet50", "MODEL_WEIGHTS": "random", "CLASS_INDEX": str(CLASS_INDEX),
              "BATCH_SIZE": "4", "BATCH_WAIT_MS": "20",
              "REDIS_DATA_DIR": str(tmp_path / "redis"), "API_WORKERS": "1"},

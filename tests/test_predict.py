@@ -9,12 +9,13 @@ import httpx
 import pytest
 
 from models.images import decode_to_pixels
-from tests.helpers import SHARED, Service, labelled_photos
+from scripts.service_process import ServiceProcess
+from tests.helpers import SHARED, labelled_photos
 
 PHOTOS = labelled_photos()
 
 
-def predict(service: Service, path, **params) -> httpx.Response:
+def predict(service: ServiceProcess, path, **params) -> httpx.Response:
     with open(path, "rb") as f:
         return httpx.post(service.url + "/predict", params=params, files={"image": (path.name, f)}, timeout=120)
 

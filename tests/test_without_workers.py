@@ -13,9 +13,10 @@ import httpx
 import pytest
 import redis
 
-from scripts.redis_server import ping, redis_argv
+from scripts.redis_server import free_port, ping, redis_argv
+from scripts.service_process import ROOT
 from scripts.supervise import wait_until
-from tests.helpers import ROOT, SHARED, free_port, labelled_photos
+from tests.helpers import SHARED, labelled_photos
 
 DEPTH = 3
 KEYS = ("key-alice-1234", "key-bob-5678")

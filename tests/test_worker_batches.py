@@ -42,15 +42,22 @@ def test_an_undecodable_payload_fails_alone_and_its_batch_mates_are_answered(cli
         enqueue_classify(client_app, redis_client, task_id, data, 1, 600)
         return task_id
 
-    # Keep the worker busy so the next burst accumulates into one batch behind it.
-    busy = [send(pixels[i % 8]) for i in range(32)]
-    before = [send(p) for p in pixels]
-    bad = send(b"\x00" * 1000)
-    missing = str(uuid.uuid4())
-    client_app.send_task("classify", kwargs={"pixels_key": "imageclf:pixels:nowhere", "top": 1}, task_id=missing)
-    after = [send(p) for p in pixels]
+    # Queue everything while the worker is not consuming, so it all arrives in one burst: the
+    # first request runs alone (the worker is idle), the rest fill the next batch together.
+    replies = client_app.control.cancel_consumer("interactive", reply=True, timeout=5)
+    assert replies, "the worker did not answer cancel_consumer"
+    try:
+        busy = [send(pixels[0])]
+        before = [send(p) for p in pixels]
+        bad = send(b"\x00" * 1000)
+        missing = str(uuid.uuid4())
+        client_app.send_task("classify", kwargs={"pixels_key": "imageclf:pixels:nowhere", "top": 1},
+                             task_id=missing)
+        after = [send(p) for p in pixels]
+    finally:
+        assert client_app.control.add_consumer("interactive", reply=True, timeout=5)
     metas = wait_all(redis_client, [*busy, *before, bad, missing, *after])
-    before_m, bad_m, missing_m, after_m = metas[32:40], metas[40], metas[41], metas[42:]
+    before_m, bad_m, missing_m, after_m = metas[1:9], metas[9], metas[10], metas[11:]
 
     assert bad_m["status"] == "FAILURE" and "1000 bytes" in failure_message(bad_m)
     assert missing_m["status"] == "FAILURE" and "no pixels" in failure_message(missing_m)
