@@ -92,7 +92,7 @@ def compiled_graph(spec: ModelSpec, model: keras.Model) -> tf.types.experimental
 
 
 class Classifier:
-    """A compiled model run only at a few padded batch sizes, with labels.
+    """A compiled model with its labels; batches are padded to a few fixed sizes when `pad` is set.
 
     `infer` maps a uint8 (n, H, W, 3) array to (n, classes) probabilities; preprocessing
     is inside it, so callers pass the raw pixels the API produced.
