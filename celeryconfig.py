@@ -14,10 +14,11 @@ result_serializer = "json"
 accept_content = ["msgpack", "json"]
 result_accept_content = ["json"]
 
-# Single images go to the interactive queue; workers are started with -Q for it.
+# Single images go to the interactive queue, job images and frames to the bulk queue (both served by
+# the model workers, started with -Q interactive,bulk), job drivers to the decoder workers (-Q jobs).
 task_default_queue = settings.INTERACTIVE_QUEUE
-task_routes = {"classify": {"queue": settings.INTERACTIVE_QUEUE}}
-imports = ("tasks.worker", "tasks.classify")
+task_routes = {"classify": {"queue": settings.INTERACTIVE_QUEUE}, "job_step": {"queue": settings.JOBS_QUEUE}}
+imports = ("tasks.worker", "tasks.classify", "tasks.jobs")
 
 # One process owns the model (one per GPU); batching happens inside it.
 worker_pool = "prefork"
@@ -32,7 +33,9 @@ task_send_sent_event = True
 
 # A request is acknowledged after its batch ran, so a crashed worker's requests are redelivered.
 task_acks_late = True
-broker_transport_options = {"visibility_timeout": 300}
+# "priority": a worker always fetches from its first queue (interactive) before the next (bulk),
+# instead of Redis' default round robin.
+broker_transport_options = {"visibility_timeout": 300, "queue_order_strategy": "priority"}
 result_backend_transport_options = {"visibility_timeout": 300}
 result_expires = settings.RESULT_TTL_S
 broker_connection_retry_on_startup = True

@@ -56,6 +56,10 @@ CLASS_INDEX: str = _str("CLASS_INDEX", "")
 
 #: Largest batch the worker runs (celery-batches flush_every).
 BATCH_SIZE: int = max(1, _int("BATCH_SIZE", 32))
+#: Job images and video frames fill a batch only up to this size, so /predict requests never wait behind a
+#: long batch of bulk work. Empty: BATCH_SIZE when the worker sees a GPU (batching is nearly free there),
+#: else 2 (on a CPU every image in a batch adds its full cost to the batch's latency).
+BULK_BATCH_SIZE: int = _int("BULK_BATCH_SIZE", 0)
 #: Pad batches to a few fixed sizes: `auto` (only when a GPU is visible), `on`, or `off`.
 BATCH_PADDING: str = _str("BATCH_PADDING", "auto")
 #: How long an idle worker lets a partial batch wait for companions (flush_interval);
@@ -72,10 +76,24 @@ MAX_QUEUE_DEPTH: int = _int("MAX_QUEUE_DEPTH", 2000)
 #: How long results and issued ids are kept in Redis.
 RESULT_TTL_S: int = _int("RESULT_TTL_S", 3600)
 
-#: Where large uploads and videos are written (never into Redis).
+#: Where job uploads and videos are written (never into Redis); the API and the decoder workers share it.
 UPLOAD_DIR: str = _str("UPLOAD_DIR", os.path.join("var", "uploads"))
-#: Largest accepted request body, in megabytes.
+#: Largest accepted POST /predict body, and largest image inside a job (also after unzipping), in megabytes.
 MAX_UPLOAD_MB: float = _float("MAX_UPLOAD_MB", 20.0)
+#: Largest accepted POST /jobs body (all files together), in megabytes.
+MAX_JOB_UPLOAD_MB: float = _float("MAX_JOB_UPLOAD_MB", 1024.0)
+#: Most images in one job (uploaded files plus zip entries).
+MAX_JOB_FILES: int = _int("MAX_JOB_FILES", 2000)
+#: Most bytes all entries of a job's zips may expand to (as their headers declare), in megabytes.
+MAX_UNZIPPED_MB: float = _float("MAX_UNZIPPED_MB", 4096.0)
+#: Longest accepted video, in seconds.
+MAX_VIDEO_SECONDS: float = _float("MAX_VIDEO_SECONDS", 4 * 3600.0)
+#: Most frames sampled from one video (the default `max_frames`, and its upper bound).
+MAX_VIDEO_FRAMES: int = _int("MAX_VIDEO_FRAMES", 20000)
+#: Most images or frames of one job queued for the model at once (the rest wait on disk).
+JOB_IN_FLIGHT: int = max(1, _int("JOB_IN_FLIGHT", 64))
+#: Decoder worker processes (they run jobs: unzip, decode images, sample video frames).
+DECODER_CONCURRENCY: int = max(1, _int("DECODER_CONCURRENCY", 2))
 #: Largest accepted image, in pixels (width x height); larger ones are refused before decoding.
 MAX_IMAGE_PIXELS: int = _int("MAX_IMAGE_PIXELS", 64_000_000)
 
@@ -83,5 +101,8 @@ MAX_IMAGE_PIXELS: int = _int("MAX_IMAGE_PIXELS", 64_000_000)
 API_WORKERS: int = _int("API_WORKERS", 2)
 API_THREADS: int = _int("API_THREADS", 32)
 
-#: Celery queue that single-image requests go to.
+#: Celery queues: single images (/predict), job images and frames (same model workers, served second),
+#: and the job drivers that the decoder workers run.
 INTERACTIVE_QUEUE: str = "interactive"
+BULK_QUEUE: str = "bulk"
+JOBS_QUEUE: str = "jobs"

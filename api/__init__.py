@@ -13,7 +13,7 @@ from celery import Celery
 from flask import Flask
 
 import settings
-from api import health, predict, results
+from api import health, jobs, predict, results
 from api.auth import init_auth
 from api.errors import register_error_handlers
 from api.waiter import ResultWaiter
@@ -38,7 +38,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     register_error_handlers(app)
     init_auth(app, settings.API_KEYS)
-    for blueprint in (predict.bp, results.bp, health.bp):
+    for blueprint in (predict.bp, jobs.bp, results.bp, health.bp):
         app.register_blueprint(blueprint)
     return app
 
@@ -46,7 +46,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 def celery_init_app(app: Flask) -> Celery:
     """A send-only Celery app (same celeryconfig as the workers, no result backend).
 
-    Results are read from Redis by api.result_store instead; see there for why.
+    Results are read from Redis by tasks.result_store instead; see there for why.
     """
     celery = Celery(app.import_name)
     celery.config_from_object("celeryconfig")

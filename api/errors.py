@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 
@@ -31,8 +31,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         if exc.code == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH") or 0
-            return error_response(413, f"upload too large: the limit is {limit / 2**20:g} MB (MAX_UPLOAD_MB)")
+            limit = request.max_content_length or 0
+            setting = g.get("upload_limit_setting", "MAX_UPLOAD_MB")
+            return error_response(413, f"upload too large: the limit is {limit / 2**20:g} MB ({setting})")
         return error_response(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(Exception)

@@ -1,4 +1,4 @@
-"""/healthz (the process answers) and /readyz (Redis answers and a worker serves our model)."""
+"""/healthz (the process answers) and /readyz (Redis answers, a worker serves our model, a decoder runs jobs)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ def readyz():
     except redis.RedisError as exc:
         return jsonify(ready=False, reason=f"redis unavailable: {type(exc).__name__}"), 503
     serving = [w for w in workers if w.get("model") == model]
+    decoders = [w for w in workers if w.get("role") == "decoder"]
     if not serving:
         return jsonify(ready=False, reason=f"no worker has loaded model {model!r} yet", workers=workers), 503
-    return jsonify(ready=True, model=model, workers=serving)
+    if not decoders:
+        return jsonify(ready=False, reason="no decoder worker is running (jobs would wait)", workers=workers), 503
+    return jsonify(ready=True, model=model, workers=serving, decoders=len(decoders))

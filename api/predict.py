@@ -8,9 +8,9 @@ from flask import Blueprint, current_app, jsonify, url_for
 
 import settings
 from api.errors import APIError
-from api.result_store import failure_message
 from api.submissions import prediction_body, submit_classify, wait_for
 from api.uploads import image_pixels, query_number
+from tasks.result_store import failure_message
 
 bp = Blueprint("predict", __name__)
 

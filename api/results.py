@@ -1,20 +1,26 @@
-"""GET /result/<id>: the state and, once known, the result of any id this service issued."""
+"""GET /result/<id>: the state and, once known, the result of any request or job this service issued."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask import Blueprint, jsonify
 
 from api.errors import APIError
-from api.result_store import failure_message
-from api.submissions import fetch_meta, issued, prediction_body
+from api.submissions import fetch_meta, issued, prediction_body, queue_unavailable, redis_client
+from tasks.job_store import read_job
+from tasks.result_store import failure_message
 
 bp = Blueprint("results", __name__)
 
 
 @bp.get("/result/<task_id>")
 def result(task_id: str):
-    if issued(task_id) is None:
+    info = issued(task_id)
+    if info is None:
         raise APIError(404, f"no task with id {task_id!r} (unknown, or its result expired)")
+    if info.get("kind") == "job":
+        return jsonify(_job_body(task_id))
     meta = fetch_meta(task_id)
     status = meta["status"]
     body: dict = {"success": status == "SUCCESS", "id": task_id, "status": status}
@@ -23,3 +29,18 @@ def result(task_id: str):
     elif status in ("FAILURE", "REVOKED"):
         body["error"] = failure_message(meta)
     return jsonify(body)
+
+
+def _job_body(job_id: str) -> dict[str, Any]:
+    """PENDING/PROGRESS with done and total, then the result (SUCCESS) or the error."""
+    with queue_unavailable():
+        job = read_job(redis_client(), job_id)
+    if job is None:
+        raise APIError(404, f"no job with id {job_id!r} (its result expired)")
+    body: dict[str, Any] = {"success": job["status"] == "SUCCESS", "id": job_id, "kind": job["kind"],
+                            "status": job["status"], "done": job["done"], "total": job["total"]}
+    if "result" in job:
+        body["result"] = job["result"]
+    if "error" in job:
+        body["error"] = job["error"]
+    return body

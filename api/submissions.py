@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -18,38 +20,43 @@ from kombu.exceptions import OperationalError
 
 import settings
 from api.errors import APIError
-from api.result_store import read_meta
 from api.waiter import ResultWaiter
-from tasks.payloads import enqueue_classify
-
-ISSUED_PREFIX = "imageclf:issued:"
+from tasks.payloads import ISSUED_PREFIX, enqueue_classify
+from tasks.result_store import read_meta
 
 
 def _celery() -> Celery:
     return current_app.extensions["celery"]
 
 
-def _redis() -> redis.Redis:
+def redis_client() -> redis.Redis:
     return current_app.extensions["redis"]
+
+
+@contextmanager
+def queue_unavailable() -> Iterator[None]:
+    """Turn Redis or broker errors into a 503 that tells the client to retry."""
+    try:
+        yield
+    except (redis.RedisError, OperationalError) as exc:
+        raise APIError(503, f"the queue is unavailable, try again later ({type(exc).__name__})",
+                       {"Retry-After": "5"}) from None
 
 
 def submit_classify(pixels: bytes, top: int, model: str, expires_at: float | None = None) -> str:
     """Record a new random id and queue one image for the batched classify task."""
     task_id = str(uuid.uuid4())
     record = json.dumps({"kind": "predict", "model": model, "owner": g.owner, "created": time.time()})
-    try:
-        _refuse_when_full(settings.INTERACTIVE_QUEUE)
-        enqueue_classify(_celery(), _redis(), task_id, pixels, top, settings.RESULT_TTL_S,
+    with queue_unavailable():
+        refuse_when_full(settings.INTERACTIVE_QUEUE)
+        enqueue_classify(_celery(), redis_client(), task_id, pixels, top, settings.RESULT_TTL_S,
                          extra_keys={ISSUED_PREFIX + task_id: record}, expires_at=expires_at)
-    except (redis.RedisError, OperationalError) as exc:
-        raise APIError(503, f"the queue is unavailable, try again later ({type(exc).__name__})",
-                       {"Retry-After": "5"}) from None
     return task_id
 
 
-def _refuse_when_full(queue: str) -> None:
+def refuse_when_full(queue: str) -> None:
     """503 + Retry-After instead of piling work up without bound when workers cannot keep up."""
-    depth = _redis().llen(queue)
+    depth = redis_client().llen(queue)
     if depth >= settings.MAX_QUEUE_DEPTH:
         raise APIError(503, f"the service is overloaded: {depth} requests are waiting (MAX_QUEUE_DEPTH="
                             f"{settings.MAX_QUEUE_DEPTH}); retry later", {"Retry-After": "5"})
@@ -58,7 +65,7 @@ def _refuse_when_full(queue: str) -> None:
 def issued(task_id: str) -> dict[str, Any] | None:
     """What was recorded when `task_id` was issued to the caller's key, or None (never issued, or another key's)."""
     try:
-        record = _redis().get(ISSUED_PREFIX + task_id)
+        record = redis_client().get(ISSUED_PREFIX + task_id)
     except redis.RedisError:
         raise APIError(503, "the result store is unavailable, try again later", {"Retry-After": "5"}) from None
     info = json.loads(record) if record else None
@@ -68,7 +75,7 @@ def issued(task_id: str) -> dict[str, Any] | None:
 def fetch_meta(task_id: str) -> dict[str, Any]:
     """The task's stored state and result."""
     try:
-        return read_meta(_redis(), task_id)
+        return read_meta(redis_client(), task_id)
     except redis.RedisError:
         raise APIError(503, "the result store is unavailable, try again later", {"Retry-After": "5"}) from None
 

@@ -33,14 +33,23 @@ def image_pixels(field: str, size: int) -> bytes:
 
 def query_number(name: str, default: float, low: float, high: float, integer: bool = False) -> float:
     """Query parameter `name` as a number in [low, high], or a 400 naming the problem."""
-    raw = request.args.get(name)
-    if raw is None or raw == "":
+    return _number(f"query parameter {name!r}", request.args.get(name), default, low, high, integer)
+
+
+def form_number(name: str, default: float | None, low: float, high: float, integer: bool = False) -> float | None:
+    """Form field (or query parameter) `name` as a number in [low, high], or a 400 naming the problem."""
+    raw = request.form.get(name, request.args.get(name))
+    return _number(f"parameter {name!r}", raw, default, low, high, integer)
+
+
+def _number(what: str, raw: str | None, default: float | None, low: float, high: float, integer: bool):
+    if raw is None or raw.strip() == "":
         return default
     try:
         value = int(raw) if integer else float(raw)
     except ValueError:
         kind = "an integer" if integer else "a number"
-        raise APIError(400, f"query parameter {name!r} must be {kind}, got {raw!r}") from None
+        raise APIError(400, f"{what} must be {kind}, got {raw!r}") from None
     if not math.isfinite(value) or not low <= value <= high:
-        raise APIError(400, f"query parameter {name!r} must be between {low:g} and {high:g}, got {raw!r}")
+        raise APIError(400, f"{what} must be between {low:g} and {high:g}, got {raw!r}")
     return value

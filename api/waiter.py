@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from api.result_store import READY_STATES, RESULT_KEY_PREFIX
+from tasks.result_store import READY_STATES, RESULT_KEY_PREFIX
 
 _FALLBACK_POLL_S = 0.5
 

@@ -1,11 +1,13 @@
-"""Start one Celery worker per GPU (pinned with CUDA_VISIBLE_DEVICES), or one CPU worker.
+"""Start one model worker per GPU (pinned with CUDA_VISIBLE_DEVICES), or one CPU worker, and a decoder worker.
 
     python -m scripts.start_workers            # every GPU nvidia-smi lists, else one CPU worker
     CUDA_VISIBLE_DEVICES=0,2 python -m scripts.start_workers   # only GPUs 0 and 2
 
-Each worker is prefork with concurrency 1 (one process owns one GPU and batches
-inside), has a distinct node name, and is restarted if it dies. SIGINT/SIGTERM
-stop them all.
+Each model worker is prefork with concurrency 1 (one process owns one GPU and
+batches inside) and serves the interactive queue before the bulk one. The decoder
+worker (DECODER_CONCURRENCY processes, no TensorFlow) drives jobs: unzipping,
+decoding images and sampling video frames, away from the model's process. Every
+worker has a distinct node name and is restarted if it dies. SIGINT/SIGTERM stop them all.
 """
 
 from __future__ import annotations
@@ -37,22 +39,26 @@ def gpu_ids() -> list[str]:
 
 
 def worker_commands(gpus: list[str]) -> list[tuple[str, list[str], dict[str, str]]]:
-    """(name, argv, env) of each worker: one per GPU, or a single CPU worker when there is none."""
-    base = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork", "--concurrency", "1",
-            "--queues", settings.INTERACTIVE_QUEUE, "--loglevel", "INFO"]
+    """(name, argv, env) of each worker: one per GPU (or one CPU worker when there is none), and the decoder."""
+    celery = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork", "--loglevel", "INFO"]
+    model = [*celery, "--concurrency", "1", "--queues", f"{settings.INTERACTIVE_QUEUE},{settings.BULK_QUEUE}"]
+    decoder = ("decoder", [*celery, "--concurrency", str(settings.DECODER_CONCURRENCY), "--prefetch-multiplier", "1",
+                           "--queues", settings.JOBS_QUEUE, "--hostname", "decoder@%h"],
+               {**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     if not gpus:
-        return [("worker-cpu", [*base, "--hostname", "cpu@%h"], {**os.environ, "CUDA_VISIBLE_DEVICES": ""})]
+        return [("worker-cpu", [*model, "--hostname", "cpu@%h"], {**os.environ, "CUDA_VISIBLE_DEVICES": ""}), decoder]
     return [
-        (f"worker-gpu{gpu}", [*base, "--hostname", f"gpu{gpu}@%h"], {**os.environ, "CUDA_VISIBLE_DEVICES": gpu})
+        (f"worker-gpu{gpu}", [*model, "--hostname", f"gpu{gpu}@%h"], {**os.environ, "CUDA_VISIBLE_DEVICES": gpu})
         for gpu in gpus
-    ]
+    ] + [decoder]
 
 
 def supervise_workers(group: ProcessGroup, commands: list[tuple[str, list[str], dict[str, str]]]) -> None:
     """Run the workers until Stop, restarting any that exits."""
     by_name = {name: (argv, env) for name, argv, env in commands}
     for name, argv, env in commands:
-        log(name, f"starting (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r}, model {settings.MODEL})")
+        role = "jobs" if name == "decoder" else f"model {settings.MODEL}"
+        log(name, f"starting ({role}, CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
         group.start(name, argv, env)
     while True:
         time.sleep(0.5)

@@ -8,6 +8,10 @@ free, a full batch (`flush_every`) goes at once, and a lone request on an idle
 worker waits at most `flush_interval` — or not at all when `flush_when_idle` is set,
 in which case batches form only from what arrives while the model is busy. No batch
 exceeds `flush_every`.
+
+Requests from the bulk queue (job images, video frames) come second: a batch takes
+every waiting interactive request first and is topped up with bulk requests only
+to `bulk_batch_size`, and bulk work never queues a batch behind a running one.
 """
 
 from __future__ import annotations
@@ -24,22 +28,56 @@ from celery_batches.trace import apply_batches_task
 logger = get_logger(__name__)
 
 
-class _StampingQueue(Queue):
-    """The batch buffer; notes when each request reached this worker (for the stage breakdown)."""
+class PriorityBuffer:
+    """The batch buffer: interactive requests before bulk ones, each kind first in, first out.
 
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+    Notes when each request reached this worker (for the stage breakdown).
+    """
+
+    def __init__(self, bulk_queue: str) -> None:
+        self._bulk_queue = bulk_queue
+        self._interactive: Queue = Queue()
+        self._bulk: Queue = Queue()
+
+    def put(self, item: Any) -> None:
         item.received_at = time.time()
-        super().put(item, block, timeout)
+        routing_key = (getattr(item, "delivery_info", None) or {}).get("routing_key")
+        (self._bulk if routing_key == self._bulk_queue else self._interactive).put(item)
+
+    def qsize(self) -> int:
+        return self._interactive.qsize() + self._bulk.qsize()
+
+    def interactive(self) -> int:
+        return self._interactive.qsize()
+
+    def take(self, limit: int, bulk_limit: int) -> list:
+        """Up to `limit` requests, interactive first; bulk ones only while the batch is under `bulk_limit`."""
+        taken = _drain(self._interactive, limit)
+        return taken + _drain(self._bulk, min(limit, bulk_limit) - len(taken))
+
+
+def _drain(queue: Queue, limit: int) -> list:
+    taken = []
+    while len(taken) < limit:
+        try:
+            taken.append(queue.get_nowait())
+        except Empty:
+            break
+    return taken
 
 
 class AdaptiveBatches(Batches):
     abstract = True
     #: Flush as soon as a request arrives while no batch is running (no waiting for companions).
     flush_when_idle = False
+    #: Requests from this queue are served after the others.
+    bulk_queue = "bulk"
+    #: Bulk requests only fill a batch up to this size.
+    bulk_batch_size = 1
 
     def __init__(self) -> None:
         super().__init__()
-        self._buffer = _StampingQueue()
+        self._buffer = PriorityBuffer(self.bulk_queue)
         self._in_flight = 0
 
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 (Celery's name)
@@ -60,19 +98,18 @@ class AdaptiveBatches(Batches):
         simple.received_at = getattr(request, "received_at", None)
         return simple
 
-    def _take(self, limit: int) -> list:
-        taken = []
-        while len(taken) < limit:
-            try:
-                taken.append(self._buffer.get_nowait())
-            except Empty:
-                break
-        return taken
-
     def _do_flush(self) -> None:
-        """Called by the timer, on every `flush_every`-th request, and when a batch returns."""
-        while self._buffer.qsize() and (self._in_flight == 0 or self._buffer.qsize() >= self.flush_every):
-            self.flush(self._take(self.flush_every))
+        """Called by the timer, on every `flush_every`-th request, and when a batch returns.
+
+        One batch runs at a time, except that a full batch of interactive requests may queue
+        behind it (so a GPU never waits for the next batch under load).
+        """
+        buffer = self._buffer
+        while buffer.qsize() and (self._in_flight == 0 or buffer.interactive() >= self.flush_every):
+            batch = buffer.take(self.flush_every, self.bulk_batch_size)
+            if not batch:
+                break
+            self.flush(batch)
         self._count = count(self._buffer.qsize() + 1)
         if self._buffer.qsize() == 0 and self._tref is not None:
             self._tref.cancel()

@@ -9,6 +9,7 @@ discards the task's return value and swallows its exceptions.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -37,6 +38,21 @@ def _parse(kwargs: dict, data: bytes | None, shape: tuple[int, int, int]) -> tup
     return np.frombuffer(data, np.uint8).reshape(shape), top
 
 
+def bulk_batch_size(configured: int, batch_size: int, gpu_visible: bool) -> int:
+    """BULK_BATCH_SIZE, or when unset: the full batch on a GPU, 2 on a CPU (see settings.py)."""
+    if configured > 0:
+        return min(configured, batch_size)
+    return batch_size if gpu_visible else min(2, batch_size)
+
+
+def _gpu_visible() -> bool:
+    """Whether this worker was given a GPU (checked in the consumer process, which never loads TF)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return visible.strip() not in ("", "-1")
+    return os.path.exists("/dev/nvidia0")
+
+
 @celery_app.task(
     base=AdaptiveBatches,
     name="classify",
@@ -44,6 +60,8 @@ def _parse(kwargs: dict, data: bytes | None, shape: tuple[int, int, int]) -> tup
     # With BATCH_WAIT_MS=0 the timer is only a safety net; idle workers flush on arrival.
     flush_interval=max(settings.BATCH_WAIT_MS, 5.0) / 1000.0,
     flush_when_idle=settings.BATCH_WAIT_MS == 0,
+    bulk_queue=settings.BULK_QUEUE,
+    bulk_batch_size=bulk_batch_size(settings.BULK_BATCH_SIZE, settings.BATCH_SIZE, _gpu_visible()),
     acks_late=True,
 )
 def classify(requests: list) -> None:

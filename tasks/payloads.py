@@ -15,6 +15,8 @@ import redis
 from celery import Celery
 
 PIXELS_PREFIX = "imageclf:pixels:"
+#: Every id the API hands out (requests and jobs) is recorded under this prefix with its owner.
+ISSUED_PREFIX = "imageclf:issued:"
 
 
 def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: bytes, top: int,

@@ -1,7 +1,8 @@
 """Worker process hooks: load and warm the model once per pool process, then announce readiness.
 
 TensorFlow is imported here, in the pool child after the fork, never in the parent
-(CUDA and TF's thread pools do not survive a fork).
+(CUDA and TF's thread pools do not survive a fork). Only model workers load it: a
+worker started for the jobs queue alone (a decoder) does not.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 import redis
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import celeryd_init, worker_process_init, worker_process_shutdown
 from celery.utils.log import get_logger
 
 import settings
@@ -26,6 +27,7 @@ logger = get_logger(__name__)
 
 _classifier: Classifier | None = None
 _pixel_store: redis.Redis | None = None
+_serves_model = True
 
 
 def classifier() -> Classifier:
@@ -43,9 +45,27 @@ def pixel_store() -> redis.Redis:
     return _pixel_store
 
 
+def consumes_model_queues(queues: object) -> bool:
+    """Whether a worker started with `-Q queues` runs classify tasks (no -Q: the default queue, yes)."""
+    if not queues:
+        return True
+    names = queues.split(",") if isinstance(queues, str) else list(queues)
+    return bool({n.strip() for n in names} & {settings.INTERACTIVE_QUEUE, settings.BULK_QUEUE})
+
+
+@celeryd_init.connect
+def note_role(options: dict | None = None, **_: object) -> None:
+    """Runs in the worker's main process before the pool forks, so children inherit the answer."""
+    global _serves_model
+    _serves_model = consumes_model_queues((options or {}).get("queues"))
+
+
 @worker_process_init.connect
 def load_model(**_: object) -> None:
     global _classifier
+    if not _serves_model:
+        start_heartbeat(celery_app.conf.broker_url, {"role": "decoder", "pid": os.getpid()})
+        return
     from models.keras_model import load_classifier
 
     spec = get_spec(settings.MODEL)
@@ -60,6 +80,7 @@ def load_model(**_: object) -> None:
         spec.name, settings.MODEL_WEIGHTS, settings.BACKEND, _classifier.pad, loaded, _classifier.buckets, warm,
     )
     start_heartbeat(celery_app.conf.broker_url, {
+        "role": "model",
         "model": spec.name,
         "pid": os.getpid(),
         "backend": settings.BACKEND,

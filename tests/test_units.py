@@ -116,11 +116,20 @@ def test_gpu_discovery_follows_cuda_visible_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2")
     assert gpu_ids() == ["0", "2"]
     names = [(name, env["CUDA_VISIBLE_DEVICES"]) for name, _, env in worker_commands(gpu_ids())]
-    assert names == [("worker-gpu0", "0"), ("worker-gpu2", "2")]
+    assert names == [("worker-gpu0", "0"), ("worker-gpu2", "2"), ("decoder", "")]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert gpu_ids() == []
-    [(name, argv, env)] = worker_commands([])
+    [(name, argv, env), (_, decoder_argv, _)] = worker_commands([])
     assert env["CUDA_VISIBLE_DEVICES"] == "" and "cpu@%h" in argv
+    assert argv[argv.index("--queues") + 1] == "interactive,bulk"  # interactive first: it is served first
+    assert decoder_argv[decoder_argv.index("--queues") + 1] == "jobs"
+
+
+def test_only_workers_of_the_model_queues_load_the_model():
+    from tasks.worker import consumes_model_queues
+
+    assert consumes_model_queues(None) and consumes_model_queues("interactive,bulk")
+    assert consumes_model_queues(["bulk"]) and not consumes_model_queues("jobs")
 
 
 def test_the_api_process_never_imports_tensorflow():

@@ -8,9 +8,9 @@ import uuid
 import pytest
 from celery import Celery
 
-from api.result_store import READY_STATES, failure_message, read_meta
 from models.images import decode_to_pixels
 from tasks.payloads import PIXELS_PREFIX, enqueue_classify
+from tasks.result_store import READY_STATES, failure_message, read_meta
 from tests.helpers import SHARED, labelled_photos
 
 

@@ -1,5 +1,6 @@
 """Reading task results straight from Redis, where the workers' result backend stores them.
 
+Used by the API and by the job drivers (which gather the results of a job's images).
 The API does not use Celery's Redis result backend: it subscribes to every task it
 sends on one pub/sub connection shared by all threads, which is not thread-safe
 (and costs two round trips a request). Celery stores each result as JSON under

@@ -1,0 +1,192 @@
+"""POST /jobs (many images, zips, or a video: 202 at once) and DELETE /jobs/<id> (cancel).
+
+Uploads are written to UPLOAD_DIR/<job id>/ and never enter Redis. Everything that
+can be refused is refused here, before the 202: unknown fields, too many files,
+zips that would expand past MAX_UNZIPPED_MB, files that are not videos, videos
+that are too long. Zip entries are never extracted to disk (the decoder reads them
+from the archive), so their names are only labels and cannot escape the job folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import time
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request, url_for
+from werkzeug.datastructures import FileStorage
+
+import settings
+from api.errors import APIError
+from api.submissions import issued, queue_unavailable, redis_client, refuse_when_full
+from api.uploads import form_number
+from models.video import VideoDecodeError, probe, sample_times
+from tasks.job_store import cancel, create_job, discard, job_dir, read_job
+from tasks.payloads import ISSUED_PREFIX
+
+bp = Blueprint("jobs", __name__)
+
+_FIELDS = ("images", "video")
+_ZIP_MAGIC = b"PK\x03\x04"
+_MAX_NAME = 255
+
+
+@bp.post("/jobs")
+def submit_job():
+    request.max_content_length = int(settings.MAX_JOB_UPLOAD_MB * 2**20)
+    request.max_form_parts = 2 * settings.MAX_JOB_FILES + 100
+    g.upload_limit_setting = "MAX_JOB_UPLOAD_MB"
+    images, videos = _files()
+    top = int(form_number("top", default=5, low=1, high=1000, integer=True))
+    job_id = str(uuid.uuid4())
+    folder = job_dir(job_id)
+    folder.mkdir(parents=True)
+    try:
+        spec = _video_spec(videos[0], folder) if videos else _images_spec(images, folder)
+        spec.update(model=current_app.config["MODEL_SPEC"].name, top=top)
+        total = len(spec["items"]) if spec["kind"] == "images" else spec["frames"]
+        _start(job_id, spec, total)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    result_url = url_for("results.result", task_id=job_id)
+    response = jsonify(success=True, id=job_id, status="PENDING", kind=spec["kind"], total=total,
+                       result_url=result_url)
+    response.status_code = 202
+    response.headers["Location"] = result_url
+    return response
+
+
+@bp.delete("/jobs/<job_id>")
+def cancel_job(job_id: str):
+    info = issued(job_id)
+    if info is None or info.get("kind") != "job":
+        raise APIError(404, f"no job with id {job_id!r} (unknown, or its result expired)")
+    client = redis_client()
+    with queue_unavailable():
+        answer = cancel(client, job_id, settings.RESULT_TTL_S)
+        if answer is None:
+            raise APIError(404, f"no job with id {job_id!r} (its result expired)")
+        if answer != "OK":
+            raise APIError(409, f"job {job_id} already ended with status {answer}")
+        discard(client, job_id)
+        job = read_job(client, job_id) or {"done": 0, "total": 0}
+    return jsonify(success=True, id=job_id, status="REVOKED", done=job["done"], total=job["total"])
+
+
+def _files() -> tuple[list[FileStorage], list[FileStorage]]:
+    """The uploads, checked: either `images` (files and zips) or one `video`."""
+    unknown = sorted(set(request.files) - set(_FIELDS))
+    if unknown:
+        raise APIError(400, f"unknown file field(s) {', '.join(map(repr, unknown))}: send images as 'images' "
+                            "(several files, or zips of images) or one video as 'video'")
+    images = [f for f in request.files.getlist("images") if f.filename or f.content_length]
+    videos = request.files.getlist("video")
+    if images and videos:
+        raise APIError(400, "send either 'images' or one 'video' per job, not both")
+    if len(videos) > 1:
+        raise APIError(400, f"one 'video' per job, got {len(videos)}")
+    if not images and not videos:
+        raise APIError(400, "no files: send multipart/form-data with 'images' (files or zips) or one 'video'")
+    if len(images) > settings.MAX_JOB_FILES:
+        raise APIError(413, f"{len(images)} files; a job takes at most {settings.MAX_JOB_FILES} (MAX_JOB_FILES)")
+    return images, videos
+
+
+def _display_name(name: str | None, fallback: str) -> str:
+    """A name to report back: printable, bounded; never used as a path."""
+    cleaned = "".join(ch for ch in (name or "") if ch.isprintable())[:_MAX_NAME]
+    return cleaned or fallback
+
+
+def _images_spec(uploads: list[FileStorage], folder: Path) -> dict[str, Any]:
+    """Save every upload under a generated name; list each image and each zip entry as an item."""
+    items: list[dict[str, Any]] = []
+    unzipped = 0
+    for n, upload in enumerate(uploads):
+        name = _display_name(upload.filename, f"file-{n}")
+        head = upload.stream.read(4)
+        upload.stream.seek(0)
+        if head != _ZIP_MAGIC:
+            stored = f"{n:05d}.upload"
+            upload.save(folder / stored)
+            items.append({"name": name, "file": stored})
+            continue
+        stored = f"{n:05d}.zip"
+        upload.save(folder / stored)
+        entries, size = _zip_entries(folder / stored, name)
+        unzipped += size
+        items += [{"name": f"{name}/{entry}", "file": stored, "member": index} for index, entry in entries]
+        if len(items) > settings.MAX_JOB_FILES:
+            raise APIError(413, f"more than {settings.MAX_JOB_FILES} files with the zips' entries (MAX_JOB_FILES)")
+        if unzipped > settings.MAX_UNZIPPED_MB * 2**20:
+            raise APIError(413, f"the zips would expand to more than {settings.MAX_UNZIPPED_MB:g} MB "
+                                "(MAX_UNZIPPED_MB)")
+    return {"kind": "images", "items": items}
+
+
+def _zip_entries(path: Path, name: str) -> tuple[list[tuple[int, str]], int]:
+    """(index, name) of the archive's files, and the bytes their headers declare.
+
+    Folders, hidden files and macOS resource forks are skipped. Headers can lie about
+    sizes: the decoder also stops reading any entry past MAX_UPLOAD_MB.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise APIError(400, f"{name}: not a readable zip archive ({exc})") from None
+    entries, size = [], 0
+    for index, info in enumerate(infos):
+        base = info.filename.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        if info.is_dir() or not base or base.startswith(".") or info.filename.startswith("__MACOSX/"):
+            continue
+        entries.append((index, _display_name(info.filename, f"entry-{index}")))
+        size += info.file_size
+    if not entries:
+        raise APIError(400, f"{name}: the zip archive holds no files")
+    return entries, size
+
+
+def _video_spec(upload: FileStorage, folder: Path) -> dict[str, Any]:
+    fps = form_number("fps", default=None, low=0.001, high=1000)
+    every = form_number("every_n_frames", default=None, low=1, high=10**6, integer=True)
+    max_frames = form_number("max_frames", default=None, low=1, high=settings.MAX_VIDEO_FRAMES, integer=True)
+    if fps is not None and every is not None:
+        raise APIError(400, "give either 'fps' or 'every_n_frames', not both")
+    suffix = Path(upload.filename or "").suffix.lower()
+    stored = "video" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else "")
+    upload.save(folder / stored)
+    name = _display_name(upload.filename, "video")
+    try:
+        info = probe(str(folder / stored))
+    except VideoDecodeError as exc:
+        raise APIError(415, f"{name}: {exc}") from None
+    if info.duration_s > settings.MAX_VIDEO_SECONDS:
+        raise APIError(413, f"{name}: the video lasts {info.duration_s:.0f} s; the limit is "
+                            f"{settings.MAX_VIDEO_SECONDS:g} s (MAX_VIDEO_SECONDS)")
+    frames = len(sample_times(info, fps, every, max_frames or settings.MAX_VIDEO_FRAMES + 1))
+    if max_frames is None and frames > settings.MAX_VIDEO_FRAMES:
+        raise APIError(413, f"{name}: sampling it would give {frames} frames; the limit is "
+                            f"{settings.MAX_VIDEO_FRAMES} (MAX_VIDEO_FRAMES): lower 'fps' or set 'max_frames'")
+    return {"kind": "video", "name": name, "file": stored, "video": dataclasses.asdict(info), "fps": fps,
+            "every_n_frames": every, "max_frames": max_frames or frames, "frames": frames}
+
+
+def _start(job_id: str, spec: dict[str, Any], total: int) -> None:
+    """Record the job and its issued id, then queue its first step for the decoder workers."""
+    client = redis_client()
+    record = json.dumps({"kind": "job", "model": spec["model"], "owner": g.owner, "created": time.time()})
+    with queue_unavailable():
+        refuse_when_full(settings.JOBS_QUEUE)
+        with client.pipeline(transaction=True) as pipe:
+            create_job(pipe, job_id, spec["kind"], total, spec, settings.RESULT_TTL_S)
+            pipe.set(ISSUED_PREFIX + job_id, record, ex=settings.RESULT_TTL_S)
+            pipe.execute()
+        current_app.extensions["celery"].send_task("job_step", args=[job_id])

@@ -1,0 +1,118 @@
+"""Probe a video and decode the frames a job samples from it (PyAV, no TensorFlow).
+
+The API probes an upload (to refuse what is not a video, or too long, before
+accepting it and to know how many frames the job will have); the decoder worker
+decodes the sampled frames, far from the model's process. Frames are sampled by
+time: `fps` per second, or every n-th frame (by the stream's average frame rate).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+
+#: Seeking restarts decoding at the previous keyframe (x264 puts them up to 250 frames apart), so for
+#: nearby targets decoding forward is cheaper: measured on the shared 720p clips at 1 frame/s, seeking
+#: to every target cost 104-150 ms a sampled frame, decoding forward 43-50 ms.
+_SEEK_WHEN_AHEAD_S = 10.0
+
+
+class VideoDecodeError(ValueError):
+    """The file is not a video PyAV can decode."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    duration_s: float
+    frame_rate: float
+    width: int
+    height: int
+    codec: str
+
+
+def probe(path: str) -> VideoInfo:
+    """What the first video stream of `path` is, or VideoDecodeError saying why it is not usable."""
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            if not container.streams.video:
+                raise VideoDecodeError("the file has no video stream")
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or 0)
+            duration = _duration_s(container, stream)
+            ctx = stream.codec_context
+            if duration <= 0 or rate <= 0 or not ctx.width or not ctx.height:
+                raise VideoDecodeError("the video stream has no duration, frame rate or size")
+            return VideoInfo(duration, rate, ctx.width, ctx.height, ctx.name)
+    except av.FFmpegError as exc:
+        raise VideoDecodeError(f"not a video this service can decode ({exc.strerror or exc})") from None
+
+
+def _duration_s(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def sample_times(info: VideoInfo, fps: float | None, every_n_frames: int | None, max_frames: int) -> list[float]:
+    """The times (seconds) of the frames to classify: `fps` per second (default 1) or every n-th frame."""
+    step = every_n_frames / info.frame_rate if every_n_frames else 1.0 / (fps or 1.0)
+    count = min(max_frames, math.ceil(info.duration_s / step - 1e-9))
+    return [round(i * step, 6) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Frame:
+    t: float          # presentation time in seconds
+    index: int        # frame number, from the time and the average frame rate
+    pixels: bytes     # size×size×3 uint8 RGB, like models.images.decode_to_pixels
+
+
+def decode_frames(path: str, times: list[float], frame_rate: float, size: int) -> Iterator[Frame]:
+    """The frame shown at each of `times` (ascending) as model input, seeking only when a target is far ahead.
+
+    Frames are scaled by FFmpeg (swscale, area averaging) straight to `size`×`size` RGB:
+    1-1.5 ms a 720p frame against 10-19 ms for a full-size Pillow image resized afterwards.
+
+    Stops early at the end of the stream (a shorter video than its header says).
+    Raises VideoDecodeError if the stream turns out to be corrupt.
+    """
+    if not times:
+        return
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            base = stream.time_base or Fraction(1, 1000)
+            start = float((stream.start_time or 0) * base)
+            frames = None
+            last_t = -math.inf
+            half_frame = 0.5 / frame_rate
+            for target in times:
+                if frames is None or target - last_t > _SEEK_WHEN_AHEAD_S:
+                    container.seek(int((start + target) / base), stream=stream, backward=True, any_frame=False)
+                    frames = container.decode(stream)
+                for frame in frames:
+                    if frame.pts is None:
+                        continue
+                    last_t = float(frame.pts * base) - start
+                    if last_t >= target - half_frame:
+                        rgb = frame.reformat(width=size, height=size, format="rgb24", interpolation="AREA")
+                        yield Frame(round(last_t, 6), round(last_t * frame_rate), _packed(rgb.to_ndarray()))
+                        break
+                else:
+                    return
+    except av.FFmpegError as exc:
+        raise VideoDecodeError(f"the video is corrupt ({exc.strerror or exc})") from None
+
+
+def _packed(array: object) -> bytes:
+    """Row-major HWC bytes (to_ndarray may pad rows to an alignment)."""
+    import numpy as np
+
+    return np.ascontiguousarray(array).tobytes()

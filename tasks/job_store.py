@@ -1,0 +1,123 @@
+"""A job's state in Redis, shared by the API (create, read, cancel) and the decoder workers (drive).
+
+    imageclf:job:<id>          hash: status, kind, total, done, cursor, spec (JSON), result (JSON), error
+    imageclf:job:<id>:pending  hash: classify task id -> JSON of the item it classifies
+    imageclf:job:<id>:items    hash: item index -> JSON of its outcome
+    imageclf:job:<id>:lock     the driver currently working on the job
+
+Status moves PENDING -> PROGRESS -> SUCCESS / FAILURE / REVOKED and never leaves a
+final state: every write is a compare-and-set in Lua, so a cancel (API) and a
+driver's progress write cannot overwrite each other. No key lives without a TTL.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+
+import settings
+from tasks.payloads import PIXELS_PREFIX
+
+JOB_PREFIX = "imageclf:job:"
+ACTIVE = ("PENDING", "PROGRESS")
+FINAL = ("SUCCESS", "FAILURE", "REVOKED")
+
+# HSET the fields (and refresh the TTL) only while the job is active; returns "OK" or the current status.
+_UPDATE_IF_ACTIVE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'PENDING' and status ~= 'PROGRESS' then return status or false end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 'OK'
+"""
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def job_key(job_id: str) -> str:
+    return JOB_PREFIX + job_id
+
+
+def pending_key(job_id: str) -> str:
+    return JOB_PREFIX + job_id + ":pending"
+
+
+def items_key(job_id: str) -> str:
+    return JOB_PREFIX + job_id + ":items"
+
+
+def create_job(pipe: redis.client.Pipeline, job_id: str, kind: str, total: int, spec: dict[str, Any],
+               ttl_s: int) -> None:
+    """Queue the job's record on `pipe` (the caller adds its issued id and executes)."""
+    now = time.time()
+    pipe.hset(job_key(job_id), mapping={
+        "status": "PENDING", "kind": kind, "total": total, "done": 0, "cursor": 0,
+        "spec": json.dumps(spec), "created": now, "updated": now,
+    })
+    pipe.expire(job_key(job_id), ttl_s)
+
+
+def read_job(client: redis.Redis, job_id: str) -> dict[str, Any] | None:
+    """The job's state for clients (None when unknown or expired); `spec` and `result` parsed."""
+    raw = client.hgetall(job_key(job_id))
+    if not raw:
+        return None
+    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    job: dict[str, Any] = {
+        "status": fields["status"], "kind": fields["kind"],
+        "done": int(fields.get("done", 0)), "total": int(fields.get("total", 0)),
+        "cursor": int(fields.get("cursor", 0)), "spec": json.loads(fields["spec"]),
+    }
+    if "result" in fields:
+        job["result"] = json.loads(fields["result"])
+    for optional in ("error", "decode_error"):
+        if optional in fields:
+            job[optional] = fields[optional]
+    return job
+
+
+def update_if_active(client: redis.Redis, job_id: str, ttl_s: int, **fields: Any) -> str | None:
+    """Write `fields` unless the job already ended: "OK", or the status that stopped it (None: gone)."""
+    args: list[Any] = [ttl_s]
+    for name, value in {**fields, "updated": time.time()}.items():
+        args += [name, value]
+    answer = client.eval(_UPDATE_IF_ACTIVE, 1, job_key(job_id), *args)
+    return answer.decode() if isinstance(answer, bytes) else answer or None
+
+
+def cancel(client: redis.Redis, job_id: str, ttl_s: int) -> str | None:
+    """Mark an active job REVOKED: "OK", or the final status it already had (None: gone)."""
+    return update_if_active(client, job_id, ttl_s, status="REVOKED", error="cancelled by the client")
+
+
+def acquire_lock(client: redis.Redis, job_id: str, ttl_s: float) -> str | None:
+    """A token if this caller may drive the job now (one driver at a time), else None."""
+    token = uuid.uuid4().hex
+    return token if client.set(JOB_PREFIX + job_id + ":lock", token, nx=True, px=int(ttl_s * 1000)) else None
+
+
+def release_lock(client: redis.Redis, job_id: str, token: str) -> None:
+    client.eval(_RELEASE_LOCK, 1, JOB_PREFIX + job_id + ":lock", token)
+
+
+def job_dir(job_id: str) -> Path:
+    """Where the API stores the job's uploads (UPLOAD_DIR is shared by the API and the decoders)."""
+    return Path(settings.UPLOAD_DIR) / job_id
+
+
+def discard(client: redis.Redis, job_id: str) -> None:
+    """Forget a job's work in flight: its queued pixels, item records and files (the status stays).
+
+    Classify requests whose pixels are gone fail at once without running the model.
+    """
+    queued = [PIXELS_PREFIX + tid.decode() for tid in client.hkeys(pending_key(job_id))]
+    client.delete(pending_key(job_id), items_key(job_id), *queued)
+    shutil.rmtree(job_dir(job_id), ignore_errors=True)

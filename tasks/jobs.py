@@ -1,0 +1,230 @@
+"""The job driver, run by the decoder workers (-Q jobs): decode, feed the model, gather, finish.
+
+A job (images, zip entries, or a video's sampled frames) is driven by a chain of
+short `job_step` tasks, each working for at most STEP_S seconds and then queueing
+the next: a long video never becomes one long task that the broker would
+redeliver after its visibility timeout, and a killed decoder loses at most one
+step, which the broker redelivers and which resumes from the cursor stored in Redis.
+
+Each step: gathers the answers of the job's classify tasks, decodes more items while
+fewer than JOB_IN_FLIGHT are queued (so a 4-hour video never sits in Redis as
+pixels: only the frames in flight do), sends them through the same batched
+`classify` task as /predict on the bulk queue, stores progress, and finishes the
+job when every item has an outcome. A job cancelled by the API stops at its next
+round (within _POLL_S), and the job's queued pixels and files are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import zipfile
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from celery.utils.log import get_logger
+
+import settings
+from models.images import ImageDecodeError, decode_to_pixels
+from models.registry import get_spec
+from models.video import VideoDecodeError, VideoInfo, decode_frames, sample_times
+from tasks import celery_app
+from tasks.job_results import images_result, video_result
+from tasks.job_store import (
+    FINAL,
+    acquire_lock,
+    discard,
+    items_key,
+    job_dir,
+    pending_key,
+    read_job,
+    release_lock,
+    update_if_active,
+)
+from tasks.payloads import ISSUED_PREFIX, enqueue_classify
+from tasks.result_store import READY_STATES, RESULT_KEY_PREFIX, failure_message
+from tasks.worker import pixel_store
+
+logger = get_logger(__name__)
+
+STEP_S = 2.0          # work per step before handing over to the next one
+_POLL_S = 0.1         # pause between rounds when nothing could be sent
+_LOCK_S = 60.0        # a crashed step's lock frees itself after this
+
+
+@celery_app.task(name="job_step", acks_late=True, ignore_result=True)
+def job_step(job_id: str) -> None:
+    client = pixel_store()
+    token = acquire_lock(client, job_id, _LOCK_S)
+    if token is None:  # another step of this job is running (a redelivered duplicate): let it
+        job_step.apply_async((job_id,), countdown=1.0)
+        return
+    try:
+        more = _Driver(client, job_id).run(STEP_S)
+    finally:
+        release_lock(client, job_id, token)
+    if more:
+        job_step.apply_async((job_id,))
+
+
+class _ItemError(Exception):
+    """One item (a file, a zip entry) cannot be classified; the rest of the job goes on."""
+
+
+class _Driver:
+    def __init__(self, client: redis.Redis, job_id: str) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.ttl = settings.RESULT_TTL_S
+
+    def run(self, budget_s: float) -> bool:
+        """Work on the job for about `budget_s` seconds; True if another step is needed."""
+        job = read_job(self.client, self.job_id)
+        if job is None or job["status"] in FINAL:
+            discard(self.client, self.job_id)
+            return False
+        spec, total, cursor = job["spec"], job["total"], job["cursor"]
+        extra: dict[str, Any] = {"decode_error": job["decode_error"]} if "decode_error" in job else {}
+        items = self._items(spec, cursor)
+        deadline = time.monotonic() + budget_s
+        self.client.expire(ISSUED_PREFIX + self.job_id, self.ttl)
+        try:
+            while True:
+                done, in_flight = self._collect()
+                sent = 0
+                room = min(settings.JOB_IN_FLIGHT - in_flight,
+                           settings.MAX_QUEUE_DEPTH - self.client.llen(settings.BULK_QUEUE))
+                try:
+                    while sent < room and cursor < total and time.monotonic() < deadline:
+                        item = next(items, None)
+                        if item is None:  # the video ended before its header said
+                            total = cursor
+                            break
+                        self._send(spec, *item)
+                        cursor, sent = item[0] + 1, sent + 1
+                except VideoDecodeError as exc:
+                    logger.warning("job %s: %s after %d frames", self.job_id, exc, cursor)
+                    total, extra["decode_error"] = cursor, str(exc)
+                state = update_if_active(self.client, self.job_id, self.ttl, status="PROGRESS",
+                                         done=done, total=total, cursor=cursor, **extra)
+                if state != "OK":  # cancelled (or expired) meanwhile
+                    discard(self.client, self.job_id)
+                    return False
+                if cursor >= total and in_flight == 0 and done >= total:
+                    self._finish(spec, extra.get("decode_error"))
+                    return False
+                if time.monotonic() >= deadline:
+                    return True
+                if sent == 0:
+                    time.sleep(_POLL_S)
+        finally:
+            items.close()
+
+    def _items(self, spec: dict[str, Any], start: int) -> Iterator[tuple[int, dict[str, Any], bytes | str]]:
+        """(index, record, pixels or an error message) for each item from `start` on."""
+        size = get_spec(spec["model"]).input_size
+        if spec["kind"] == "video":
+            return self._frames(spec, start, size)
+        return self._images(spec, start, size)
+
+    def _images(self, spec: dict[str, Any], start: int, size: int) -> Iterator[tuple[int, dict, bytes | str]]:
+        archives: dict[str, zipfile.ZipFile] = {}
+        try:
+            for index in range(start, len(spec["items"])):
+                try:
+                    data = self._read(spec["items"][index], archives)
+                    yield index, {"i": index}, decode_to_pixels(data, size, settings.MAX_IMAGE_PIXELS)
+                except (_ItemError, ImageDecodeError) as exc:
+                    yield index, {"i": index}, str(exc)
+        finally:
+            for archive in archives.values():
+                archive.close()
+
+    def _read(self, item: dict[str, Any], archives: dict[str, zipfile.ZipFile]) -> bytes:
+        """The item's bytes, from its file or its zip entry, refusing more than MAX_UPLOAD_MB."""
+        limit = int(settings.MAX_UPLOAD_MB * 2**20)
+        path = job_dir(self.job_id) / item["file"]
+        try:
+            if "member" not in item:
+                with open(path, "rb") as f:
+                    data = f.read(limit + 1)
+            else:
+                if item["file"] not in archives:
+                    archives[item["file"]] = zipfile.ZipFile(path)
+                with archives[item["file"]].open(archives[item["file"]].infolist()[item["member"]]) as f:
+                    data = f.read(limit + 1)  # never more, whatever the entry's header claims
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError,
+                ValueError, IndexError) as exc:
+            raise _ItemError(f"cannot read this file ({type(exc).__name__}: {exc})") from None
+        if len(data) > limit:
+            raise _ItemError(f"larger than {settings.MAX_UPLOAD_MB:g} MB (MAX_UPLOAD_MB)")
+        return data
+
+    def _frames(self, spec: dict[str, Any], start: int, size: int) -> Iterator[tuple[int, dict, bytes | str]]:
+        info = VideoInfo(**spec["video"])
+        times = sample_times(info, spec.get("fps"), spec.get("every_n_frames"), spec["max_frames"])
+        path = str(job_dir(self.job_id) / spec["file"])
+        for offset, frame in enumerate(decode_frames(path, times[start:], info.frame_rate, size)):
+            yield start + offset, {"i": start + offset, "t": frame.t, "frame": frame.index}, frame.pixels
+
+    def _send(self, spec: dict[str, Any], index: int, record: dict[str, Any], pixels: bytes | str) -> None:
+        """Queue the item on the bulk queue, or record its failure at once."""
+        if isinstance(pixels, str):
+            self.client.hset(items_key(self.job_id), str(index),
+                             json.dumps({**record, "status": "FAILURE", "error": pixels}))
+            return
+        task_id = str(uuid.uuid4())
+        enqueue_classify(celery_app, self.client, task_id, pixels, spec["top"], self.ttl, queue=settings.BULK_QUEUE)
+        # Recorded after sending: a crash in between re-sends the item from the stored cursor.
+        self.client.hset(pending_key(self.job_id), task_id, json.dumps({**record, "sent": time.time()}))
+
+    def _collect(self) -> tuple[int, int]:
+        """Move answered items from pending to items; returns (items with an outcome, items in flight)."""
+        pending = {tid.decode(): json.loads(raw) for tid, raw in self.client.hgetall(pending_key(self.job_id)).items()}
+        if pending:
+            metas = self.client.mget([RESULT_KEY_PREFIX + tid for tid in pending])
+            now = time.time()
+            with self.client.pipeline(transaction=False) as pipe:
+                for (tid, record), raw in zip(pending.items(), metas):
+                    outcome = _outcome(json.loads(raw) if raw else None, now - record.pop("sent", now), self.ttl)
+                    if outcome is None:
+                        continue
+                    pipe.hset(items_key(self.job_id), str(record["i"]), json.dumps({**record, **outcome}))
+                    pipe.hdel(pending_key(self.job_id), tid)
+                    pipe.delete(RESULT_KEY_PREFIX + tid)
+                for key in (pending_key(self.job_id), items_key(self.job_id)):
+                    pipe.expire(key, self.ttl)
+                pipe.execute()
+        return self.client.hlen(items_key(self.job_id)), self.client.hlen(pending_key(self.job_id))
+
+    def _finish(self, spec: dict[str, Any], decode_error: str | None) -> None:
+        outcomes = {int(k): json.loads(v) for k, v in self.client.hgetall(items_key(self.job_id)).items()}
+        if spec["kind"] == "video":
+            result = video_result(spec["video"], outcomes, decode_error)
+            ok = bool(result["frames"])
+            error = decode_error or "no frame could be classified"
+        else:
+            result = images_result([item["name"] for item in spec["items"]], outcomes)
+            ok = result["succeeded"] > 0
+            error = "no file could be classified: " + "; ".join(
+                f"{item['name']}: {item.get('error', '')}" for item in result["items"][:3])
+        fields: dict[str, Any] = {"status": "SUCCESS" if ok else "FAILURE", "result": json.dumps(result)}
+        if not ok:
+            fields["error"] = error
+        update_if_active(self.client, self.job_id, self.ttl, **fields)
+        discard(self.client, self.job_id)
+        logger.info("job %s %s: %d items", self.job_id, fields["status"], len(outcomes))
+
+
+def _outcome(meta: dict[str, Any] | None, age_s: float, ttl_s: int) -> dict[str, Any] | None:
+    """An item's outcome from its classify task's stored state; None while it is still running."""
+    if meta is None or meta.get("status") not in READY_STATES:
+        if age_s > ttl_s:  # its pixels expired unanswered (no model worker for that long)
+            return {"status": "FAILURE", "error": f"no answer within {ttl_s} s (RESULT_TTL_S)"}
+        return None
+    if meta["status"] == "SUCCESS":
+        return {"status": "SUCCESS", "predictions": meta["result"]["predictions"]}
+    return {"status": meta["status"], "error": failure_message(meta)}
