@@ -46,6 +46,9 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             "BATCH_SIZE": "32",
             "API_WORKERS": "1",
             "API_THREADS": "64",
+            # Small job windows, so a job's progress moves in several visible steps.
+            "JOB_IN_FLIGHT": "8",
+            "UPLOAD_DIR": str(tmp_path_factory.mktemp("uploads")),
         },
         log_path=log,
     ).start()

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 
+import httpx
+
+from scripts.redis_server import free_port
 from scripts.service_process import ROOT
+from scripts.supervise import wait_until
 
 SHARED = ROOT.parent / "shared" / "assets"
 MOBILENET_FILE = SHARED / "models" / "mobilenet_v1_0.75_224_imagenet.keras"
@@ -18,3 +25,21 @@ def labelled_photos() -> list[dict]:
     photos = [r for r in rows if r["kind"] == "image" and r["expected_class_id"]]
     assert photos, "MANIFEST.tsv lists no labelled photos"
     return photos
+
+
+def start_api(redis_url: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """A gunicorn API process on a free port, once it answers /healthz."""
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "MODEL": "mobilenet_v1_0.75", "CUDA_VISIBLE_DEVICES": "", **env}
+    api = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", "8",
+                            "--bind", f"127.0.0.1:{port}", "api:create_app()"], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    assert wait_until(up, 30), "the API did not start"
+    return api, url

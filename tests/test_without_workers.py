@@ -3,9 +3,7 @@ and past MAX_QUEUE_DEPTH new work is refused with 503 + Retry-After instead of p
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -14,30 +12,11 @@ import pytest
 import redis
 
 from scripts.redis_server import free_port, ping, redis_argv
-from scripts.service_process import ROOT
 from scripts.supervise import wait_until
-from tests.helpers import SHARED, labelled_photos
+from tests.helpers import SHARED, labelled_photos, start_api
 
 DEPTH = 3
 KEYS = ("key-alice-1234", "key-bob-5678")
-
-
-def start_api(redis_url: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    """A gunicorn API process on a free port, once it answers /healthz."""
-    port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_url, "MODEL": "mobilenet_v1_0.75", "CUDA_VISIBLE_DEVICES": "", **env}
-    api = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", "8",
-                            "--bind", f"127.0.0.1:{port}", "api:create_app()"], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    assert wait_until(up, 30), "the API did not start"
-    return api, url
 
 
 @pytest.fixture(scope="module")

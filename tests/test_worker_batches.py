@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 
@@ -44,7 +45,9 @@ def test_an_undecodable_payload_fails_alone_and_its_batch_mates_are_answered(cli
 
     # Queue everything while the worker is not consuming, so it all arrives in one burst: the
     # first request runs alone (the worker is idle), the rest fill the next batch together.
-    replies = client_app.control.cancel_consumer("interactive", reply=True, timeout=5)
+    # Only the model worker: a broadcast add_consumer would make the decoder consume "interactive" too.
+    model_worker = [f"cpu@{socket.gethostname()}"]
+    replies = client_app.control.cancel_consumer("interactive", reply=True, timeout=5, destination=model_worker)
     assert replies, "the worker did not answer cancel_consumer"
     try:
         busy = [send(pixels[0])]
@@ -55,7 +58,7 @@ def test_an_undecodable_payload_fails_alone_and_its_batch_mates_are_answered(cli
                              task_id=missing)
         after = [send(p) for p in pixels]
     finally:
-        assert client_app.control.add_consumer("interactive", reply=True, timeout=5)
+        assert client_app.control.add_consumer("interactive", reply=True, timeout=5, destination=model_worker)
     metas = wait_all(redis_client, [*busy, *before, bad, missing, *after])
     before_m, bad_m, missing_m, after_m = metas[1:9], metas[9], metas[10], metas[11:]
 

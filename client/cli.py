@@ -1,0 +1,170 @@
+"""Command line: classify images, folders, zips and videos against a running service.
+
+    python -m client classify photo.jpg                    # one image: POST /predict
+    python -m client classify holiday/ extra.zip --csv     # a job of many images, with a progress bar
+    python -m client classify clip.mp4 --fps 2             # a video job: progress bar, then the label timeline
+
+Exit status: 0 when everything was classified, 1 when anything failed (a file, a job,
+the service), 2 for a usage error such as a path that does not exist. Ctrl-C cancels
+the running job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from client import Client, ServiceError, collect_files, is_video
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        files = collect_files(args.paths)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not files:
+        print("error: no image, zip or video found in the given folders", file=sys.stderr)
+        return 2
+    videos = [f for f in files if is_video(f)]
+    images = [f for f in files if not is_video(f)]
+    outputs: list[dict[str, Any]] = []
+    with Client(args.url, args.api_key) as client:
+        try:
+            if len(images) == 1 and images[0].suffix.lower() != ".zip":
+                outputs.append(_predict(client, images[0], args.top))
+            elif images:
+                outputs.append(_job(client, images, args, "images"))
+            for video in videos:
+                outputs.append(_job(client, [video], args, video.name))
+        except ServiceError as exc:
+            print(f"error: {exc.message if exc.status == 0 else exc}", file=sys.stderr)
+            _emit(outputs, args)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+    _emit(outputs, args)
+    return 0 if all(_succeeded(o) for o in outputs) else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    classify = commands.add_parser("classify", help="classify images, folders, zips and videos")
+    classify.add_argument("paths", nargs="+", help="image files, folders of images, zips of images, videos")
+    classify.add_argument("--url", default=os.environ.get("IMAGECLF_URL", "http://127.0.0.1:5000"),
+                          help="the service (default: $IMAGECLF_URL or http://127.0.0.1:5000)")
+    classify.add_argument("--api-key", default=os.environ.get("IMAGECLF_API_KEY"),
+                          help="API key when the service has API_KEYS set (default: $IMAGECLF_API_KEY)")
+    classify.add_argument("--top", type=int, default=5, help="labels per image (default 5)")
+    sampling = classify.add_mutually_exclusive_group()
+    sampling.add_argument("--fps", type=float, help="video frames sampled per second (default 1)")
+    sampling.add_argument("--every-n-frames", type=int, help="sample every n-th video frame instead")
+    classify.add_argument("--max-frames", type=int, help="sample at most this many video frames")
+    output = classify.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the service's JSON answers")
+    output.add_argument("--csv", action="store_true", help="print one CSV row per image or frame")
+    classify.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _predict(client: Client, path: Path, top: int) -> dict[str, Any]:
+    try:
+        body = client.predict(path, top=top)
+    except ServiceError as exc:
+        if exc.status in (0, 401, 503):  # the service, not the file, is the problem
+            raise
+        return {"source": str(path), "kind": "image", "status": "FAILURE", "error": exc.message}
+    return {"source": str(path), "kind": "image", "status": "SUCCESS", "predictions": body["predictions"]}
+
+
+def _job(client: Client, files: list[Path], args: argparse.Namespace, label: str) -> dict[str, Any]:
+    job = client.submit(files, top=args.top, fps=args.fps, every_n_frames=args.every_n_frames,
+                        max_frames=args.max_frames)
+    bar = tqdm(total=job["total"], desc=label[:30], unit="frame" if job["kind"] == "video" else "img",
+               disable=args.no_progress, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        body = client.wait(job["id"], on_progress=progress)
+    except KeyboardInterrupt:
+        client.cancel(job["id"])
+        print(f"\ncancelled job {job['id']}", file=sys.stderr)
+        raise
+    finally:
+        bar.close()
+    return {"source": ", ".join(map(str, files)) if len(files) < 4 else f"{len(files)} files", **body}
+
+
+def _succeeded(output: dict[str, Any]) -> bool:
+    if output["status"] != "SUCCESS":
+        return False
+    return output.get("kind") != "images" or output["result"]["failed"] == 0
+
+
+def _rows(output: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per image or frame: source, name, t, frame, label, class_id, probability, error."""
+    def top1(predictions: list[dict[str, Any]]) -> dict[str, Any]:
+        best = predictions[0] if predictions else {}
+        return {"label": best.get("label"), "class_id": best.get("class_id"), "probability": best.get("probability")}
+
+    source = output["source"]
+    if output.get("kind") == "image":
+        return [{"source": source, "name": Path(source).name, **top1(output.get("predictions", [])),
+                 "error": output.get("error")}]
+    result = output.get("result") or {}
+    if output.get("kind") == "images":
+        return [{"source": source, "name": item["name"], **top1(item.get("predictions", [])),
+                 "error": item.get("error")} for item in result.get("items", [])]
+    rows = [{"source": source, "t": f["t"], "frame": f["frame"], **top1(f["predictions"])}
+            for f in result.get("frames", [])]
+    return rows or [{"source": source, "error": output.get("error")}]
+
+
+def _emit(outputs: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    if args.json:
+        json.dump(outputs, sys.stdout, indent=2)
+        print()
+        return
+    if args.csv:
+        fields = ["source", "name", "t", "frame", "label", "class_id", "probability", "error"]
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for output in outputs:
+            writer.writerows(_rows(output))
+        return
+    for output in outputs:
+        _print_text(output)
+
+
+def _print_text(output: dict[str, Any]) -> None:
+    result = output.get("result") or {}
+    if output.get("kind") == "video" and result.get("summary"):
+        summary = result["summary"]
+        print(f"{output['source']}: {summary['label']} ({summary['share']:.0%} of {summary['frames']} frames)")
+        for seg in summary["segments"]:
+            print(f"  {seg['start']:8.2f} - {seg['end']:8.2f} s  {seg['label']}  ({seg['frames']} frames)")
+        return
+    if output["status"] != "SUCCESS" and output.get("kind") != "image":
+        print(f"{output['source']}: {output['status']}: {output.get('error', '')}")
+        return
+    for row in _rows(output):
+        if row.get("error"):
+            print(f"{row['name']}\tFAILED: {row['error']}")
+        else:
+            print(f"{row['name']}\t{row['label']}\t{row['probability']:.4f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
