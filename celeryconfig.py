@@ -23,9 +23,10 @@ imports = ("tasks.worker", "tasks.classify", "tasks.jobs")
 # One process owns the model (one per GPU); batching happens inside it.
 worker_pool = "prefork"
 worker_concurrency = 1
-# celery-batches can only batch what was prefetched: room for a full batch running
-# plus a full batch filling behind it.
-worker_prefetch_multiplier = 2 * settings.BATCH_SIZE
+# celery-batches can only batch what was prefetched: room for a full batch running, a full batch
+# filling behind it, and one more batch of slots that job images and frames never take
+# (settings.BULK_IN_FLIGHT), so /predict requests are fetched the moment they arrive.
+worker_prefetch_multiplier = 3 * settings.BATCH_SIZE
 # Loading and warming a model takes far longer than the 4 s default.
 worker_proc_alive_timeout = 180.0
 worker_send_task_events = True
@@ -34,8 +35,14 @@ task_send_sent_event = True
 # A request is acknowledged after its batch ran, so a crashed worker's requests are redelivered.
 task_acks_late = True
 # "priority": a worker always fetches from its first queue (interactive) before the next (bulk),
-# instead of Redis' default round robin.
-broker_transport_options = {"visibility_timeout": 300, "queue_order_strategy": "priority"}
-result_backend_transport_options = {"visibility_timeout": 300}
+# instead of Redis' default round robin. kombu looks for unacknowledged tasks to hand out again
+# only every interval x throttle seconds (100 s by default): sweep at a quarter of the timeout.
+broker_transport_options = {
+    "visibility_timeout": settings.VISIBILITY_TIMEOUT_S,
+    "queue_order_strategy": "priority",
+    "unacked_restore_interval": max(1, min(30, settings.VISIBILITY_TIMEOUT_S // 4)),
+    "unacked_restore_throttle": 1,
+}
+result_backend_transport_options = {"visibility_timeout": settings.VISIBILITY_TIMEOUT_S}
 result_expires = settings.RESULT_TTL_S
 broker_connection_retry_on_startup = True

@@ -58,7 +58,7 @@ CLASS_INDEX: str = _str("CLASS_INDEX", "")
 BATCH_SIZE: int = max(1, _int("BATCH_SIZE", 32))
 #: Job images and video frames fill a batch only up to this size, so /predict requests never wait behind a
 #: long batch of bulk work. Empty: BATCH_SIZE when the worker sees a GPU (batching is nearly free there),
-#: else 2 (on a CPU every image in a batch adds its full cost to the batch's latency).
+#: else 1 (on a CPU every image in a batch adds its full cost to the batch's latency; docs/BENCHMARKS-JOBS.md).
 BULK_BATCH_SIZE: int = _int("BULK_BATCH_SIZE", 0)
 #: Pad batches to a few fixed sizes: `auto` (only when a GPU is visible), `on`, or `off`.
 BATCH_PADDING: str = _str("BATCH_PADDING", "auto")
@@ -73,6 +73,11 @@ MAX_PREDICT_TIMEOUT_S: float = _float("MAX_PREDICT_TIMEOUT_S", 300.0)
 API_KEYS: list[str] = [k.strip() for k in os.environ.get("API_KEYS", "").split(",") if k.strip()]
 #: Backpressure: above this many waiting tasks in a queue, new submissions get 503 + Retry-After.
 MAX_QUEUE_DEPTH: int = _int("MAX_QUEUE_DEPTH", 2000)
+#: Seconds before Redis hands a delivered, unacknowledged task (its worker died) to a worker again.
+#: Longer than any task runs: a batch, a job step (2 s), a job's frames waiting in a worker's buffer.
+VISIBILITY_TIMEOUT_S: int = max(2, _int("VISIBILITY_TIMEOUT_S", 300))
+#: A request delivered this many times (its worker died each time it ran it) is failed, not run again.
+MAX_DELIVERIES: int = max(1, _int("MAX_DELIVERIES", 3))
 #: How long results and issued ids are kept in Redis.
 RESULT_TTL_S: int = _int("RESULT_TTL_S", 3600)
 
@@ -91,7 +96,10 @@ MAX_VIDEO_SECONDS: float = _float("MAX_VIDEO_SECONDS", 4 * 3600.0)
 #: Most frames sampled from one video (the default `max_frames`, and its upper bound).
 MAX_VIDEO_FRAMES: int = _int("MAX_VIDEO_FRAMES", 20000)
 #: Most images or frames of one job queued for the model at once (the rest wait on disk).
-JOB_IN_FLIGHT: int = max(1, _int("JOB_IN_FLIGHT", 64))
+JOB_IN_FLIGHT: int = max(1, _int("JOB_IN_FLIGHT", 32))
+#: Most job images and frames of all jobs together queued for the model, per live model worker. Below the
+#: workers' prefetch (3 x BATCH_SIZE), so a worker always has room to fetch a /predict request at once.
+BULK_IN_FLIGHT: int = max(1, _int("BULK_IN_FLIGHT", 2 * BATCH_SIZE))
 #: Decoder worker processes (they run jobs: unzip, decode images, sample video frames).
 DECODER_CONCURRENCY: int = max(1, _int("DECODER_CONCURRENCY", 2))
 #: Largest accepted image, in pixels (width x height); larger ones are refused before decoding.

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import redis
 from flask import Blueprint, current_app, jsonify
 
-from tasks.readiness import READY_KEY_PREFIX
+from tasks.readiness import live_workers
 
 bp = Blueprint("health", __name__)
 
@@ -23,8 +21,7 @@ def readyz():
     client: redis.Redis = current_app.extensions["redis"]
     try:
         client.ping()
-        keys = list(client.scan_iter(match=READY_KEY_PREFIX + "*", count=1000))
-        workers = [json.loads(v) for v in client.mget(keys) if v] if keys else []
+        workers = live_workers(client)
     except redis.RedisError as exc:
         return jsonify(ready=False, reason=f"redis unavailable: {type(exc).__name__}"), 503
     serving = [w for w in workers if w.get("model") == model]

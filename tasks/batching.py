@@ -9,6 +9,10 @@ worker waits at most `flush_interval` — or not at all when `flush_when_idle` i
 in which case batches form only from what arrives while the model is busy. No batch
 exceeds `flush_every`.
 
+A request the broker delivers again (its worker died, maybe because of it) runs in a
+batch of its own, so it cannot take innocent requests down with it again, and after
+`max_deliveries` it is failed instead of run: a poison request does not loop forever.
+
 Requests from the bulk queue (job images, video frames) come second: a batch takes
 every waiting interactive request first and is topped up with bulk requests only
 to `bulk_batch_size`, and bulk work never queues a batch behind a running one.
@@ -74,6 +78,9 @@ class AdaptiveBatches(Batches):
     bulk_queue = "bulk"
     #: Bulk requests only fill a batch up to this size.
     bulk_batch_size = 1
+    #: Deliveries after which a request is failed instead of run.
+    max_deliveries = 3
+    DELIVERIES_PREFIX = "imageclf:deliveries:"
 
     def __init__(self) -> None:
         super().__init__()
@@ -96,6 +103,7 @@ class AdaptiveBatches(Batches):
     def _simple(request: Any) -> SimpleRequest:
         simple = SimpleRequest.from_request(request)
         simple.received_at = getattr(request, "received_at", None)
+        simple.deliveries = getattr(request, "deliveries", 1)
         return simple
 
     def _do_flush(self) -> None:
@@ -115,7 +123,40 @@ class AdaptiveBatches(Batches):
             self._tref.cancel()
             self._tref = None
 
-    def flush(self, requests: list) -> Any:
+    def flush(self, requests: list) -> None:
+        """Run the batch, except redelivered requests: each alone, or failed past `max_deliveries`."""
+        fresh = [r for r in requests if not (r.delivery_info or {}).get("redelivered")]
+        if fresh:
+            self._run(fresh)
+        for request in requests:
+            if request in fresh:
+                continue
+            request.deliveries = self._count_delivery(request)
+            if request.deliveries > self.max_deliveries:
+                self._give_up(request)
+            else:
+                self._run([request])
+
+    def _count_delivery(self, request: Any) -> int:
+        """This delivery's number (2, 3, ...), kept in Redis across worker restarts."""
+        key = self.DELIVERIES_PREFIX + request.id
+        try:
+            with self.app.backend.client.pipeline() as pipe:
+                redeliveries, _ = pipe.incr(key).expire(key, self.app.conf.result_expires or 86400).execute()
+        except Exception:  # Redis away: run it; the count resumes when Redis is back
+            logger.warning("could not count the deliveries of %s", request.id, exc_info=True)
+            return 2
+        return 1 + int(redeliveries)
+
+    def _give_up(self, request: Any) -> None:
+        logger.error("Request %s failed: delivered %d times, its worker died each time", request.id,
+                     request.deliveries)
+        exc = RuntimeError(f"not run again: delivered {request.deliveries} times and the worker died each time "
+                           f"(MAX_DELIVERIES={self.max_deliveries})")
+        self.backend.mark_as_failure(request.id, exc, request=request, call_errbacks=False)
+        request.acknowledge()
+
+    def _run(self, requests: list) -> Any:
         """Send one batch to the pool; it counts as in flight until it returns or its process dies.
 
         Mirrors `Batches.flush` (acks_early on accept, acks_late on return) and adds the

@@ -39,10 +39,10 @@ def _parse(kwargs: dict, data: bytes | None, shape: tuple[int, int, int]) -> tup
 
 
 def bulk_batch_size(configured: int, batch_size: int, gpu_visible: bool) -> int:
-    """BULK_BATCH_SIZE, or when unset: the full batch on a GPU, 2 on a CPU (see settings.py)."""
+    """BULK_BATCH_SIZE, or when unset: the full batch on a GPU, 1 on a CPU (see settings.py)."""
     if configured > 0:
         return min(configured, batch_size)
-    return batch_size if gpu_visible else min(2, batch_size)
+    return batch_size if gpu_visible else 1
 
 
 def _gpu_visible() -> bool:
@@ -62,6 +62,7 @@ def _gpu_visible() -> bool:
     flush_when_idle=settings.BATCH_WAIT_MS == 0,
     bulk_queue=settings.BULK_QUEUE,
     bulk_batch_size=bulk_batch_size(settings.BULK_BATCH_SIZE, settings.BATCH_SIZE, _gpu_visible()),
+    max_deliveries=settings.MAX_DELIVERIES,
     acks_late=True,
 )
 def classify(requests: list) -> None:
@@ -121,6 +122,7 @@ def _classify_batch(requests: list, blobs: list[bytes | None]) -> None:
             "batch_id": batch_id,
             "batch_size": len(valid),
             "timings": _timings(req, started, inference_ms),
+            "deliveries": getattr(req, "deliveries", 1),
             "done_at": time.time(),
         }
         backend.mark_as_done(req.id, result, request=req)

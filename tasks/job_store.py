@@ -4,6 +4,7 @@
     imageclf:job:<id>:pending  hash: classify task id -> JSON of the item it classifies
     imageclf:job:<id>:items    hash: item index -> JSON of its outcome
     imageclf:job:<id>:lock     the driver currently working on the job
+    imageclf:bulk:in-flight    sorted set: classify task ids of all jobs sent and not yet gathered, by send time
 
 Status moves PENDING -> PROGRESS -> SUCCESS / FAILURE / REVOKED and never leaves a
 final state: every write is a compare-and-set in Lua, so a cancel (API) and a
@@ -25,6 +26,7 @@ import settings
 from tasks.payloads import PIXELS_PREFIX
 
 JOB_PREFIX = "imageclf:job:"
+BULK_IN_FLIGHT_KEY = "imageclf:bulk:in-flight"
 ACTIVE = ("PENDING", "PROGRESS")
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
 
@@ -118,6 +120,25 @@ def discard(client: redis.Redis, job_id: str) -> None:
 
     Classify requests whose pixels are gone fail at once without running the model.
     """
-    queued = [PIXELS_PREFIX + tid.decode() for tid in client.hkeys(pending_key(job_id))]
-    client.delete(pending_key(job_id), items_key(job_id), *queued)
+    sent = [tid.decode() for tid in client.hkeys(pending_key(job_id))]
+    client.delete(pending_key(job_id), items_key(job_id), *(PIXELS_PREFIX + tid for tid in sent))
+    if sent:
+        client.zrem(BULK_IN_FLIGHT_KEY, *sent)
     shutil.rmtree(job_dir(job_id), ignore_errors=True)
+
+
+def sweep_orphans(client: redis.Redis, older_than_s: float) -> list[str]:
+    """Delete upload folders of jobs Redis no longer knows (expired while no decoder ran); returns their ids.
+
+    Only folders untouched for `older_than_s`: the API writes a job's files before recording it.
+    """
+    root = Path(settings.UPLOAD_DIR)
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - older_than_s
+    removed = []
+    for folder in root.iterdir():
+        if folder.is_dir() and folder.stat().st_mtime < cutoff and not client.exists(job_key(folder.name)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed

@@ -7,8 +7,9 @@ redeliver after its visibility timeout, and a killed decoder loses at most one
 step, which the broker redelivers and which resumes from the cursor stored in Redis.
 
 Each step: gathers the answers of the job's classify tasks, decodes more items while
-fewer than JOB_IN_FLIGHT are queued (so a 4-hour video never sits in Redis as
-pixels: only the frames in flight do), sends them through the same batched
+fewer than JOB_IN_FLIGHT of this job and BULK_IN_FLIGHT per model worker of all jobs
+are queued (so a 4-hour video never sits in Redis as pixels, and the model workers
+always keep prefetch room for /predict requests), sends them through the same batched
 `classify` task as /predict on the bulk queue, stores progress, and finishes the
 job when every item has an outcome. A job cancelled by the API stops at its next
 round (within _POLL_S), and the job's queued pixels and files are deleted.
@@ -34,6 +35,7 @@ from models.video import VideoDecodeError, VideoInfo, decode_frames, sample_time
 from tasks import celery_app
 from tasks.job_results import images_result, video_result
 from tasks.job_store import (
+    BULK_IN_FLIGHT_KEY,
     FINAL,
     acquire_lock,
     discard,
@@ -45,6 +47,7 @@ from tasks.job_store import (
     update_if_active,
 )
 from tasks.payloads import ISSUED_PREFIX, enqueue_classify
+from tasks.readiness import live_workers
 from tasks.result_store import READY_STATES, RESULT_KEY_PREFIX, failure_message
 from tasks.worker import pixel_store
 
@@ -91,12 +94,15 @@ class _Driver:
         items = self._items(spec, cursor)
         deadline = time.monotonic() + budget_s
         self.client.expire(ISSUED_PREFIX + self.job_id, self.ttl)
+        model_workers = sum(w.get("role") == "model" for w in live_workers(self.client))
+        bulk_limit = settings.BULK_IN_FLIGHT * max(1, model_workers)
+        # Forget ids of crashed drivers' sends, answered or not, once their pixels have expired.
+        self.client.zremrangebyscore(BULK_IN_FLIGHT_KEY, "-inf", time.time() - self.ttl)
         try:
             while True:
                 done, in_flight = self._collect()
                 sent = 0
-                room = min(settings.JOB_IN_FLIGHT - in_flight,
-                           settings.MAX_QUEUE_DEPTH - self.client.llen(settings.BULK_QUEUE))
+                room = min(settings.JOB_IN_FLIGHT - in_flight, bulk_limit - self.client.zcard(BULK_IN_FLIGHT_KEY))
                 try:
                     while sent < room and cursor < total and time.monotonic() < deadline:
                         item = next(items, None)
@@ -179,7 +185,11 @@ class _Driver:
         task_id = str(uuid.uuid4())
         enqueue_classify(celery_app, self.client, task_id, pixels, spec["top"], self.ttl, queue=settings.BULK_QUEUE)
         # Recorded after sending: a crash in between re-sends the item from the stored cursor.
-        self.client.hset(pending_key(self.job_id), task_id, json.dumps({**record, "sent": time.time()}))
+        now = time.time()
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(pending_key(self.job_id), task_id, json.dumps({**record, "sent": now}))
+            pipe.zadd(BULK_IN_FLIGHT_KEY, {task_id: now})
+            pipe.execute()
 
     def _collect(self) -> tuple[int, int]:
         """Move answered items from pending to items; returns (items with an outcome, items in flight)."""
@@ -194,6 +204,7 @@ class _Driver:
                         continue
                     pipe.hset(items_key(self.job_id), str(record["i"]), json.dumps({**record, **outcome}))
                     pipe.hdel(pending_key(self.job_id), tid)
+                    pipe.zrem(BULK_IN_FLIGHT_KEY, tid)
                     pipe.delete(RESULT_KEY_PREFIX + tid)
                 for key in (pending_key(self.job_id), items_key(self.job_id)):
                     pipe.expire(key, self.ttl)

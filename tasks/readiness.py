@@ -44,3 +44,9 @@ def start_heartbeat(redis_url: str, info: dict) -> None:
 
 def stop_heartbeat() -> None:
     _stop.set()
+
+
+def live_workers(client: redis.Redis) -> list[dict]:
+    """What every live worker process announced (model workers and decoders)."""
+    keys = list(client.scan_iter(match=READY_KEY_PREFIX + "*", count=1000))
+    return [json.loads(v) for v in client.mget(keys) if v] if keys else []

@@ -18,6 +18,7 @@ from celery.utils.log import get_logger
 import settings
 from models.registry import get_spec
 from tasks import celery_app
+from tasks.job_store import sweep_orphans
 from tasks.readiness import start_heartbeat, stop_heartbeat
 
 if TYPE_CHECKING:
@@ -64,6 +65,9 @@ def note_role(options: dict | None = None, **_: object) -> None:
 def load_model(**_: object) -> None:
     global _classifier
     if not _serves_model:
+        removed = sweep_orphans(pixel_store(), older_than_s=3600)
+        if removed:
+            logger.info("deleted the uploads of %d expired jobs", len(removed))
         start_heartbeat(celery_app.conf.broker_url, {"role": "decoder", "pid": os.getpid()})
         return
     from models.keras_model import load_classifier

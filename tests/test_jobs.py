@@ -90,6 +90,7 @@ def test_twenty_photos_come_back_labelled_in_order_with_progress(service):
     progress = [done for status, done, _ in seen if status == "PROGRESS"]
     assert any(b > a for a, b in zip(progress, progress[1:])), f"progress never moved: {seen}"
     assert all(total == 20 for _, _, total in seen) and seen[-1][1] == 20
+    assert not (Path(service.env["UPLOAD_DIR"]) / job).exists(), "a finished job's files were kept"
 
 
 def test_a_zip_entry_that_is_not_an_image_fails_alone(service):
@@ -170,3 +171,18 @@ def test_the_cli_fails_clearly(service, tmp_path):
     down = subprocess.run([sys.executable, "-m", "client", "classify", "--url", "http://127.0.0.1:9",
                            str(tmp_path / "b.jpg")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert down.returncode == 1 and "cannot reach" in down.stderr
+
+
+def test_a_zip_entry_expanding_past_the_image_limit_fails_alone(service):
+    """A small zip whose entry inflates to 21 MB of zeros: read no further than MAX_UPLOAD_MB (20), failed alone."""
+    row = labelled_photos()[0]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb.jpg", bytes(21 * 2**20))
+        archive.write(SHARED / row["path"], "photo.jpg")
+    assert len(buffer.getvalue()) < 2 * 2**20  # the upload is small; the entry inflates 10x past it
+    job = submit(service, files={"images": ("b.zip", buffer.getvalue())})
+    body, _ = follow(service, job)
+    bomb, photo = body["result"]["items"]
+    assert bomb["status"] == "FAILURE" and "MAX_UPLOAD_MB" in bomb["error"]
+    assert photo["predictions"][0]["class_id"] == int(row["expected_class_id"])

@@ -142,3 +142,74 @@ def test_the_api_process_never_imports_tensorflow():
             "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; assert not bad, bad")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_video_summary_picks_the_most_frequent_label_and_joins_runs():
+    from tasks.job_results import summarize
+
+    def frame(t: float, cid: int) -> dict:
+        return {"t": t, "frame": int(t * 10), "predictions": [{"label": f"c{cid}", "class_id": cid, "probability": 1}]}
+
+    frames = [frame(0, 1), frame(1, 2), frame(2, 2), frame(3, 1), frame(4, 2)]
+    summary = summarize(frames, duration_s=5.5)
+    assert (summary["label"], summary["class_id"], summary["share"], summary["frames"]) == ("c2", 2, 0.6, 5)
+    assert [(s["class_id"], s["start"], s["end"], s["frames"]) for s in summary["segments"]] == [
+        (1, 0, 1, 1), (2, 1, 3, 2), (1, 3, 4, 1), (2, 4, 5.5, 1)]
+    assert summarize([], 3.0) is None
+
+
+def test_job_items_keep_upload_order_and_missing_outcomes_count_as_failed():
+    from tasks.job_results import images_result
+
+    ok = {"status": "SUCCESS", "predictions": []}
+    result = images_result(["a", "b", "c"], {2: ok, 0: {"status": "FAILURE", "error": "bad"}})
+    assert [(i["index"], i["name"], i["status"]) for i in result["items"]] == [
+        (0, "a", "FAILURE"), (1, "b", "FAILURE"), (2, "c", "SUCCESS")]
+    assert (result["succeeded"], result["failed"]) == (1, 2)
+
+
+def test_frame_sampling_by_rate_or_count():
+    from models.video import VideoInfo, sample_times
+
+    info = VideoInfo(duration_s=14.0, frame_rate=20.0, width=1, height=1, codec="h264")
+    assert sample_times(info, None, None, 100) == [float(i) for i in range(14)]
+    assert sample_times(info, 2.0, None, 100)[:3] == [0.0, 0.5, 1.0] and len(sample_times(info, 2.0, None, 100)) == 28
+    assert len(sample_times(info, None, 1, 1000)) == 280 and sample_times(info, None, 10, 1000)[1] == 0.5
+    assert len(sample_times(info, None, 1, 50)) == 50
+
+
+def test_the_batch_buffer_serves_interactive_requests_first_and_caps_bulk_fill():
+    from types import SimpleNamespace
+
+    from tasks.batching import PriorityBuffer
+    from tasks.classify import bulk_batch_size
+
+    buffer = PriorityBuffer("bulk")
+    for name in ("b1", "b2", "i1", "b3", "i2"):
+        queue = "bulk" if name.startswith("b") else "interactive"
+        buffer.put(SimpleNamespace(name=name, delivery_info={"routing_key": queue}))
+    assert buffer.interactive() == 2 and buffer.qsize() == 5
+    assert [r.name for r in buffer.take(limit=32, bulk_limit=3)] == ["i1", "i2", "b1"]
+    assert [r.name for r in buffer.take(limit=32, bulk_limit=1)] == ["b2"]
+    assert [r.name for r in buffer.take(limit=32, bulk_limit=8)] == ["b3"] and buffer.qsize() == 0
+    assert (bulk_batch_size(0, 32, gpu_visible=True), bulk_batch_size(0, 32, gpu_visible=False)) == (32, 1)
+    assert bulk_batch_size(64, 32, gpu_visible=False) == 32 and bulk_batch_size(4, 32, gpu_visible=True) == 4
+
+
+def test_upload_folders_of_jobs_redis_forgot_are_swept(tmp_path, monkeypatch, redis_client):
+    import os
+    import time
+
+    import settings
+    from tasks.job_store import job_key, sweep_orphans
+
+    monkeypatch.setattr(settings, "UPLOAD_DIR", str(tmp_path))
+    old = time.time() - 7200
+    for name in ("forgotten", "known", "fresh"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "video.mp4").write_bytes(b"x")
+        if name != "fresh":
+            os.utime(tmp_path / name, (old, old))
+    redis_client.set(job_key("known"), "1", ex=60)
+    assert sweep_orphans(redis_client, older_than_s=3600) == ["forgotten"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "known"]
