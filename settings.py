@@ -76,7 +76,7 @@ MAX_QUEUE_DEPTH: int = _int("MAX_QUEUE_DEPTH", 2000)
 #: Seconds before Redis hands a delivered, unacknowledged task (its worker died) to a worker again.
 #: Longer than any task runs: a batch, a job step (2 s), a job's frames waiting in a worker's buffer.
 VISIBILITY_TIMEOUT_S: int = max(2, _int("VISIBILITY_TIMEOUT_S", 300))
-#: A request delivered this many times (its worker died each time it ran it) is failed, not run again.
+#: Most times one request is run (its worker died each time); the next delivery fails it instead.
 MAX_DELIVERIES: int = max(1, _int("MAX_DELIVERIES", 3))
 #: How long results and issued ids are kept in Redis.
 RESULT_TTL_S: int = _int("RESULT_TTL_S", 3600)

@@ -94,5 +94,6 @@ def prediction_body(task_id: str, result: dict[str, Any]) -> dict[str, Any]:
         "predictions": result["predictions"],
         "batch_id": result["batch_id"],
         "batch_size": result["batch_size"],
+        "deliveries": result.get("deliveries", 1),
         "timings": dict(result["timings"]),
     }

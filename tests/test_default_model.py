@@ -1,12 +1,14 @@
 """The default model's path: `make run` with no REDIS_URL (embedded Redis) serving ResNet50.
 
 No ResNet50 ImageNet weights can be had offline, so MODEL_WEIGHTS=random proves the
-plumbing and the output shape (its labels mean nothing).
+plumbing and the output shape (its labels mean nothing). Also what `make run` exposes:
+every port it opens is on 127.0.0.1, and Flower asks for the FLOWER_BASIC_AUTH password.
 """
 
 from __future__ import annotations
 
 import httpx
+import psutil
 
 from scripts.redis_server import ping
 from scripts.service_process import ServiceProcess
@@ -17,7 +19,7 @@ def test_resnet50_random_weights_serves_1000_class_probabilities_and_stops_clean
     svc = ServiceProcess(
         env={"REDIS_URL": "", "MODEL": "resnet50", "MODEL_WEIGHTS": "random", "CLASS_INDEX": str(CLASS_INDEX),
              "BATCH_SIZE": "4", "BATCH_WAIT_MS": "20",
-             "REDIS_DATA_DIR": str(tmp_path / "redis"), "API_WORKERS": "1"},
+             "REDIS_DATA_DIR": str(tmp_path / "redis"), "API_WORKERS": "1", "FLOWER_BASIC_AUTH": "ops:s3cret-pw"},
         log_path=tmp_path / "resnet50-service.log",
     ).start()
     try:
@@ -37,6 +39,16 @@ def test_resnet50_random_weights_serves_1000_class_probabilities_and_stops_clean
         assert sorted(p["class_id"] for p in predictions) == list(range(1000))
         assert abs(sum(p["probability"] for p in predictions) - 1.0) < 1e-3
         assert all(isinstance(p["label"], str) and p["label"] for p in predictions)
+
+        assert httpx.get(svc.flower_url + "/api/workers", timeout=10).status_code == 401
+        assert httpx.get(svc.flower_url + "/api/workers", auth=("ops", "wrong"), timeout=10).status_code == 401
+        assert httpx.get(svc.flower_url + "/api/workers", auth=("ops", "s3cret-pw"), timeout=10).status_code == 200
+        listening = {(c.laddr.ip, c.laddr.port) for proc in psutil.Process(svc.proc.pid).children(recursive=True)
+                     for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+        ports = {int(redis_url.rsplit(":", 1)[1].split("/")[0]), int(svc.url.rsplit(":", 1)[1]),
+                 int(svc.flower_url.rsplit(":", 1)[1])}
+        assert ports <= {port for _, port in listening}, listening
+        assert {ip for ip, _ in listening} == {"127.0.0.1"}, f"something listens beyond 127.0.0.1: {listening}"
     finally:
         code = svc.stop()
     assert code == 0, svc.log_tail()

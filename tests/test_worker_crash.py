@@ -1,0 +1,131 @@
+"""The model's process is killed (-9) mid-batch: every accepted request is still answered, and a
+request whose worker dies every time it runs is failed after MAX_DELIVERIES instead of looping.
+
+A service of its own: ResNet50 with random weights (slow enough on a CPU that a kill
+lands mid-run), a short visibility timeout (how long the broker waits before handing an
+unacknowledged task out again) and a batch window. The model process is frozen while
+the requests arrive, resumed, and killed as soon as it has spent CPU on the batch: a
+batch the process never started would simply be given to its successor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psutil
+import pytest
+import redis
+
+from scripts.service_process import ServiceProcess
+from scripts.supervise import wait_until
+from tasks.readiness import live_workers
+from tests.helpers import CLASS_INDEX, SHARED, labelled_photos
+
+VISIBILITY_S = 20  # above a ResNet restart plus the backlog: shorter would redeliver tasks merely waiting
+
+
+@pytest.fixture(scope="module")
+def crashable(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServiceProcess, redis.Redis]]:
+    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/3")
+    client.flushdb()
+    svc = ServiceProcess(env={
+        "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/3", "MODEL": "resnet50", "MODEL_WEIGHTS": "random",
+        "CLASS_INDEX": str(CLASS_INDEX), "API_WORKERS": "1", "BATCH_SIZE": "32",
+        "VISIBILITY_TIMEOUT_S": str(VISIBILITY_S), "MAX_DELIVERIES": "2", "BATCH_WAIT_MS": "300",
+        "UPLOAD_DIR": str(tmp_path_factory.mktemp("crash-uploads")),
+    }, log_path=tmp_path_factory.mktemp("logs") / "crash-service.log").start()
+    yield svc, client
+    assert svc.stop() == 0, svc.log_tail()
+
+
+def model_process(client: redis.Redis, not_pid: int | None = None, timeout_s: float = 120) -> int:
+    """The pid of the pool process that has the model loaded (a new one if `not_pid` is given)."""
+    found: list[int] = []
+
+    def ready() -> bool:
+        found[:] = [w["pid"] for w in live_workers(client) if w.get("role") == "model" and w["pid"] != not_pid]
+        return bool(found)
+
+    assert wait_until(ready, timeout_s, interval_s=0.02), "no model process came up"
+    return found[0]
+
+
+def submit(svc: ServiceProcess, image: bytes) -> str:
+    response = httpx.post(svc.url + "/predict", params={"timeout": "0"}, files={"image": image}, timeout=30)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def results(svc: ServiceProcess, ids: list[str], timeout_s: float) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(done) < len(ids) and time.monotonic() < deadline:
+        for task_id in set(ids) - set(done):
+            body = httpx.get(f"{svc.url}/result/{task_id}", timeout=10).json()
+            if body["status"] in ("SUCCESS", "FAILURE", "REVOKED"):
+                done[task_id] = body
+        time.sleep(0.2)
+    return done
+
+
+def kill_mid_run(pid: int) -> None:
+    """Resume the frozen model process and kill it -9 as soon as it spends CPU on its batch."""
+    process = psutil.Process(pid)
+    used = sum(process.cpu_times()[:2])
+    os.kill(pid, signal.SIGCONT)
+    assert wait_until(lambda: sum(process.cpu_times()[:2]) > used, 10, interval_s=0.002)
+    os.kill(pid, signal.SIGKILL)
+
+
+def freeze_and_fill(svc: ServiceProcess, client: redis.Redis, pid: int, images: list[bytes]) -> list[str]:
+    """Freeze the model process, submit, and wait until the worker took everything (its batch timer fired)."""
+    os.kill(pid, signal.SIGSTOP)
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(lambda image: submit(svc, image), images))
+    assert wait_until(lambda: client.llen("interactive") == 0, 30)
+    time.sleep(1.0)  # the 300 ms batch window has flushed a batch to the frozen process
+    return ids
+
+
+def test_requests_in_a_killed_batch_are_redelivered_and_answered(crashable):
+    svc, client = crashable
+    photos = (labelled_photos() * 4)[:64]
+    pid = model_process(client)
+    ids = freeze_and_fill(svc, client, pid, [(SHARED / r["path"]).read_bytes() for r in photos])
+    kill_mid_run(pid)
+
+    answered = results(svc, ids, timeout_s=180)
+    assert len(answered) == 64, f"{64 - len(answered)} accepted requests were never answered"
+    for task_id in ids:
+        assert answered[task_id]["status"] == "SUCCESS", answered[task_id]
+        assert len(answered[task_id]["result"]["predictions"]) == 5
+    redelivered = [i for i in ids if answered[i]["result"]["deliveries"] == 2]
+    assert len(redelivered) > 1, "the kill did not hit a batch in flight"
+    assert "lost" in svc.log_tail(400) and model_process(client, not_pid=pid) != pid
+
+
+def test_a_request_whose_worker_always_dies_is_failed_after_max_deliveries(crashable):
+    svc, client = crashable
+    image = (SHARED / labelled_photos()[0]["path"]).read_bytes()
+    pid = model_process(client)
+    [poison] = freeze_and_fill(svc, client, pid, [image])
+    kill_mid_run(pid)
+    # Its second delivery (after the visibility timeout) runs alone; freeze the new process first.
+    pid = model_process(client, not_pid=pid)
+    os.kill(pid, signal.SIGSTOP)
+    assert wait_until(lambda: client.get(f"imageclf:deliveries:{poison}") == b"1", VISIBILITY_S * 4)
+    time.sleep(0.5)
+    kill_mid_run(pid)
+
+    [body] = results(svc, [poison], timeout_s=VISIBILITY_S * 6).values()
+    assert body["status"] == "FAILURE" and "delivered 3 times" in body["error"], body
+    # The next process serves normally.
+    model_process(client, not_pid=pid)
+    response = httpx.post(svc.url + "/predict", files={"image": image}, timeout=60)
+    assert response.status_code == 200 and json.loads(response.text)["success"]
