@@ -14,10 +14,11 @@ result_serializer = "json"
 accept_content = ["msgpack", "json"]
 result_accept_content = ["json"]
 
-# Single images go to the interactive queue, job images and frames to the bulk queue (both served by
-# the model workers, started with -Q interactive,bulk), job drivers to the decoder workers (-Q jobs).
-task_default_queue = settings.INTERACTIVE_QUEUE
-task_routes = {"classify": {"queue": settings.INTERACTIVE_QUEUE}, "job_step": {"queue": settings.JOBS_QUEUE}}
+# Single images go to their model's interactive queue, job images and frames to its bulk queue (both
+# served by that model's workers, started with -Q interactive.<model>,bulk.<model>; senders name the
+# queue), job drivers to the decoder workers (-Q jobs).
+task_default_queue = settings.interactive_queue(settings.MODELS[0])
+task_routes = {"job_step": {"queue": settings.JOBS_QUEUE}}
 imports = ("tasks.worker", "tasks.classify", "tasks.jobs")
 
 # One process owns the model (one per GPU); batching happens inside it.

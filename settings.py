@@ -45,8 +45,20 @@ FLOWER_BASIC_AUTH: str = _str("FLOWER_BASIC_AUTH", "")
 
 #: Registry name of the served model (see models/registry.py).
 MODEL: str = _str("MODEL", "resnet50")
-#: `imagenet` (Keras download), `random` (benchmarks only), or a path to a .keras/.h5 file.
+#: Models served at once, comma-separated, each on its own queues with its own workers; the first is the
+#: default for requests that name none. Empty: just MODEL.
+MODELS: list[str] = [m.strip() for m in _str("MODELS", MODEL).split(",") if m.strip()]
+#: `imagenet` (Keras download), `random` (benchmarks only), or a path to a .keras/.h5 file; with several
+#: models, `name=weights` pairs separated by commas (models not named get `imagenet`).
 MODEL_WEIGHTS: str = _str("MODEL_WEIGHTS", "imagenet")
+
+
+def weights_for(model: str) -> str:
+    """MODEL_WEIGHTS for `model`: the plain value, or its entry in a `name=weights,...` list."""
+    if "=" not in MODEL_WEIGHTS:
+        return MODEL_WEIGHTS
+    pairs = dict(part.split("=", 1) for part in MODEL_WEIGHTS.split(",") if "=" in part)
+    return pairs.get(model, "imagenet").strip()
 #: Inference backend in the workers: `tensorflow` or `onnxruntime` (exported once, cached).
 BACKEND: str = _str("BACKEND", "tensorflow")
 #: Where exported models (ONNX) are cached.
@@ -109,8 +121,16 @@ MAX_IMAGE_PIXELS: int = _int("MAX_IMAGE_PIXELS", 64_000_000)
 API_WORKERS: int = _int("API_WORKERS", 2)
 API_THREADS: int = _int("API_THREADS", 32)
 
-#: Celery queues: single images (/predict), job images and frames (same model workers, served second),
-#: and the job drivers that the decoder workers run.
-INTERACTIVE_QUEUE: str = "interactive"
-BULK_QUEUE: str = "bulk"
+#: Celery queues, per model: single images (/predict), and job images and frames (same workers, served
+#: second); and the job drivers that the decoder workers run.
+INTERACTIVE_PREFIX: str = "interactive."
+BULK_PREFIX: str = "bulk."
 JOBS_QUEUE: str = "jobs"
+
+
+def interactive_queue(model: str) -> str:
+    return INTERACTIVE_PREFIX + model
+
+
+def bulk_queue(model: str) -> str:
+    return BULK_PREFIX + model

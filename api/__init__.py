@@ -13,9 +13,10 @@ from celery import Celery
 from flask import Flask
 
 import settings
-from api import health, jobs, predict, results
+from api import health, jobs, models, openapi, predict, results
 from api.auth import init_auth
 from api.errors import register_error_handlers
+from api.metrics import init_metrics
 from api.waiter import ResultWaiter
 from models.registry import get_spec
 
@@ -25,7 +26,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.from_mapping(
         MAX_CONTENT_LENGTH=int(settings.MAX_UPLOAD_MB * 1024 * 1024),
         MAX_IMAGE_PIXELS=settings.MAX_IMAGE_PIXELS,
-        MODEL_SPEC=get_spec(settings.MODEL),
+        MODEL_SPECS={name: get_spec(name) for name in settings.MODELS},
         JSON_SORT_KEYS=False,
     )
     app.config.update(config or {})
@@ -38,7 +39,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     register_error_handlers(app)
     init_auth(app, settings.API_KEYS)
-    for blueprint in (predict.bp, jobs.bp, results.bp, health.bp):
+    init_metrics(app)
+    for blueprint in (predict.bp, jobs.bp, results.bp, models.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     return app
 

@@ -1,4 +1,4 @@
-"""Optional API keys: with API_KEYS set, every endpoint but the health checks needs one.
+"""Optional API keys: with API_KEYS set, every endpoint but health, metrics and docs needs one.
 
 A key is sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Work is recorded
 under a hash of the key that submitted it, so one key cannot read another's results.
@@ -13,7 +13,8 @@ from flask import Flask, g, request
 
 from api.errors import APIError
 
-_OPEN_ENDPOINTS = {"health.healthz", "health.readyz"}
+# Health checks, metrics (aggregate counts only) and the API's documentation need no key.
+_OPEN_ENDPOINTS = {"health.healthz", "health.readyz", "metrics.metrics", "openapi.openapi_json", "openapi.docs"}
 ANONYMOUS = "-"
 
 

@@ -1,4 +1,4 @@
-"""/healthz (the process answers) and /readyz (Redis answers, a worker serves our model, a decoder runs jobs)."""
+"""/healthz (the process answers) and /readyz (Redis answers, every served model has a worker, a decoder runs)."""
 
 from __future__ import annotations
 
@@ -17,17 +17,18 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    model = current_app.config["MODEL_SPEC"].name
     client: redis.Redis = current_app.extensions["redis"]
     try:
         client.ping()
         workers = live_workers(client)
     except redis.RedisError as exc:
         return jsonify(ready=False, reason=f"redis unavailable: {type(exc).__name__}"), 503
-    serving = [w for w in workers if w.get("model") == model]
-    decoders = [w for w in workers if w.get("role") == "decoder"]
-    if not serving:
-        return jsonify(ready=False, reason=f"no worker has loaded model {model!r} yet", workers=workers), 503
+    served = current_app.config["MODEL_SPECS"]
+    per_model = {name: sum(w.get("model") == name for w in workers) for name in served}
+    decoders = sum(w.get("role") == "decoder" for w in workers)
+    reasons = [f"no worker has loaded model {name!r} yet" for name, n in per_model.items() if not n]
     if not decoders:
-        return jsonify(ready=False, reason="no decoder worker is running (jobs would wait)", workers=workers), 503
-    return jsonify(ready=True, model=model, workers=serving, decoders=len(decoders))
+        reasons.append("no decoder worker is running (jobs would wait)")
+    if reasons:
+        return jsonify(ready=False, reason="; ".join(reasons), models=per_model, decoders=decoders), 503
+    return jsonify(ready=True, models=per_model, decoders=decoders)

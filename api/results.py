@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, g, jsonify
 
 from api.errors import APIError
 from api.submissions import fetch_meta, issued, prediction_body, queue_unavailable, redis_client
@@ -16,6 +16,7 @@ bp = Blueprint("results", __name__)
 
 @bp.get("/result/<task_id>")
 def result(task_id: str):
+    g.task_id = task_id
     info = issued(task_id)
     if info is None:
         raise APIError(404, f"no task with id {task_id!r} (unknown, or its result expired)")
@@ -38,7 +39,8 @@ def _job_body(job_id: str) -> dict[str, Any]:
     if job is None:
         raise APIError(404, f"no job with id {job_id!r} (its result expired)")
     body: dict[str, Any] = {"success": job["status"] == "SUCCESS", "id": job_id, "kind": job["kind"],
-                            "status": job["status"], "done": job["done"], "total": job["total"]}
+                            "model": job["spec"]["model"], "status": job["status"], "done": job["done"],
+                            "total": job["total"]}
     if "result" in job:
         body["result"] = job["result"]
     if "error" in job:

@@ -48,9 +48,10 @@ def submit_classify(pixels: bytes, top: int, model: str, expires_at: float | Non
     task_id = str(uuid.uuid4())
     record = json.dumps({"kind": "predict", "model": model, "owner": g.owner, "created": time.time()})
     with queue_unavailable():
-        refuse_when_full(settings.INTERACTIVE_QUEUE)
+        queue = settings.interactive_queue(model)
+        refuse_when_full(queue)
         enqueue_classify(_celery(), redis_client(), task_id, pixels, top, settings.RESULT_TTL_S,
-                         extra_keys={ISSUED_PREFIX + task_id: record}, expires_at=expires_at)
+                         extra_keys={ISSUED_PREFIX + task_id: record}, queue=queue, expires_at=expires_at)
     return task_id
 
 

@@ -1,4 +1,4 @@
-# The API and Flower: Flask, Celery client, Pillow. No TensorFlow, so the image stays small.
+# The API, Flower and the decoder workers: Flask, Celery, Pillow, PyAV. No TensorFlow, so the image stays small.
 FROM python:3.11-slim
 WORKDIR /app
 COPY requirements/api.txt requirements/api.txt

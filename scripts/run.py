@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +29,7 @@ def _ready(api_url: str) -> dict | None:
         return None
 
 
-def start_all(group: ProcessGroup) -> str:
+def start_all(group: ProcessGroup, metrics_dir: str) -> str:
     """Start every part; returns the API's base URL."""
     env = dict(os.environ)
     redis_url = settings.REDIS_URL
@@ -52,12 +54,13 @@ def start_all(group: ProcessGroup) -> str:
     group.start("flower", flower, env)
     log("flower", f"listening on http://127.0.0.1:{settings.FLOWER_PORT}")
 
-    api_env = {**env, "CUDA_VISIBLE_DEVICES": ""}  # the API never touches a GPU
+    # The API never touches a GPU; its gunicorn processes add up their metrics in a fresh folder.
+    api_env = {**env, "CUDA_VISIBLE_DEVICES": "", "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     group.start("api", [sys.executable, "-m", "gunicorn", "--workers", str(settings.API_WORKERS),
                         "--threads", str(settings.API_THREADS), "--bind", f"{settings.HOST}:{settings.PORT}",
                         "--log-level", "warning", "api:create_app()"], api_env)
     api_url = f"http://{settings.HOST}:{settings.PORT}"
-    log("api", f"listening on {api_url} (POST /predict, GET /result/<id>, /readyz)")
+    log("api", f"listening on {api_url} (POST /predict, POST /jobs, GET /result/<id>, /readyz, /metrics)")
     return api_url
 
 
@@ -65,12 +68,14 @@ def main() -> int:
     install_stop_handlers()
     group = ProcessGroup()
     code = 0
+    metrics_dir = tempfile.mkdtemp(prefix="imageclf-metrics-")
     try:
-        api_url = start_all(group)
+        api_url = start_all(group, metrics_dir)
         announced = False
         while not (dead := group.exited()):
             if not announced and (status := _ready(api_url)) and status.get("ready"):
-                log("api", f"ready: model {status['model']} served by {len(status['workers'])} worker process(es)")
+                served = ", ".join(f"{name} by {n} worker process(es)" for name, n in status["models"].items())
+                log("api", f"ready: {served}, {status['decoders']} decoder process(es)")
                 announced = True
             time.sleep(0.5)
         for name, proc in dead:
@@ -83,6 +88,7 @@ def main() -> int:
         code = 1
     finally:
         group.stop_all()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         log("run", "stopped")
     return code
 

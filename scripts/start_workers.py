@@ -1,7 +1,9 @@
-"""Start one model worker per GPU (pinned with CUDA_VISIBLE_DEVICES), or one CPU worker, and a decoder worker.
+"""Start one model worker per GPU and model (pinned with CUDA_VISIBLE_DEVICES), or one per model on a CPU
+host, and a decoder worker.
 
-    python -m scripts.start_workers            # every GPU nvidia-smi lists, else one CPU worker
+    python -m scripts.start_workers            # every GPU nvidia-smi lists, else CPU workers
     CUDA_VISIBLE_DEVICES=0,2 python -m scripts.start_workers   # only GPUs 0 and 2
+    MODELS=resnet50,mobilenet_v2 python -m scripts.start_workers   # two models on every GPU
 
 Each model worker is prefork with concurrency 1 (one process owns one GPU and
 batches inside) and serves the interactive queue before the bulk one. The decoder
@@ -38,27 +40,36 @@ def gpu_ids() -> list[str]:
     return [line.split(":")[0].split()[1] for line in listing.splitlines() if line.startswith("GPU ")]
 
 
-def worker_commands(gpus: list[str]) -> list[tuple[str, list[str], dict[str, str]]]:
-    """(name, argv, env) of each worker: one per GPU (or one CPU worker when there is none), and the decoder."""
+def worker_commands(gpus: list[str], models: list[str]) -> list[tuple[str, list[str], dict[str, str]]]:
+    """(name, argv, env) of each worker: one per GPU and model (one per model on a CPU host), and the decoder.
+
+    Each model worker consumes its model's interactive queue, then its bulk queue (in that
+    order: the first is served first). Models sharing a GPU let TensorFlow grow its memory
+    instead of each taking the whole GPU.
+    """
     celery = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork", "--loglevel", "INFO"]
-    model = [*celery, "--concurrency", "1", "--queues", f"{settings.INTERACTIVE_QUEUE},{settings.BULK_QUEUE}"]
-    decoder = ("decoder", [*celery, "--concurrency", str(settings.DECODER_CONCURRENCY), "--prefetch-multiplier", "1",
-                           "--queues", settings.JOBS_QUEUE, "--hostname", "decoder@%h"],
-               {**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    if not gpus:
-        return [("worker-cpu", [*model, "--hostname", "cpu@%h"], {**os.environ, "CUDA_VISIBLE_DEVICES": ""}), decoder]
-    return [
-        (f"worker-gpu{gpu}", [*model, "--hostname", f"gpu{gpu}@%h"], {**os.environ, "CUDA_VISIBLE_DEVICES": gpu})
-        for gpu in gpus
-    ] + [decoder]
+    commands = []
+    for gpu in gpus or [""]:
+        for model in models:
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+            if gpu and len(models) > 1:
+                env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+            node = f"{model}-gpu{gpu}" if gpu else model
+            commands.append((f"worker-{node}", [
+                *celery, "--concurrency", "1", "--hostname", f"{node}@%h",
+                "--queues", f"{settings.interactive_queue(model)},{settings.bulk_queue(model)}"], env))
+    commands.append(("decoder", [*celery, "--concurrency", str(settings.DECODER_CONCURRENCY),
+                                 "--prefetch-multiplier", "1", "--queues", settings.JOBS_QUEUE,
+                                 "--hostname", "decoder@%h"], {**os.environ, "CUDA_VISIBLE_DEVICES": ""}))
+    return commands
 
 
 def supervise_workers(group: ProcessGroup, commands: list[tuple[str, list[str], dict[str, str]]]) -> None:
     """Run the workers until Stop, restarting any that exits."""
     by_name = {name: (argv, env) for name, argv, env in commands}
     for name, argv, env in commands:
-        role = "jobs" if name == "decoder" else f"model {settings.MODEL}"
-        log(name, f"starting ({role}, CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
+        queues = argv[argv.index("--queues") + 1]
+        log(name, f"starting (queues {queues}, CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
         group.start(name, argv, env)
     while True:
         time.sleep(0.5)
@@ -73,7 +84,7 @@ def main() -> int:
     install_stop_handlers()
     group = ProcessGroup()
     try:
-        supervise_workers(group, worker_commands(gpu_ids()))
+        supervise_workers(group, worker_commands(gpu_ids(), settings.MODELS))
     except Stop:
         pass
     finally:

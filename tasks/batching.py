@@ -13,6 +13,10 @@ A request the broker delivers again (its worker died, maybe because of it) runs 
 batch of its own, so it cannot take innocent requests down with it again, and after
 `max_deliveries` it is failed instead of run: a poison request does not loop forever.
 
+Every request gets Celery's task events (received, started, succeeded/failed/revoked,
+with its runtime and its batch's size), which celery-batches does not send, so Flower
+and other event consumers see the batched task like any other.
+
 Requests from the bulk queue (job images, video frames) come second: a batch takes
 every waiting interactive request first and is topped up with bulk requests only
 to `bulk_batch_size`, and bulk work never queues a batch behind a running one.
@@ -21,6 +25,7 @@ to `bulk_batch_size`, and bulk work never queues a batch behind a running one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from itertools import count
 from queue import Empty, Queue
 from typing import Any
@@ -35,18 +40,21 @@ logger = get_logger(__name__)
 class PriorityBuffer:
     """The batch buffer: interactive requests before bulk ones, each kind first in, first out.
 
-    Notes when each request reached this worker (for the stage breakdown).
+    Notes when each request reached this worker (for the stage breakdown) and tells `on_put`.
     """
 
-    def __init__(self, bulk_queue: str) -> None:
-        self._bulk_queue = bulk_queue
+    def __init__(self, bulk_prefix: str, on_put: Callable[[Any], None] | None = None) -> None:
+        self._bulk_prefix = bulk_prefix
+        self._on_put = on_put
         self._interactive: Queue = Queue()
         self._bulk: Queue = Queue()
 
     def put(self, item: Any) -> None:
         item.received_at = time.time()
-        routing_key = (getattr(item, "delivery_info", None) or {}).get("routing_key")
-        (self._bulk if routing_key == self._bulk_queue else self._interactive).put(item)
+        if self._on_put is not None:
+            self._on_put(item)
+        routing_key = (getattr(item, "delivery_info", None) or {}).get("routing_key") or ""
+        (self._bulk if routing_key.startswith(self._bulk_prefix) else self._interactive).put(item)
 
     def qsize(self) -> int:
         return self._interactive.qsize() + self._bulk.qsize()
@@ -74,8 +82,8 @@ class AdaptiveBatches(Batches):
     abstract = True
     #: Flush as soon as a request arrives while no batch is running (no waiting for companions).
     flush_when_idle = False
-    #: Requests from this queue are served after the others.
-    bulk_queue = "bulk"
+    #: Requests from queues named with this prefix are served after the others.
+    bulk_prefix = "bulk."
     #: Bulk requests only fill a batch up to this size.
     bulk_batch_size = 1
     #: Deliveries after which a request is failed instead of run.
@@ -84,7 +92,7 @@ class AdaptiveBatches(Batches):
 
     def __init__(self) -> None:
         super().__init__()
-        self._buffer = PriorityBuffer(self.bulk_queue)
+        self._buffer = PriorityBuffer(self.bulk_prefix, on_put=self._received)
         self._in_flight = 0
 
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 (Celery's name)
@@ -148,12 +156,19 @@ class AdaptiveBatches(Batches):
             return 2
         return 1 + int(redeliveries)
 
+    @staticmethod
+    def _received(request: Any) -> None:
+        request.send_event("task-received", name=request.name, args=repr(request.args),
+                           kwargs=repr(request.kwargs), retries=0, eta=None, expires=None,
+                           root_id=request.id, parent_id=None)
+
     def _give_up(self, request: Any) -> None:
         logger.error("Request %s failed: delivered %d times, its worker died each time", request.id,
                      request.deliveries)
         exc = RuntimeError(f"not run again: delivered {request.deliveries} times and the worker died each time "
                            f"(MAX_DELIVERIES={self.max_deliveries})")
         self.backend.mark_as_failure(request.id, exc, request=request, call_errbacks=False)
+        request.send_event("task-failed", exception=repr(exc), traceback="")
         request.acknowledge()
 
     def _run(self, requests: list) -> Any:
@@ -165,12 +180,17 @@ class AdaptiveBatches(Batches):
         acks_late = [r for r in requests if r.task.acks_late]
         acks_early = [r for r in requests if not r.task.acks_late]
         self._in_flight += 1
+        started = [time.monotonic()]
 
         def on_accepted(pid: int, time_accepted: float) -> None:
+            started[0] = time.monotonic()
+            for req in requests:
+                req.send_event("task-started", pid=pid)
             for req in acks_early:
                 req.acknowledge()
 
         def on_return(result: Any) -> None:
+            self._send_outcomes(requests, result, time.monotonic() - started[0])
             for req in acks_late:
                 req.acknowledge()
             self._finished()
@@ -188,6 +208,24 @@ class AdaptiveBatches(Batches):
             callback=on_return,
             error_callback=on_error,
         )
+
+    @staticmethod
+    def _send_outcomes(requests: list, summary: Any, runtime: float) -> None:
+        """task-succeeded/failed/revoked per request, from the summary the batch function returned."""
+        summary = summary if isinstance(summary, dict) else {}
+        failed, revoked = summary.get("failed", {}), set(summary.get("revoked", []))
+        size, inference_ms = summary.get("batch_size", len(requests)), summary.get("inference_ms", 0.0)
+        outcome = f"batch of {size}, inference {inference_ms:.0f} ms"
+        for req in requests:
+            if req.id in failed:
+                req.send_event("task-failed", exception=failed[req.id], traceback="", runtime=runtime)
+            elif req.id in revoked:
+                req.send_event("task-revoked", terminated=False, signum=None, expired=True)
+            elif summary:
+                req.send_event("task-succeeded", result=outcome, runtime=runtime)
+            else:  # the batch function itself failed
+                req.send_event("task-failed", exception="the batch failed; see the worker log", traceback="",
+                               runtime=runtime)
 
     def _finished(self) -> None:
         self._in_flight -= 1

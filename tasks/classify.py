@@ -4,11 +4,13 @@ Each request carries `pixels_key` (the Redis key of uint8 H×W×3 bytes made by
 models.images, see tasks.payloads), `top`, and `sent_at` (when the API queued it).
 Results carry the per-stage timings.
 Every request gets its own result or failure in the backend: celery-batches
-discards the task's return value and swallows its exceptions.
+discards the task's return value and swallows its exceptions. The return value is
+a summary for the worker's main process, which sends each request's task event.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -20,6 +22,7 @@ import settings
 from tasks import celery_app
 from tasks.batching import AdaptiveBatches
 from tasks.payloads import drop_pixels, fetch_pixels
+from tasks.stats import record_batch
 from tasks.worker import classifier, pixel_store
 
 logger = get_logger(__name__)
@@ -60,12 +63,13 @@ def _gpu_visible() -> bool:
     # With BATCH_WAIT_MS=0 the timer is only a safety net; idle workers flush on arrival.
     flush_interval=max(settings.BATCH_WAIT_MS, 5.0) / 1000.0,
     flush_when_idle=settings.BATCH_WAIT_MS == 0,
-    bulk_queue=settings.BULK_QUEUE,
+    bulk_prefix=settings.BULK_PREFIX,
     bulk_batch_size=bulk_batch_size(settings.BULK_BATCH_SIZE, settings.BATCH_SIZE, _gpu_visible()),
     max_deliveries=settings.MAX_DELIVERIES,
     acks_late=True,
 )
-def classify(requests: list) -> None:
+def classify(requests: list) -> dict:
+    """{"batch_size", "inference_ms", "failed": {id: error}, "revoked": [id]} of this batch."""
     backend = celery_app.backend
     keys = [str(req.kwargs.get("pixels_key", "")) for req in requests]
     try:
@@ -73,9 +77,9 @@ def classify(requests: list) -> None:
     except Exception as exc:  # Redis away: fail the batch visibly rather than leave it pending
         for req in requests:
             backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
-        return
+        return {"batch_size": 0, "failed": {req.id: repr(exc) for req in requests}}
     try:
-        _classify_batch(requests, blobs)
+        return _classify_batch(requests, blobs)
     finally:
         try:
             drop_pixels(pixel_store(), keys)
@@ -83,16 +87,18 @@ def classify(requests: list) -> None:
             logger.warning("could not delete the pixels of %d requests", len(keys), exc_info=True)
 
 
-def _classify_batch(requests: list, blobs: list[bytes | None]) -> None:
+def _classify_batch(requests: list, blobs: list[bytes | None]) -> dict:
     """One model call for every valid request; each request marked done or failed on its own."""
     model = classifier()
     backend = celery_app.backend
     started = time.time()
     valid, images, tops = [], [], []
+    summary: dict = {"batch_size": 0, "inference_ms": 0.0, "failed": {}, "revoked": []}
     for req, blob in zip(requests, blobs):
         expires_at = req.kwargs.get("expires_at")
         if isinstance(expires_at, (int, float)) and started > expires_at:
             backend.mark_as_revoked(req.id, "deadline passed before the batch ran; not computed", request=req)
+            summary["revoked"].append(req.id)
             continue
         try:
             image, top = _parse(req.kwargs, blob, model.spec.input_shape)
@@ -101,8 +107,9 @@ def _classify_batch(requests: list, blobs: list[bytes | None]) -> None:
             valid.append(req)
         except Exception as exc:  # one bad payload fails alone
             backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
+            summary["failed"][req.id] = f"{type(exc).__name__}: {exc}"
     if not valid:
-        return
+        return summary
     try:
         t0 = time.perf_counter()
         probabilities = model.predict(np.stack(images))
@@ -111,10 +118,15 @@ def _classify_batch(requests: list, blobs: list[bytes | None]) -> None:
         logger.exception("inference failed for a batch of %d", len(valid))
         for req in valid:
             backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
-        return
+            summary["failed"][req.id] = f"{type(exc).__name__}: {exc}"
+        return summary
     batch_id = uuid.uuid4().hex
-    logger.info("batch %s size=%d padded=%d inference_ms=%.1f",
-                batch_id, len(valid), model.bucket_for(len(valid)), inference_ms)
+    logger.info(json.dumps({"event": "batch", "batch_id": batch_id, "model": model.spec.name, "size": len(valid),
+                            "padded": model.bucket_for(len(valid)), "inference_ms": round(inference_ms, 1)}))
+    try:
+        record_batch(pixel_store(), model.spec.name, len(valid), inference_ms / 1000.0)
+    except Exception:  # metrics must never fail a batch
+        logger.warning("could not record batch metrics", exc_info=True)
     for req, row, top in zip(valid, probabilities, tops):
         result = {
             "model": model.spec.name,
@@ -126,6 +138,8 @@ def _classify_batch(requests: list, blobs: list[bytes | None]) -> None:
             "done_at": time.time(),
         }
         backend.mark_as_done(req.id, result, request=req)
+    summary.update(batch_size=len(valid), inference_ms=round(inference_ms, 2))
+    return summary
 
 
 def _timings(req: object, batch_started: float, inference_ms: float) -> dict[str, float]:

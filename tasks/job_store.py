@@ -4,7 +4,7 @@
     imageclf:job:<id>:pending  hash: classify task id -> JSON of the item it classifies
     imageclf:job:<id>:items    hash: item index -> JSON of its outcome
     imageclf:job:<id>:lock     the driver currently working on the job
-    imageclf:bulk:in-flight    sorted set: classify task ids of all jobs sent and not yet gathered, by send time
+    imageclf:bulk:in-flight:<model>  sorted set: classify task ids of all jobs sent and not yet gathered, by send time
 
 Status moves PENDING -> PROGRESS -> SUCCESS / FAILURE / REVOKED and never leaves a
 final state: every write is a compare-and-set in Lua, so a cancel (API) and a
@@ -26,7 +26,7 @@ import settings
 from tasks.payloads import PIXELS_PREFIX
 
 JOB_PREFIX = "imageclf:job:"
-BULK_IN_FLIGHT_KEY = "imageclf:bulk:in-flight"
+BULK_IN_FLIGHT_PREFIX = "imageclf:bulk:in-flight:"
 ACTIVE = ("PENDING", "PROGRESS")
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
 
@@ -42,6 +42,10 @@ _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def bulk_in_flight_key(model: str) -> str:
+    return BULK_IN_FLIGHT_PREFIX + model
 
 
 def job_key(job_id: str) -> str:
@@ -123,7 +127,8 @@ def discard(client: redis.Redis, job_id: str) -> None:
     sent = [tid.decode() for tid in client.hkeys(pending_key(job_id))]
     client.delete(pending_key(job_id), items_key(job_id), *(PIXELS_PREFIX + tid for tid in sent))
     if sent:
-        client.zrem(BULK_IN_FLIGHT_KEY, *sent)
+        for key in client.scan_iter(match=BULK_IN_FLIGHT_PREFIX + "*"):
+            client.zrem(key, *sent)
     shutil.rmtree(job_dir(job_id), ignore_errors=True)
 
 

@@ -35,9 +35,9 @@ from models.video import VideoDecodeError, VideoInfo, decode_frames, sample_time
 from tasks import celery_app
 from tasks.job_results import images_result, video_result
 from tasks.job_store import (
-    BULK_IN_FLIGHT_KEY,
     FINAL,
     acquire_lock,
+    bulk_in_flight_key,
     discard,
     items_key,
     job_dir,
@@ -94,15 +94,16 @@ class _Driver:
         items = self._items(spec, cursor)
         deadline = time.monotonic() + budget_s
         self.client.expire(ISSUED_PREFIX + self.job_id, self.ttl)
-        model_workers = sum(w.get("role") == "model" for w in live_workers(self.client))
+        model_workers = sum(w.get("model") == job["spec"]["model"] for w in live_workers(self.client))
         bulk_limit = settings.BULK_IN_FLIGHT * max(1, model_workers)
         # Forget ids of crashed drivers' sends, answered or not, once their pixels have expired.
-        self.client.zremrangebyscore(BULK_IN_FLIGHT_KEY, "-inf", time.time() - self.ttl)
+        in_flight_key = self.in_flight_key = bulk_in_flight_key(spec["model"])
+        self.client.zremrangebyscore(in_flight_key, "-inf", time.time() - self.ttl)
         try:
             while True:
                 done, in_flight = self._collect()
                 sent = 0
-                room = min(settings.JOB_IN_FLIGHT - in_flight, bulk_limit - self.client.zcard(BULK_IN_FLIGHT_KEY))
+                room = min(settings.JOB_IN_FLIGHT - in_flight, bulk_limit - self.client.zcard(in_flight_key))
                 try:
                     while sent < room and cursor < total and time.monotonic() < deadline:
                         item = next(items, None)
@@ -183,12 +184,13 @@ class _Driver:
                              json.dumps({**record, "status": "FAILURE", "error": pixels}))
             return
         task_id = str(uuid.uuid4())
-        enqueue_classify(celery_app, self.client, task_id, pixels, spec["top"], self.ttl, queue=settings.BULK_QUEUE)
+        enqueue_classify(celery_app, self.client, task_id, pixels, spec["top"], self.ttl,
+                         queue=settings.bulk_queue(spec["model"]))
         # Recorded after sending: a crash in between re-sends the item from the stored cursor.
         now = time.time()
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hset(pending_key(self.job_id), task_id, json.dumps({**record, "sent": now}))
-            pipe.zadd(BULK_IN_FLIGHT_KEY, {task_id: now})
+            pipe.zadd(self.in_flight_key, {task_id: now})
             pipe.execute()
 
     def _collect(self) -> tuple[int, int]:
@@ -204,7 +206,7 @@ class _Driver:
                         continue
                     pipe.hset(items_key(self.job_id), str(record["i"]), json.dumps({**record, **outcome}))
                     pipe.hdel(pending_key(self.job_id), tid)
-                    pipe.zrem(BULK_IN_FLIGHT_KEY, tid)
+                    pipe.zrem(self.in_flight_key, tid)
                     pipe.delete(RESULT_KEY_PREFIX + tid)
                 for key in (pending_key(self.job_id), items_key(self.job_id)):
                     pipe.expire(key, self.ttl)

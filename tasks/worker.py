@@ -1,8 +1,9 @@
 """Worker process hooks: load and warm the model once per pool process, then announce readiness.
 
 TensorFlow is imported here, in the pool child after the fork, never in the parent
-(CUDA and TF's thread pools do not survive a fork). Only model workers load it: a
-worker started for the jobs queue alone (a decoder) does not.
+(CUDA and TF's thread pools do not survive a fork). Only model workers load it, and
+which model follows from the queues a worker consumes (`-Q interactive.<model>,bulk.<model>`);
+a worker started for the jobs queue alone (a decoder) loads none.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ logger = get_logger(__name__)
 
 _classifier: Classifier | None = None
 _pixel_store: redis.Redis | None = None
-_serves_model = True
+_served_model: str | None = settings.MODEL
 
 
 def classifier() -> Classifier:
@@ -46,25 +47,29 @@ def pixel_store() -> redis.Redis:
     return _pixel_store
 
 
-def consumes_model_queues(queues: object) -> bool:
-    """Whether a worker started with `-Q queues` runs classify tasks (no -Q: the default queue, yes)."""
+def model_of_queues(queues: object) -> str | None:
+    """The model a worker started with `-Q queues` serves (None: a decoder; no -Q: the default model)."""
     if not queues:
-        return True
-    names = queues.split(",") if isinstance(queues, str) else list(queues)
-    return bool({n.strip() for n in names} & {settings.INTERACTIVE_QUEUE, settings.BULK_QUEUE})
+        return settings.MODELS[0]
+    names = [n.strip() for n in (queues.split(",") if isinstance(queues, str) else queues)]
+    models = {n.split(".", 1)[1] for n in names
+              if n.startswith((settings.INTERACTIVE_PREFIX, settings.BULK_PREFIX)) and "." in n}
+    if len(models) > 1:
+        raise SystemExit(f"one worker serves one model; -Q names {sorted(models)}")
+    return models.pop() if models else None
 
 
 @celeryd_init.connect
 def note_role(options: dict | None = None, **_: object) -> None:
     """Runs in the worker's main process before the pool forks, so children inherit the answer."""
-    global _serves_model
-    _serves_model = consumes_model_queues((options or {}).get("queues"))
+    global _served_model
+    _served_model = model_of_queues((options or {}).get("queues"))
 
 
 @worker_process_init.connect
 def load_model(**_: object) -> None:
     global _classifier
-    if not _serves_model:
+    if _served_model is None:
         removed = sweep_orphans(pixel_store(), older_than_s=3600)
         if removed:
             logger.info("deleted the uploads of %d expired jobs", len(removed))
@@ -72,16 +77,17 @@ def load_model(**_: object) -> None:
         return
     from models.keras_model import load_classifier
 
-    spec = get_spec(settings.MODEL)
+    spec = get_spec(_served_model)
+    weights = settings.weights_for(spec.name)
     start = time.perf_counter()
     pad = None if settings.BATCH_PADDING == "auto" else settings.BATCH_PADDING == "on"
-    _classifier = load_classifier(spec, settings.MODEL_WEIGHTS, settings.CLASS_INDEX, settings.BATCH_SIZE,
+    _classifier = load_classifier(spec, weights, settings.CLASS_INDEX, settings.BATCH_SIZE,
                                   settings.BACKEND, settings.MODEL_CACHE_DIR, pad)
     loaded = time.perf_counter() - start
     warm = _classifier.warm_up()
     logger.info(
         "model %s (weights %s, backend %s, padding %s) loaded in %.1f s, warmed up on batch sizes %s in %.1f s",
-        spec.name, settings.MODEL_WEIGHTS, settings.BACKEND, _classifier.pad, loaded, _classifier.buckets, warm,
+        spec.name, weights, settings.BACKEND, _classifier.pad, loaded, _classifier.buckets, warm,
     )
     start_heartbeat(celery_app.conf.broker_url, {
         "role": "model",

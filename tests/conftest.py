@@ -10,7 +10,7 @@ import redis
 
 from scripts.redis_server import free_port
 from scripts.service_process import ServiceProcess
-from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED
+from tests.helpers import CLASS_INDEX, FLOWER_AUTH, MOBILENET_FILE, SHARED
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -48,6 +48,7 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             "API_THREADS": "64",
             # Small job windows, so a job's progress moves in several visible steps.
             "JOB_IN_FLIGHT": "8",
+            "FLOWER_BASIC_AUTH": FLOWER_AUTH,
             "UPLOAD_DIR": str(tmp_path_factory.mktemp("uploads")),
         },
         log_path=log,

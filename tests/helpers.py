@@ -16,6 +16,7 @@ from scripts.supervise import wait_until
 SHARED = ROOT.parent / "shared" / "assets"
 MOBILENET_FILE = SHARED / "models" / "mobilenet_v1_0.75_224_imagenet.keras"
 CLASS_INDEX = SHARED / "imagenet_class_index.json"
+FLOWER_AUTH = "flower:test-password"  # the test service's Flower asks for it
 
 
 def labelled_photos() -> list[dict]:

@@ -115,21 +115,29 @@ def test_registry_knows_the_default_and_the_shared_model_and_rejects_others():
 def test_gpu_discovery_follows_cuda_visible_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2")
     assert gpu_ids() == ["0", "2"]
-    names = [(name, env["CUDA_VISIBLE_DEVICES"]) for name, _, env in worker_commands(gpu_ids())]
-    assert names == [("worker-gpu0", "0"), ("worker-gpu2", "2"), ("decoder", "")]
+    commands = worker_commands(gpu_ids(), ["resnet50", "mobilenet_v2"])
+    names = [(name, env["CUDA_VISIBLE_DEVICES"]) for name, _, env in commands]
+    assert names == [("worker-resnet50-gpu0", "0"), ("worker-mobilenet_v2-gpu0", "0"),
+                     ("worker-resnet50-gpu2", "2"), ("worker-mobilenet_v2-gpu2", "2"), ("decoder", "")]
+    assert all(env.get("TF_FORCE_GPU_ALLOW_GROWTH") == "true" for _, _, env in commands[:4])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert gpu_ids() == []
-    [(name, argv, env), (_, decoder_argv, _)] = worker_commands([])
-    assert env["CUDA_VISIBLE_DEVICES"] == "" and "cpu@%h" in argv
-    assert argv[argv.index("--queues") + 1] == "interactive,bulk"  # interactive first: it is served first
+    [(name, argv, env), (_, decoder_argv, _)] = worker_commands([], ["resnet50"])
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and "resnet50@%h" in argv and "TF_FORCE_GPU_ALLOW_GROWTH" not in env
+    # interactive first: a worker serves its first queue first
+    assert argv[argv.index("--queues") + 1] == "interactive.resnet50,bulk.resnet50"
     assert decoder_argv[decoder_argv.index("--queues") + 1] == "jobs"
 
 
-def test_only_workers_of_the_model_queues_load_the_model():
-    from tasks.worker import consumes_model_queues
+def test_a_worker_serves_the_model_its_queues_name_and_decoders_none():
+    import settings
+    from tasks.worker import model_of_queues
 
-    assert consumes_model_queues(None) and consumes_model_queues("interactive,bulk")
-    assert consumes_model_queues(["bulk"]) and not consumes_model_queues("jobs")
+    assert model_of_queues(None) == settings.MODELS[0]
+    assert model_of_queues("interactive.mobilenet_v2,bulk.mobilenet_v2") == "mobilenet_v2"
+    assert model_of_queues(["bulk.resnet50"]) == "resnet50" and model_of_queues("jobs") is None
+    with pytest.raises(SystemExit, match="one model"):
+        model_of_queues("interactive.resnet50,bulk.mobilenet_v2")
 
 
 def test_the_api_process_never_imports_tensorflow():
@@ -184,9 +192,9 @@ def test_the_batch_buffer_serves_interactive_requests_first_and_caps_bulk_fill()
     from tasks.batching import PriorityBuffer
     from tasks.classify import bulk_batch_size
 
-    buffer = PriorityBuffer("bulk")
+    buffer = PriorityBuffer("bulk.")
     for name in ("b1", "b2", "i1", "b3", "i2"):
-        queue = "bulk" if name.startswith("b") else "interactive"
+        queue = "bulk.m" if name.startswith("b") else "interactive.m"
         buffer.put(SimpleNamespace(name=name, delivery_info={"routing_key": queue}))
     assert buffer.interactive() == 2 and buffer.qsize() == 5
     assert [r.name for r in buffer.take(limit=32, bulk_limit=3)] == ["i1", "i2", "b1"]

@@ -16,6 +16,7 @@ from scripts.supervise import wait_until
 from tests.helpers import SHARED, labelled_photos, start_api
 
 DEPTH = 3
+QUEUE = "interactive.mobilenet_v1_0.75"  # the API's model (start_api)
 KEYS = ("key-alice-1234", "key-bob-5678")
 
 
@@ -71,7 +72,7 @@ def test_predict_answers_202_within_its_timeout_and_backpressure_refuses_past_th
     assert refused.status_code == 503
     assert refused.headers["Retry-After"] == "5"
     assert "MAX_QUEUE_DEPTH" in refused.json()["error"]
-    assert client.llen("interactive") == DEPTH, "accepted work must stay queued; refused work must not be"
+    assert client.llen(QUEUE) == DEPTH, "accepted work must stay queued; refused work must not be"
 
 
 def test_redis_down_is_a_quick_503_and_the_api_recovers_by_itself(api_alone):
@@ -89,7 +90,7 @@ def test_redis_down_is_a_quick_503_and_the_api_recovers_by_itself(api_alone):
             assert "Traceback" not in response.text
 
     redis_down_then_up(while_down)
-    client.delete("interactive")  # the new Redis is empty anyway; be explicit about the depth
+    client.delete(QUEUE)  # the new Redis is empty anyway; be explicit about the depth
     assert post(url, "0.2").status_code == 202, "the API did not recover after Redis came back"
 
 
@@ -98,7 +99,7 @@ def test_api_keys_guard_every_endpoint_and_keep_results_private(api_alone):
     redis_port = client.connection_pool.connection_kwargs["port"]
     api, keyed = start_api(f"redis://127.0.0.1:{redis_port}/0", {"API_KEYS": ",".join(KEYS)})
     try:
-        client.delete("interactive")
+        client.delete(QUEUE)
         assert post(keyed, "0").status_code == 401
         assert post(keyed, "0", {"Authorization": "Bearer wrong"}).status_code == 401
         assert httpx.get(keyed + "/result/x", timeout=10).status_code == 401

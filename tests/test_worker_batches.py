@@ -14,6 +14,8 @@ from tasks.payloads import PIXELS_PREFIX, enqueue_classify
 from tasks.result_store import READY_STATES, failure_message, read_meta
 from tests.helpers import SHARED, labelled_photos
 
+QUEUE = "interactive.mobilenet_v1_0.75"  # the test service's model
+
 
 @pytest.fixture(scope="module")
 def client_app(service, redis_url: str) -> Celery:
@@ -40,25 +42,25 @@ def test_an_undecodable_payload_fails_alone_and_its_batch_mates_are_answered(cli
 
     def send(data: bytes) -> str:
         task_id = str(uuid.uuid4())
-        enqueue_classify(client_app, redis_client, task_id, data, 1, 600)
+        enqueue_classify(client_app, redis_client, task_id, data, 1, 600, queue=QUEUE)
         return task_id
 
     # Queue everything while the worker is not consuming, so it all arrives in one burst: the
     # first request runs alone (the worker is idle), the rest fill the next batch together.
     # Only the model worker: a broadcast add_consumer would make the decoder consume "interactive" too.
-    model_worker = [f"cpu@{socket.gethostname()}"]
-    replies = client_app.control.cancel_consumer("interactive", reply=True, timeout=5, destination=model_worker)
+    model_worker = [f"mobilenet_v1_0.75@{socket.gethostname()}"]
+    replies = client_app.control.cancel_consumer(QUEUE, reply=True, timeout=5, destination=model_worker)
     assert replies, "the worker did not answer cancel_consumer"
     try:
         busy = [send(pixels[0])]
         before = [send(p) for p in pixels]
         bad = send(b"\x00" * 1000)
         missing = str(uuid.uuid4())
-        client_app.send_task("classify", kwargs={"pixels_key": "imageclf:pixels:nowhere", "top": 1},
+        client_app.send_task("classify", kwargs={"pixels_key": "imageclf:pixels:nowhere", "top": 1}, queue=QUEUE,
                              task_id=missing)
         after = [send(p) for p in pixels]
     finally:
-        assert client_app.control.add_consumer("interactive", reply=True, timeout=5, destination=model_worker)
+        assert client_app.control.add_consumer(QUEUE, reply=True, timeout=5, destination=model_worker)
     metas = wait_all(redis_client, [*busy, *before, bad, missing, *after])
     before_m, bad_m, missing_m, after_m = metas[1:9], metas[9], metas[10], metas[11:]
 
@@ -78,7 +80,7 @@ def test_a_request_past_its_deadline_is_skipped_not_computed(client_app, redis_c
 
     def send(expires_at: float) -> str:
         task_id = str(uuid.uuid4())
-        enqueue_classify(client_app, redis_client, task_id, pixels, 1, 600, expires_at=expires_at)
+        enqueue_classify(client_app, redis_client, task_id, pixels, 1, 600, queue=QUEUE, expires_at=expires_at)
         return task_id
 
     busy = [send(time.time() + 600) for _ in range(48)]  # more than a batch: the next ones queue behind

@@ -88,7 +88,7 @@ def freeze_and_fill(svc: ServiceProcess, client: redis.Redis, pid: int, images: 
     os.kill(pid, signal.SIGSTOP)
     with ThreadPoolExecutor(16) as pool:
         ids = list(pool.map(lambda image: submit(svc, image), images))
-    assert wait_until(lambda: client.llen("interactive") == 0, 30)
+    assert wait_until(lambda: client.llen("interactive.resnet50") == 0, 30)
     time.sleep(1.0)  # the 300 ms batch window has flushed a batch to the frozen process
     return ids
 

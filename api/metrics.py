@@ -1,0 +1,127 @@
+"""GET /metrics in Prometheus' format, and one structured log line per request.
+
+Request counts and latencies are recorded by each API process; under gunicorn
+(several processes) prometheus_client's multiprocess mode adds them up when
+PROMETHEUS_MULTIPROC_DIR is set (`make run` sets it). Queue depths, live workers
+and the workers' own batch counters are read from Redis at scrape time, so one
+scrape of any API process shows the whole service.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+import redis
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+import settings
+from tasks.job_store import bulk_in_flight_key
+from tasks.readiness import live_workers
+from tasks.stats import BATCH_SIZE_BUCKETS, INFERENCE_BUCKETS_S, cumulative, read_stats
+
+bp = Blueprint("metrics", __name__)
+
+REQUESTS = Counter("imageclf_http_requests", "HTTP requests answered, by route, method and status",
+                   ["route", "method", "status"])
+LATENCY = Histogram("imageclf_http_request_seconds", "Time to answer an HTTP request, by route", ["route"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
+
+request_log = logging.getLogger("imageclf.requests")
+
+
+def init_metrics(app: Flask) -> None:
+    """Time every request, count it, log it as one JSON line; serve /metrics."""
+    if not request_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        request_log.addHandler(handler)
+        request_log.setLevel(logging.INFO)
+        request_log.propagate = False
+
+    @app.before_request
+    def _start_clock() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        LATENCY.labels(route).observe(seconds)
+        if route not in ("/metrics", "/healthz", "/readyz"):
+            request_log.info(json.dumps({
+                "event": "request", "method": request.method, "route": route, "status": response.status_code,
+                "latency_ms": round(seconds * 1000, 1), "id": g.get("task_id"),
+                "model": spec.name if (spec := g.get("model_spec")) else None,
+            }))
+        return response
+
+    app.register_blueprint(bp)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        registry.register(REQUESTS)
+        registry.register(LATENCY)
+    registry.register(_ServiceCollector(current_app.extensions["redis"]))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+class _ServiceCollector:
+    """Queue depths, live workers and the workers' batch statistics, read from Redis."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("imageclf_redis_up", "Whether Redis answered this scrape")
+        try:
+            depth = GaugeMetricFamily("imageclf_queue_depth", "Tasks waiting in a queue", labels=["queue"])
+            in_flight = GaugeMetricFamily("imageclf_bulk_in_flight", "Job images and frames sent to a model "
+                                          "and not yet gathered", labels=["model"])
+            for model in settings.MODELS:
+                for queue in (settings.interactive_queue(model), settings.bulk_queue(model)):
+                    depth.add_metric([queue], self.client.llen(queue))
+                in_flight.add_metric([model], self.client.zcard(bulk_in_flight_key(model)))
+            depth.add_metric([settings.JOBS_QUEUE], self.client.llen(settings.JOBS_QUEUE))
+            workers = GaugeMetricFamily("imageclf_workers", "Live worker processes", labels=["role", "model"])
+            counts: dict[tuple[str, str], int] = {}
+            for w in live_workers(self.client):
+                key = (w.get("role", "model"), w.get("model", ""))
+                counts[key] = counts.get(key, 0) + 1
+            for (role, model), n in sorted(counts.items()):
+                workers.add_metric([role, model], n)
+            stats = read_stats(self.client)
+        except redis.RedisError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield from (up, depth, in_flight, workers)
+        yield from _worker_stats(stats)
+
+
+def _worker_stats(stats: dict[str, dict[str, float]]) -> Iterator[Metric]:
+    images = CounterMetricFamily("imageclf_images_classified", "Images and frames run through the model",
+                                 labels=["model"])
+    sizes = HistogramMetricFamily("imageclf_batch_size", "Requests per model call", labels=["model"])
+    inference = HistogramMetricFamily("imageclf_inference_seconds", "Seconds per model call", labels=["model"])
+    for model, fields in sorted(stats.items()):
+        images.add_metric([model], fields.get("images", 0.0))
+        sizes.add_metric([model], cumulative(fields, "batch_size_le:", BATCH_SIZE_BUCKETS),
+                         fields.get("batch_size_sum", 0.0))
+        inference.add_metric([model], cumulative(fields, "inference_le:", INFERENCE_BUCKETS_S),
+                             fields.get("inference_seconds_sum", 0.0))
+    yield from (images, sizes, inference)

@@ -1,0 +1,235 @@
+"""The HTTP contract as OpenAPI 3.1, served at /openapi.json and rendered at /docs.
+
+Kept in code next to the views; tests validate live responses against these schemas
+(OpenAPI 3.1 schemas are JSON Schema 2020-12), so the document cannot drift silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, render_template_string
+
+bp = Blueprint("openapi", __name__)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_STATUS = {"type": "string", "enum": ["PENDING", "STARTED", "PROGRESS", "SUCCESS", "FAILURE", "REVOKED"]}
+_PREDICTION = {
+    "type": "object", "required": ["label", "class_id", "probability"],
+    "properties": {"label": {"type": "string"}, "class_id": {"type": "integer", "minimum": 0},
+                   "probability": {"type": "number", "minimum": 0, "maximum": 1}},
+}
+_ID = {"type": "string", "format": "uuid"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["success", "error"],
+              "properties": {"success": {"const": False}, "error": {"type": "string", "minLength": 1}}},
+    "Prediction": _PREDICTION,
+    "PredictResult": {
+        "type": "object", "required": ["success", "id", "model", "predictions", "batch_id", "batch_size", "timings"],
+        "properties": {
+            "success": {"const": True}, "id": _ID, "model": {"type": "string"},
+            "predictions": {"type": "array", "items": _ref("Prediction"), "minItems": 1},
+            "batch_id": {"type": "string"}, "batch_size": {"type": "integer", "minimum": 1},
+            "deliveries": {"type": "integer", "minimum": 1},
+            "timings": {"type": "object", "additionalProperties": {"type": "number"},
+                        "description": "milliseconds per stage: decode, queue, batch_wait, inference, result, total"},
+        },
+    },
+    "Accepted": {
+        "type": "object", "required": ["id", "status", "result_url"],
+        "properties": {"success": {"type": "boolean"}, "id": _ID, "status": _STATUS,
+                       "result_url": {"type": "string"}, "kind": {"enum": ["images", "video"]},
+                       "total": {"type": "integer", "minimum": 0}},
+    },
+    "RequestState": {
+        "type": "object", "required": ["success", "id", "status"],
+        "properties": {"success": {"type": "boolean"}, "id": _ID, "status": _STATUS,
+                       "result": _ref("PredictResult"), "error": {"type": "string"}},
+    },
+    "JobState": {
+        "type": "object", "required": ["success", "id", "kind", "model", "status", "done", "total"],
+        "properties": {
+            "success": {"type": "boolean"}, "id": _ID, "kind": {"enum": ["images", "video"]}, "status": _STATUS,
+            "model": {"type": "string"}, "done": {"type": "integer", "minimum": 0},
+            "total": {"type": "integer", "minimum": 0},
+            "error": {"type": "string"},
+            "result": {"oneOf": [_ref("ImagesResult"), _ref("VideoResult")]},
+        },
+    },
+    "ImagesResult": {
+        "type": "object", "required": ["items", "succeeded", "failed"],
+        "properties": {
+            "items": {"type": "array", "items": {
+                "type": "object", "required": ["index", "name", "status"],
+                "properties": {"index": {"type": "integer"}, "name": {"type": "string"},
+                               "status": _STATUS, "error": {"type": "string"},
+                               "predictions": {"type": "array", "items": _ref("Prediction")}}}},
+            "succeeded": {"type": "integer"}, "failed": {"type": "integer"},
+        },
+    },
+    "VideoResult": {
+        "type": "object", "required": ["video", "frames", "failed_frames", "summary"],
+        "properties": {
+            "video": {"type": "object", "required": ["duration_s", "frame_rate", "width", "height"]},
+            "frames": {"type": "array", "items": {
+                "type": "object", "required": ["t", "frame", "predictions"],
+                "properties": {"t": {"type": "number", "minimum": 0}, "frame": {"type": "integer", "minimum": 0},
+                               "predictions": {"type": "array", "items": _ref("Prediction")}}}},
+            "failed_frames": {"type": "array"},
+            "decode_error": {"type": "string"},
+            "summary": {"oneOf": [{"type": "null"}, {
+                "type": "object", "required": ["label", "class_id", "share", "frames", "segments"],
+                "properties": {"label": {"type": "string"}, "class_id": {"type": "integer"},
+                               "share": {"type": "number", "minimum": 0, "maximum": 1},
+                               "frames": {"type": "integer"},
+                               "segments": {"type": "array", "items": {
+                                   "type": "object", "required": ["label", "class_id", "start", "end", "frames"]}}}}]},
+        },
+    },
+    "Cancelled": {
+        "type": "object", "required": ["success", "id", "status", "done", "total"],
+        "properties": {"success": {"const": True}, "id": _ID, "status": {"const": "REVOKED"},
+                       "done": {"type": "integer"}, "total": {"type": "integer"}},
+    },
+    "Models": {
+        "type": "object", "required": ["default", "models"],
+        "properties": {"default": {"type": "string"}, "models": {"type": "array", "items": {
+            "type": "object", "required": ["name", "input_size", "workers"],
+            "properties": {"name": {"type": "string"}, "input_size": {"type": "integer"},
+                           "workers": {"type": "array"}}}}},
+    },
+    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+    "Readiness": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"},
+                                                                          "reason": {"type": "string"}}},
+}
+
+_TOP = {"name": "top", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
+        "description": "labels to return"}
+_MODEL = {"name": "model", "in": "query", "schema": {"type": "string"},
+          "description": "registry name of a served model (GET /models); default: the first"}
+_ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": _ID}
+_BUSY = _error("Redis is unreachable or the queue is over MAX_QUEUE_DEPTH (Retry-After says when to retry)")
+
+PATHS: dict[str, Any] = {
+    "/predict": {"post": {
+        "summary": "Classify one image, answered synchronously",
+        "parameters": [_TOP, _MODEL,
+                       {"name": "timeout", "in": "query", "schema": {"type": "number", "minimum": 0},
+                        "description": "seconds to wait before answering 202 (default PREDICT_TIMEOUT_S)"},
+                       {"name": "deadline", "in": "query", "schema": {"type": "number", "minimum": 0},
+                        "description": "seconds after which the request is skipped instead of computed"}],
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["image"],
+            "properties": {"image": {"type": "string", "format": "binary"}}}}}},
+        "responses": {
+            "200": _json(_ref("PredictResult"), "the labels"),
+            "202": _json(_ref("Accepted"), "not answered within the timeout: poll result_url"),
+            "400": _error("missing field, bad parameter, unknown model, or a corrupt image"),
+            "401": _error("API_KEYS is set and no valid key was sent"),
+            "413": _error("body over MAX_UPLOAD_MB or image over MAX_IMAGE_PIXELS"),
+            "415": _error("not an image format this service reads"),
+            "503": _BUSY,
+            "504": _error("the deadline passed before the model ran"),
+        },
+    }},
+    "/jobs": {"post": {
+        "summary": "Start a job: many images and zips, or one video; answered at once",
+        "parameters": [_MODEL],
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "properties": {
+                "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                "video": {"type": "string", "format": "binary"},
+                "top": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "fps": {"type": "number", "exclusiveMinimum": 0},
+                "every_n_frames": {"type": "integer", "minimum": 1},
+                "max_frames": {"type": "integer", "minimum": 1}}}}}},
+        "responses": {
+            "202": _json(_ref("Accepted"), "accepted: poll result_url"),
+            "400": _error("no files, unknown field, both images and video, bad parameter, corrupt zip"),
+            "401": _error("API_KEYS is set and no valid key was sent"),
+            "413": _error("over MAX_JOB_UPLOAD_MB, MAX_JOB_FILES, MAX_UNZIPPED_MB, MAX_VIDEO_SECONDS or "
+                          "MAX_VIDEO_FRAMES"),
+            "415": _error("the video cannot be decoded"),
+            "503": _BUSY,
+        },
+    }},
+    "/jobs/{id}": {"delete": {
+        "summary": "Cancel a job: nothing more reaches the model, its files are deleted",
+        "parameters": [_ID_PARAM],
+        "responses": {"200": _json(_ref("Cancelled"), "cancelled"), "404": _error("unknown job"),
+                      "409": _error("the job already ended")},
+    }},
+    "/result/{id}": {"get": {
+        "summary": "State and result of a request or a job",
+        "parameters": [_ID_PARAM],
+        "responses": {"200": _json({"oneOf": [_ref("RequestState"), _ref("JobState")]}, "its state"),
+                      "404": _error("never issued to this caller, or expired")},
+    }},
+    "/models": {"get": {"summary": "Served models, their input size and live workers",
+                        "responses": {"200": _json(_ref("Models"), "the models")}}},
+    "/healthz": {"get": {"summary": "The API process answers", "responses": {"200": _json(_ref("Health"), "up")}}},
+    "/readyz": {"get": {"summary": "Redis answers and every served model has a worker, and a decoder runs",
+                        "responses": {"200": _json(_ref("Readiness"), "ready"),
+                                      "503": _json(_ref("Readiness"), "not ready, and why")}}},
+    "/metrics": {"get": {"summary": "Prometheus metrics",
+                         "responses": {"200": {"description": "text exposition format",
+                                               "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+}
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "imageclf", "version": "1",
+             "description": "Image classification on a Celery task queue: single images answered synchronously, "
+                            "large jobs and videos in the background."},
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+    },
+    "security": [{}, {"bearer": []}, {"apiKey": []}],
+    "paths": PATHS,
+}
+
+_DOCS = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ spec.info.title }} API</title>
+<style>body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}
+code{background:#f3f3f3;padding:0 .2em}h2{border-top:1px solid #ddd;padding-top:1rem}
+.m{font-weight:bold;text-transform:uppercase}td,th{text-align:left;padding:.2rem .6rem;vertical-align:top}</style>
+</head><body><h1>{{ spec.info.title }} API</h1><p>{{ spec.info.description }}</p>
+<p>Machine-readable: <a href="/openapi.json">/openapi.json</a> (OpenAPI {{ spec.openapi }}).</p>
+{% for path, ops in spec.paths.items() %}{% for method, op in ops.items() %}
+<h2><span class="m">{{ method }}</span> <code>{{ path }}</code></h2><p>{{ op.summary }}</p>
+{% if op.parameters %}<table><tr><th>parameter</th><th>in</th><th>meaning</th></tr>
+{% for p in op.parameters %}<tr><td><code>{{ p.name }}</code></td><td>{{ p["in"] }}</td>
+<td>{{ p.description or "" }}</td></tr>{% endfor %}</table>{% endif %}
+{% if op.requestBody %}<p>Body: multipart/form-data with
+{% for name in op.requestBody.content["multipart/form-data"].schema.properties %}<code>{{ name }}</code>
+{% endfor %}</p>{% endif %}
+<table><tr><th>status</th><th>meaning</th></tr>{% for code, r in op.responses.items() %}
+<tr><td>{{ code }}</td><td>{{ r.description }}</td></tr>{% endfor %}</table>
+{% endfor %}{% endfor %}</body></html>"""
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    return jsonify(SPEC)
+
+
+@bp.get("/docs")
+def docs():
+    return render_template_string(_DOCS, spec=SPEC)
