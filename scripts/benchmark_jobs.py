@@ -6,10 +6,13 @@
 
 In one run: the worker's own Classifier in this process (raw images/s at a few batch
 sizes), then for each BULK_BATCH_SIZE a fresh service (own Redis, scripts.run) that
-gets sequential /predict requests while idle, then a video job sampling every frame of
-a shared clip, alone and then with the same sequential /predict requests running beside
-it. Reports video frames/s (job submitted to SUCCESS) against raw throughput, and
-/predict p50/p90 and mean stages idle vs during the job. Writes JSON and Markdown to --out.
+gets /predict requests while idle, then a video job sampling every frame of a shared
+clip: alone, then with a sequential /predict client beside it (closed loop: its next
+request follows each answer, the worst case, as it tends to arrive just after a bulk
+batch started), then with /predict requests arriving at random at --rate per second
+(open loop, as from many independent clients). Reports video frames/s (job submitted
+to SUCCESS) against raw throughput, and /predict p50/p90 and mean stages idle vs during
+the job. Writes JSON and Markdown to --out.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,6 +45,27 @@ def predict_latencies(url: str, image: bytes, stop: threading.Event, limit: int)
             response = client.post(url + "/predict", files={"image": ("bench.jpg", image, "image/jpeg")})
             if response.status_code == 200:
                 samples.append({"round_trip_ms": 1000 * (time.perf_counter() - t0), **response.json()["timings"]})
+    return samples
+
+
+def predict_open_loop(url: str, image: bytes, stop: threading.Event, limit: int, rate: float) -> list[dict]:
+    """/predict requests arriving at random (Poisson, `rate` per second), independent of the answers."""
+    samples: list[dict[str, float]] = []
+    rng = random.Random(7)
+    with httpx.Client(timeout=300, limits=httpx.Limits(max_connections=64)) as client, \
+            ThreadPoolExecutor(64) as pool:
+
+        def one() -> None:
+            t0 = time.perf_counter()
+            response = client.post(url + "/predict", files={"image": ("bench.jpg", image, "image/jpeg")})
+            if response.status_code == 200:
+                samples.append({"round_trip_ms": 1000 * (time.perf_counter() - t0), **response.json()["timings"]})
+
+        sent = 0
+        while not stop.is_set() and sent < limit:
+            pool.submit(one)
+            sent += 1
+            stop.wait(rng.expovariate(rate))
     return samples
 
 
@@ -67,23 +93,38 @@ def video_job(url: str, video: Path, during: threading.Thread | None = None) -> 
     return len(body["result"]["frames"]), elapsed
 
 
-def run_service(env: dict[str, str], video: Path, image: bytes, idle_requests: int, log: Path) -> dict:
+def beside_video(url: str, video: Path, measure) -> tuple[float, list[dict[str, float]]]:
+    """Video frames/s while `measure(stop)` sends /predict requests, and their samples."""
+    stop = threading.Event()
+    samples: list[dict[str, float]] = []
+    thread = threading.Thread(target=lambda: samples.extend(measure(stop)))
+    frames, seconds = video_job(url, video, thread)
+    stop.set()
+    thread.join()
+    return frames / seconds, samples
+
+
+def ratio(during: list[dict[str, float]], idle: list[dict[str, float]]) -> float:
+    return statistics.median(x["round_trip_ms"] for x in during) / statistics.median(x["round_trip_ms"] for x in idle)
+
+
+def run_service(env: dict[str, str], video: Path, image: bytes, idle_requests: int, rate: float, log: Path) -> dict:
     with LocalService(env, log) as svc:
-        predict_latencies(svc.url, image, threading.Event(), 3)  # warm connections and the path
-        idle = predict_latencies(svc.url, image, threading.Event(), idle_requests)
-        frames, alone_s = video_job(svc.url, video)
-        stop = threading.Event()
-        during: list[dict[str, float]] = []
-        beside = threading.Thread(target=lambda: during.extend(predict_latencies(svc.url, image, stop, 10**6)))
-        frames_with, with_s = video_job(svc.url, video, beside)
-        stop.set()
-        beside.join()
+        url = svc.url
+        predict_latencies(url, image, threading.Event(), 3)  # warm connections and the path
+        idle = predict_latencies(url, image, threading.Event(), idle_requests)
+        idle_open = predict_open_loop(url, image, threading.Event(), idle_requests, rate)
+        frames, alone_s = video_job(url, video)
+        fps_seq, during = beside_video(url, video, lambda stop: predict_latencies(url, image, stop, 10**6))
+        fps_open, during_open = beside_video(url, video, lambda stop: predict_open_loop(url, image, stop, 10**6, rate))
         return {
             "video_frames": frames, "video_frames_per_s": frames / alone_s,
-            "video_frames_per_s_with_predict": frames_with / with_s,
+            "video_frames_per_s_with_predict": fps_seq, "video_frames_per_s_with_open_loop": fps_open,
             "predict_idle": percentiles(idle), "predict_during_video": percentiles(during),
-            "p50_ratio": statistics.median(x["round_trip_ms"] for x in during)
-            / statistics.median(x["round_trip_ms"] for x in idle),
+            "p50_ratio": ratio(during, idle),
+            "open_loop_rate_per_s": rate,
+            "open_loop_idle": percentiles(idle_open), "open_loop_during_video": percentiles(during_open),
+            "open_loop_p50_ratio": ratio(during_open, idle_open),
         }
 
 
@@ -112,7 +153,17 @@ def markdown(report: dict) -> str:
             f"{r['predict_idle']['p50_ms']:.0f} ms | "
             f"{r['predict_during_video']['p50_ms']:.0f} ms | {r['p50_ratio']:.2f}× | "
             f"{r['predict_idle']['p90_ms']:.0f} ms | {r['predict_during_video']['p90_ms']:.0f} ms |")
-    lines += ["", "Mean stages of /predict (ms), idle → during the video job:", ""]
+    lines += ["", "Open loop: /predict requests arriving at random (Poisson) at a fixed rate, as from many "
+              "independent clients, idle and during the video job:", "",
+              "| BULK_BATCH_SIZE | rate | video frames/s beside | p50 idle | p50 during video | ratio "
+              "| p90 idle | p90 during |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for bulk, r in report["runs"].items():
+        lines.append(
+            f"| {bulk} | {r['open_loop_rate_per_s']:g}/s | {r['video_frames_per_s_with_open_loop']:.1f} | "
+            f"{r['open_loop_idle']['p50_ms']:.0f} ms | {r['open_loop_during_video']['p50_ms']:.0f} ms | "
+            f"{r['open_loop_p50_ratio']:.2f}× | {r['open_loop_idle']['p90_ms']:.0f} ms | "
+            f"{r['open_loop_during_video']['p90_ms']:.0f} ms |")
+    lines += ["", "Mean stages of /predict (ms), sequential client, idle → during the video job:", ""]
     for bulk, r in report["runs"].items():
         idle, during = r["predict_idle"]["stages_mean_ms"], r["predict_during_video"]["stages_mean_ms"]
         lines.append(f"- BULK_BATCH_SIZE {bulk}: " + ", ".join(f"{s} {idle[s]} → {during[s]}" for s in idle))
@@ -127,6 +178,7 @@ def main() -> int:
     parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     parser.add_argument("--bulk-batch-sizes", default="1,2")
     parser.add_argument("--idle-requests", type=int, default=30)
+    parser.add_argument("--rate", type=float, default=2.0, help="open-loop /predict arrivals per second")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
 
@@ -144,7 +196,7 @@ def main() -> int:
         env = {"MODEL": args.model, "MODEL_WEIGHTS": args.weights, "CLASS_INDEX": args.class_index,
                "BULK_BATCH_SIZE": str(bulk), "API_WORKERS": "1"}
         log = args.out / f"benchmark-jobs-bulk{bulk}.log"
-        report["runs"][str(bulk)] = run_service(env, args.video, image, args.idle_requests, log)
+        report["runs"][str(bulk)] = run_service(env, args.video, image, args.idle_requests, args.rate, log)
         log.unlink(missing_ok=True)
         print(json.dumps({bulk: report["runs"][str(bulk)]}, indent=1))
     stem = args.out / f"benchmark-jobs-{args.model}"
