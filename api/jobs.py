@@ -44,7 +44,8 @@ def submit_job():
     request.max_form_parts = 2 * settings.MAX_JOB_FILES + 100
     g.upload_limit_setting = "MAX_JOB_UPLOAD_MB"
     images, videos = _files()
-    model = g.model_spec = requested_model()
+    model = requested_model()
+    g.model = model.name
     top = int(form_number("top", default=5, low=1, high=1000, integer=True))
     job_id = g.task_id = str(uuid.uuid4())
     folder = job_dir(job_id)

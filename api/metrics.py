@@ -60,7 +60,7 @@ def init_metrics(app: Flask) -> None:
             request_log.info(json.dumps({
                 "event": "request", "method": request.method, "route": route, "status": response.status_code,
                 "latency_ms": round(seconds * 1000, 1), "id": g.get("task_id"),
-                "model": spec.name if (spec := g.get("model_spec")) else None,
+                "model": g.get("model"),
             }))
         return response
 

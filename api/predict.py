@@ -22,7 +22,8 @@ def predict():
     top = int(query_number("top", default=5, low=1, high=1000, integer=True))
     timeout = query_number("timeout", default=settings.PREDICT_TIMEOUT_S, low=0, high=settings.MAX_PREDICT_TIMEOUT_S)
     deadline = query_number("deadline", default=0, low=0, high=settings.RESULT_TTL_S)
-    spec = g.model_spec = requested_model()
+    spec = requested_model()
+    g.model = spec.name
     pixels = image_pixels("image", spec.input_size)
     decoded = time.time()
     task_id = g.task_id = submit_classify(pixels, top, spec.name, received + deadline if deadline else None)

@@ -20,6 +20,7 @@ def result(task_id: str):
     info = issued(task_id)
     if info is None:
         raise APIError(404, f"no task with id {task_id!r} (unknown, or its result expired)")
+    g.model = info.get("model")
     if info.get("kind") == "job":
         return jsonify(_job_body(task_id))
     meta = fetch_meta(task_id)

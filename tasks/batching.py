@@ -185,7 +185,7 @@ class AdaptiveBatches(Batches):
         def on_accepted(pid: int, time_accepted: float) -> None:
             started[0] = time.monotonic()
             for req in requests:
-                req.send_event("task-started", pid=pid)
+                req.send_event("task-started")
             for req in acks_early:
                 req.acknowledge()
 

@@ -35,9 +35,10 @@ def test_flower_shows_each_batched_request_with_its_runtime_and_batch(service):
         task = tasks.get(answer["id"])
         assert task is not None, f"Flower never saw {answer['id']}"
         assert task["name"] == "classify" and task["state"] == "SUCCESS", task
+        assert None not in (task["received"], task["started"], task["succeeded"]), task
         assert task["runtime"] > 0 and task["received"] <= task["started"] <= task["succeeded"]
-        assert task["result"] == repr(f"batch of {answer['batch_size']}, inference "
-                                      f"{answer['timings']['inference_ms']:.0f} ms")
+        assert task["result"] == f"batch of {answer['batch_size']}, inference " \
+                                 f"{answer['timings']['inference_ms']:.0f} ms"
         assert task["worker"].startswith("mobilenet_v1_0.75@")
 
 

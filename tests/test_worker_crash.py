@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -106,8 +107,9 @@ def test_requests_in_a_killed_batch_are_redelivered_and_answered(crashable):
         assert answered[task_id]["status"] == "SUCCESS", answered[task_id]
         assert len(answered[task_id]["result"]["predictions"]) == 5
     redelivered = [i for i in ids if answered[i]["result"]["deliveries"] == 2]
-    assert len(redelivered) > 1, "the kill did not hit a batch in flight"
-    assert "lost" in svc.log_tail(400) and model_process(client, not_pid=pid) != pid
+    lost = re.findall(r"Batch of (\d+) lost", svc.log_path.read_text())
+    assert lost and len(redelivered) == int(lost[0]) > 1, f"the kill did not hit a batch in flight: {lost}"
+    assert model_process(client, not_pid=pid) != pid
 
 
 def test_a_request_whose_worker_always_dies_is_failed_after_max_deliveries(crashable):
