@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # when it is there. Set CLASS_INDEX yourself to override; leave it empty to let Keras download it.
 export CLASS_INDEX ?= $(wildcard $(CURDIR)/../shared/assets/imagenet_class_index.json)
 
-.PHONY: install run test clean
+.PHONY: install run test clean browser
 
 install: $(VENV)/.installed
 
@@ -20,8 +20,15 @@ $(VENV)/.installed: requirements/api.txt requirements/worker.txt requirements/cl
 run: install
 	$(PY) -m scripts.run
 
-test: install
+test: install browser
 	$(PY) -m pytest
+
+# The browser tests drive Debian's chromium; install it when missing (needs root, as in CI).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	  else echo "the browser tests need chromium: run 'sudo apt-get install chromium'"; exit 1; fi; }
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -40,6 +40,8 @@ HOST: str = _str("HOST", "127.0.0.1")
 PORT: int = _int("PORT", 5000)
 #: Flower's port (it binds to 127.0.0.1 under `make run`).
 FLOWER_PORT: int = _int("FLOWER_PORT", 5555)
+#: Where people reach Flower, for the web page's link; empty: this host at FLOWER_PORT.
+FLOWER_URL: str = _str("FLOWER_URL", "")
 #: "user:password" to protect Flower with HTTP basic auth; empty: no auth (it binds to 127.0.0.1).
 FLOWER_BASIC_AUTH: str = _str("FLOWER_BASIC_AUTH", "")
 

@@ -13,7 +13,7 @@ from celery import Celery
 from flask import Flask
 
 import settings
-from api import health, jobs, models, openapi, predict, results
+from api import health, jobs, models, openapi, predict, results, web
 from api.auth import init_auth
 from api.errors import register_error_handlers
 from api.metrics import init_metrics
@@ -40,7 +40,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     init_auth(app, settings.API_KEYS)
     init_metrics(app)
-    for blueprint in (predict.bp, jobs.bp, results.bp, models.bp, health.bp, openapi.bp):
+    for blueprint in (predict.bp, jobs.bp, results.bp, models.bp, health.bp, openapi.bp, web.bp):
         app.register_blueprint(blueprint)
     return app
 

@@ -1,0 +1,235 @@
+// The imageclf page: one image -> POST /predict; several images, zips or a video -> POST /jobs,
+// polled at /result/<id> with a progress bar and a cancel button. Text from the service and from
+// file names is only ever set as textContent, never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const KEY_STORAGE = "imageclf-api-key";
+const POLL_MS = 300;
+const VIDEO_EXTENSIONS = /\.(mp4|m4v|mov|webm|mkv|avi|mpe?g|ts|3gp|flv|wmv|ogv)$/i;
+let currentJob = null;
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "text") node.textContent = value;
+    else if (name === "style") Object.assign(node.style, value);
+    else node.setAttribute(name, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function headers() {
+  if (!window.IMAGECLF.auth) return {};
+  const key = $("api-key").value.trim();
+  sessionStorage.setItem(KEY_STORAGE, key);
+  return key ? {Authorization: `Bearer ${key}`} : {};
+}
+
+function isVideo(file) {
+  return file.type.startsWith("video/") || VIDEO_EXTENSIONS.test(file.name);
+}
+
+function isZip(file) {
+  return /zip/.test(file.type) || /\.zip$/i.test(file.name);
+}
+
+// Plain words for what went wrong, then the service's own message.
+function explain(status, message) {
+  const plain = {
+    400: "The service could not use this upload.",
+    401: "An API key is needed, or the one entered is not valid.",
+    404: "The service no longer knows this request (it may have expired).",
+    409: "The job had already finished.",
+    413: "That is too large for this service.",
+    415: "That is not a file this service can read.",
+    503: "The service is busy or restarting. Please try again in a few seconds.",
+    504: "The service did not get to it in time.",
+  }[status] || `The service answered with an error (${status}).`;
+  return message ? `${plain} ${message}` : plain;
+}
+
+function showError(text) {
+  $("error").textContent = text;
+  $("error").hidden = false;
+}
+
+function clearOutput() {
+  $("error").hidden = true;
+  $("results").hidden = true;
+  $("results-body").replaceChildren();
+  $("job").hidden = true;
+  $("result-link").hidden = true;
+}
+
+async function call(method, url, body) {
+  let response;
+  try {
+    response = await fetch(url, {method, body, headers: headers()});
+  } catch (err) {
+    throw new Error("Cannot reach the service. Is it running?");
+  }
+  let data = {};
+  try { data = await response.json(); } catch (err) { /* not JSON: keep the status */ }
+  if (!response.ok) throw new Error(explain(response.status, data.error));
+  return {status: response.status, data};
+}
+
+function bars(predictions) {
+  const list = el("ol", {class: "bars"});
+  for (const p of predictions) {
+    const percent = (100 * p.probability).toFixed(1);
+    list.append(el("li", {},
+      el("span", {class: "label", text: p.label}),
+      el("span", {class: "bar", "aria-hidden": "true"}, el("span", {style: {width: `${percent}%`}})),
+      el("span", {class: "pct", text: `${percent}%`})));
+  }
+  return list;
+}
+
+function showResults(...nodes) {
+  $("results-body").replaceChildren(...nodes);
+  $("results").hidden = false;
+}
+
+function linkResult(id) {
+  $("result-link").href = `/result/${id}`;
+  $("result-link").hidden = false;
+}
+
+async function predict(file) {
+  const form = new FormData();
+  form.append("image", file, file.name);
+  const params = new URLSearchParams({top: "5", model: $("model").value});
+  const {status, data} = await call("POST", `/predict?${params}`, form);
+  linkResult(data.id);
+  if (status === 202) return follow(data.id, 1, "image");
+  const image = el("img", {src: URL.createObjectURL(file), alt: `The uploaded image ${file.name}`});
+  showResults(el("figure", {class: "single"}, image,
+    el("figcaption", {}, el("p", {text: `${file.name} — ${data.model}`}), bars(data.predictions))));
+}
+
+async function submitJob(files) {
+  const form = new FormData();
+  const video = files.length === 1 && isVideo(files[0]);
+  for (const file of files) form.append(video ? "video" : "images", file, file.name);
+  if (video) form.append("fps", $("fps").value || "1");
+  form.append("top", "5");
+  const {data} = await call("POST", `/jobs?${new URLSearchParams({model: $("model").value})}`, form);
+  linkResult(data.id);
+  return follow(data.id, data.total, data.kind);
+}
+
+async function follow(id, total, kind) {
+  currentJob = id;
+  $("job").hidden = false;
+  $("job-title").textContent = kind === "video" ? "Classifying the video's frames…" : "Classifying…";
+  setProgress(0, total);
+  while (currentJob === id) {
+    const {data} = await call("GET", `/result/${id}`);
+    if ("done" in data) setProgress(data.done, data.total);
+    if (["SUCCESS", "FAILURE", "REVOKED"].includes(data.status)) {
+      currentJob = null;
+      $("job").hidden = true;
+      return finish(data);
+    }
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+}
+
+function setProgress(done, total) {
+  $("progress").max = Math.max(total, 1);
+  $("progress").value = done;
+  $("progress-label").textContent = `${done} of ${total} done`;
+}
+
+function finish(data) {
+  if (data.status === "REVOKED") return showError(`Cancelled. ${data.error || ""}`.trim());
+  if (data.status === "FAILURE") return showError(`It could not be classified. ${data.error || ""}`.trim());
+  if (!data.kind) return showResults(bars(data.result.predictions));  // a /predict answered late
+  if (data.kind === "video") return showVideo(data.result);
+  const rows = data.result.items.map((item) => el("tr", {},
+    el("th", {scope: "row", text: item.name}),
+    el("td", {}, item.status === "SUCCESS" ? bars(item.predictions.slice(0, 3))
+                                           : el("span", {class: "failed", text: item.error || item.status}))));
+  showResults(
+    el("p", {text: `${data.result.succeeded} classified, ${data.result.failed} failed.`}),
+    el("table", {}, el("thead", {}, el("tr", {}, el("th", {text: "File"}), el("th", {text: "Labels"}))),
+       el("tbody", {}, ...rows)));
+}
+
+function colour(label) {
+  let hash = 0;
+  for (const ch of label) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  return `hsl(${Math.round((hash % 997) * 137.508) % 360} 65% 50%)`;  // golden angle: labels far apart
+}
+
+function showVideo(result) {
+  const summary = result.summary;
+  if (!summary) return showError("No frame of the video could be classified.");
+  const duration = Math.max(result.video.duration_s, 0.001);
+  const timeline = el("div", {class: "timeline", role: "img",
+    "aria-label": `Timeline of labels over ${duration.toFixed(1)} seconds`});
+  const list = el("ol", {class: "segments"});
+  for (const seg of summary.segments) {
+    const span = `${seg.start.toFixed(1)}–${seg.end.toFixed(1)} s`;
+    timeline.append(el("span", {title: `${span}: ${seg.label}`, style: {
+      left: `${100 * seg.start / duration}%`, width: `${100 * (seg.end - seg.start) / duration}%`,
+      background: colour(seg.label)}}));
+    list.append(el("li", {}, el("span", {class: "swatch", "aria-hidden": "true", style: {background: colour(seg.label)}}),
+      el("span", {text: `${span}  ${seg.label} (${seg.frames} frame${seg.frames === 1 ? "" : "s"})`})));
+  }
+  showResults(
+    el("p", {class: "summary"}, "Mostly ", el("strong", {id: "summary-label", text: summary.label}),
+       ` — ${(100 * summary.share).toFixed(0)}% of ${summary.frames} frames`),
+    timeline, list);
+}
+
+async function classify(files) {
+  clearOutput();
+  if (!files.length) return;
+  if (window.IMAGECLF.auth && !$("api-key").value.trim()) return showError(explain(401));
+  const videos = files.filter(isVideo);
+  try {
+    if (videos.length && files.length > 1) {
+      showError("Send one video at a time, or only images and zips.");
+    } else if (files.length === 1 && !videos.length && !isZip(files[0])) {
+      await predict(files[0]);
+    } else {
+      await submitJob(files);
+    }
+  } catch (err) {
+    $("job").hidden = true;
+    currentJob = null;
+    showError(err.message);
+  }
+}
+
+$("cancel").addEventListener("click", async () => {
+  const id = currentJob;
+  if (!id) return;
+  currentJob = null;
+  $("job").hidden = true;
+  try {
+    await call("DELETE", `/jobs/${id}`);
+    showError("Cancelled: nothing more of this job will be classified.");
+  } catch (err) {
+    showError(err.message);
+  }
+});
+
+const drop = $("drop");
+drop.addEventListener("click", () => $("files").click());
+drop.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" || event.key === " ") { event.preventDefault(); $("files").click(); }
+});
+drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  classify([...event.dataTransfer.files]);
+});
+$("files").addEventListener("change", () => { classify([...$("files").files]); $("files").value = ""; });
+if (window.IMAGECLF.auth) $("api-key").value = sessionStorage.getItem(KEY_STORAGE) || "";

@@ -1,0 +1,117 @@
+"""The web page at / in a real browser: Playwright driving Debian's Chromium against the live service.
+
+Set WEB_SCREENSHOTS=docs/screenshots to save a picture of each state (the README shows them).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, SHARED, labelled_photos
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As root in a container, with no network beyond localhost: no sandbox, no background fetches.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"the browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium; "
+                    "`make test` installs it when run as root)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, service) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    page = context.new_page()
+    page.goto(service.url + "/")
+    yield page
+    context.close()
+
+
+def screenshot(page, name: str) -> None:
+    folder = os.environ.get("WEB_SCREENSHOTS")
+    if folder:
+        (ROOT / folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ROOT / folder / f"{name}.png"), full_page=True)
+
+
+def test_a_photo_shows_its_labels_as_bars(page):
+    row = labelled_photos()[0]
+    page.set_input_files("#files", str(SHARED / row["path"]))
+    page.wait_for_selector("#results:not([hidden]) .bars li", timeout=60_000)
+    labels = page.locator("#results .bars .label").all_text_contents()
+    assert len(labels) == 5 and labels[0] == row["expected_label"]
+    assert page.locator("#results img").get_attribute("alt").endswith(Path(row["path"]).name)
+    assert page.locator("#result-link").is_visible()
+    screenshot(page, "web-image")
+
+
+def test_the_drop_zone_works_from_the_keyboard(page):
+    row = labelled_photos()[1]
+    page.focus("#drop")
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'drop'")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(SHARED / row["path"]))
+    page.wait_for_selector("#results:not([hidden]) .bars li", timeout=60_000)
+    assert page.locator("#results .bars .label").first.text_content() == row["expected_label"]
+
+
+def test_a_video_shows_progress_then_its_summary_and_timeline(page):
+    with open(SHARED / "MANIFEST.tsv", newline="", encoding="utf-8") as f:
+        expected = next(r["expected_label"] for r in csv.DictReader(f, delimiter="\t")
+                        if r["path"] == "video/cockatoo.mp4")
+    page.fill("#fps", "1")
+    # Record every value the page gives the progress bar.
+    page.evaluate("""() => {
+        window.seen = [];
+        const bar = document.getElementById('progress');
+        new MutationObserver(() => window.seen.push([bar.value, bar.max])).observe(bar, {attributes: true});
+    }""")
+    page.set_input_files("#files", str(SHARED / "video" / "cockatoo.mp4"))
+    page.wait_for_selector("#summary-label", timeout=120_000)
+    assert page.locator("#summary-label").text_content() == expected
+    seen = page.evaluate("window.seen")
+    values = [value for value, _ in seen]
+    assert values == sorted(values) and values[0] < values[-1] == 14 and seen[-1][1] == 14, seen
+    assert page.locator(".timeline span").count() == page.locator(".segments li").count() >= 2
+    screenshot(page, "web-video")
+
+
+def test_a_file_that_is_not_an_image_gets_a_readable_error(page, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list: eggs, milk")
+    page.set_input_files("#files", str(notes))
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=30_000)
+    assert "not a file this service can read" in error.text_content()
+    assert page.locator("#results").is_hidden()
+    screenshot(page, "web-error")
+
+
+def test_readable_at_phone_width(browser, service):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    page = context.new_page()
+    page.goto(service.url + "/")
+    row = labelled_photos()[2]
+    page.set_input_files("#files", str(SHARED / row["path"]))
+    page.wait_for_selector("#results:not([hidden]) .bars li", timeout=60_000)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, "the page scrolls sideways on a phone"
+    assert page.locator("label[for=model]").is_visible() and page.locator("label[for=fps]").is_visible()
+    screenshot(page, "web-phone")
+    context.close()
