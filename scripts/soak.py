@@ -31,8 +31,8 @@ from scripts.benchmark import DEFAULT_PHOTO, LocalService, e2e, test_jpeg
 
 
 def rss_by_part(root_pid: int) -> dict[str, float]:
-    """Resident MiB of the API (gunicorn) and worker (celery worker) processes under `root_pid`."""
-    parts = {"api": 0.0, "worker": 0.0}
+    """Resident MiB of the API (gunicorn), model worker and decoder worker processes under `root_pid`."""
+    parts = {"api": 0.0, "worker": 0.0, "decoder": 0.0}
     for proc in psutil.Process(root_pid).children(recursive=True):
         try:
             cmd = " ".join(proc.cmdline())
@@ -42,7 +42,7 @@ def rss_by_part(root_pid: int) -> dict[str, float]:
         if "gunicorn" in cmd:
             parts["api"] += rss
         elif "celery" in cmd and " worker" in cmd:
-            parts["worker"] += rss
+            parts["decoder" if "--queues jobs" in cmd else "worker"] += rss
     return parts
 
 

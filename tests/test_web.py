@@ -62,14 +62,21 @@ def test_a_photo_shows_its_labels_as_bars(page):
 
 
 def test_the_drop_zone_works_from_the_keyboard(page):
-    row = labelled_photos()[1]
-    page.focus("#drop")
-    page.wait_for_function("document.activeElement && document.activeElement.id === 'drop'")
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
-    chooser.value.set_files(str(SHARED / row["path"]))
-    page.wait_for_selector("#results:not([hidden]) .bars li", timeout=60_000)
-    assert page.locator("#results .bars .label").first.text_content() == row["expected_label"]
+    """Tab to the drop zone and press Enter or Space: the file picker opens (its click is recorded)."""
+    page.evaluate("""() => {
+        window.picks = 0;
+        document.getElementById('files').click = () => { window.picks += 1; };
+    }""")
+    page.keyboard.press("Tab")
+    for _ in range(5):  # past the header's links to the drop zone
+        if page.evaluate("document.activeElement.id") == "drop":
+            break
+        page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "drop"
+    page.keyboard.press("Enter")
+    page.keyboard.press(" ")
+    assert page.evaluate("window.picks") == 2
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"  # focus is visible
 
 
 def test_a_video_shows_progress_then_its_summary_and_timeline(page):
