@@ -154,7 +154,8 @@ def _print_text(output: dict[str, Any]) -> None:
         summary = result["summary"]
         print(f"{output['source']}: {summary['label']} ({summary['share']:.0%} of {summary['frames']} frames)")
         for seg in summary["segments"]:
-            print(f"  {seg['start']:8.2f} - {seg['end']:8.2f} s  {seg['label']}  ({seg['frames']} frames)")
+            frames = f"{seg['frames']} frame" + ("s" if seg["frames"] != 1 else "")
+            print(f"  {seg['start']:8.2f} - {seg['end']:8.2f} s  {seg['label']}  ({frames})")
         return
     if output["status"] != "SUCCESS" and output.get("kind") != "image":
         print(f"{output['source']}: {output['status']}: {output.get('error', '')}")

@@ -87,9 +87,13 @@ def kill_mid_run(pid: int) -> None:
 def freeze_and_fill(svc: ServiceProcess, client: redis.Redis, pid: int, images: list[bytes]) -> list[str]:
     """Freeze the model process, submit, and wait until the worker took everything (its batch timer fired)."""
     os.kill(pid, signal.SIGSTOP)
-    with ThreadPoolExecutor(16) as pool:
-        ids = list(pool.map(lambda image: submit(svc, image), images))
-    assert wait_until(lambda: client.llen("interactive.resnet50") == 0, 30)
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            ids = list(pool.map(lambda image: submit(svc, image), images))
+        assert wait_until(lambda: client.llen("interactive.resnet50") == 0, 30)
+    except BaseException:
+        os.kill(pid, signal.SIGCONT)  # never leave a frozen process behind a failed test
+        raise
     time.sleep(1.0)  # the 300 ms batch window has flushed a batch to the frozen process
     return ids
 
