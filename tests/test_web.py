@@ -122,3 +122,52 @@ def test_readable_at_phone_width(browser, service):
     assert page.locator("label[for=model]").is_visible() and page.locator("label[for=fps]").is_visible()
     screenshot(page, "web-phone")
     context.close()
+
+
+@pytest.fixture(scope="module")
+def api_with_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An API with API_KEYS set (and no worker: accepted work just waits)."""
+    import subprocess
+
+    from scripts.redis_server import free_port, ping, redis_argv
+    from scripts.supervise import wait_until
+    from tests.helpers import start_api
+
+    port = free_port()
+    server = subprocess.Popen(redis_argv(port, str(tmp_path_factory.mktemp("redis-web")), durable=False))
+    assert wait_until(lambda: ping(f"redis://127.0.0.1:{port}/0"), 15)
+    api, url = start_api(f"redis://127.0.0.1:{port}/0", {"API_KEYS": "web-key-1234",
+                                                         "UPLOAD_DIR": str(tmp_path_factory.mktemp("web-up"))})
+    yield url
+    api.terminate()
+    api.wait(20)
+    server.terminate()
+    server.wait(10)
+
+
+def test_with_api_keys_the_page_asks_once_and_keeps_the_key_in_the_tab(browser, api_with_keys):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(api_with_keys + "/")
+    photos = [str(SHARED / r["path"]) for r in labelled_photos()[:2]]
+    page.set_input_files("#files", photos)
+    page.locator("#error").wait_for(state="visible", timeout=10_000)
+    assert "API key is needed" in page.locator("#error").text_content()
+
+    page.fill("#api-key", "wrong-key")
+    with page.expect_response(lambda r: "/jobs?" in r.url) as refused:
+        page.set_input_files("#files", photos)
+    assert refused.value.status == 401
+    page.locator("#error").wait_for(state="visible", timeout=10_000)
+    assert "not valid" in page.locator("#error").text_content()
+
+    page.fill("#api-key", "web-key-1234")
+    with page.expect_response(lambda r: "/jobs?" in r.url) as accepted:
+        page.set_input_files("#files", photos)
+    assert accepted.value.status == 202
+    page.wait_for_selector("#job:not([hidden])", timeout=10_000)
+    page.wait_for_function("document.getElementById('progress-label').textContent === '0 of 2 done'")
+    assert page.locator("#error").is_hidden()
+    page.reload()  # the key stays in this tab
+    assert page.input_value("#api-key") == "web-key-1234"
+    context.close()
