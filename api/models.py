@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import redis
 from flask import Blueprint, current_app, jsonify, request
 
 from api.errors import APIError
+from api.submissions import queue_unavailable, redis_client
 from models.registry import ModelSpec
 from tasks.readiness import live_workers
 
@@ -31,11 +31,8 @@ def requested_model() -> ModelSpec:
 
 @bp.get("/models")
 def models():
-    client: redis.Redis = current_app.extensions["redis"]
-    try:
-        workers = live_workers(client)
-    except redis.RedisError:
-        raise APIError(503, "the result store is unavailable, try again later", {"Retry-After": "5"}) from None
+    with queue_unavailable():
+        workers = live_workers(redis_client())
     return jsonify(default=next(iter(served())), models=[
         {"name": spec.name, "input_size": spec.input_size,
          "workers": [w for w in workers if w.get("model") == spec.name]}

@@ -133,12 +133,12 @@ class AdaptiveBatches(Batches):
 
     def flush(self, requests: list) -> None:
         """Run the batch, except redelivered requests: each alone, or failed past `max_deliveries`."""
-        fresh = [r for r in requests if not (r.delivery_info or {}).get("redelivered")]
+        fresh, redelivered = [], []
+        for request in requests:
+            (redelivered if (request.delivery_info or {}).get("redelivered") else fresh).append(request)
         if fresh:
             self._run(fresh)
-        for request in requests:
-            if request in fresh:
-                continue
+        for request in redelivered:
             request.deliveries = self._count_delivery(request)
             if request.deliveries > self.max_deliveries:
                 self._give_up(request)

@@ -94,16 +94,16 @@ class _Driver:
         items = self._items(spec, cursor)
         deadline = time.monotonic() + budget_s
         self.client.expire(ISSUED_PREFIX + self.job_id, self.ttl)
-        model_workers = sum(w.get("model") == job["spec"]["model"] for w in live_workers(self.client))
+        model_workers = sum(w.get("model") == spec["model"] for w in live_workers(self.client))
         bulk_limit = settings.BULK_IN_FLIGHT * max(1, model_workers)
         # Forget ids of crashed drivers' sends, answered or not, once their pixels have expired.
-        in_flight_key = self.in_flight_key = bulk_in_flight_key(spec["model"])
-        self.client.zremrangebyscore(in_flight_key, "-inf", time.time() - self.ttl)
+        self.in_flight_key = bulk_in_flight_key(spec["model"])
+        self.client.zremrangebyscore(self.in_flight_key, "-inf", time.time() - self.ttl)
         try:
             while True:
                 done, in_flight = self._collect()
                 sent = 0
-                room = min(settings.JOB_IN_FLIGHT - in_flight, bulk_limit - self.client.zcard(in_flight_key))
+                room = min(settings.JOB_IN_FLIGHT - in_flight, bulk_limit - self.client.zcard(self.in_flight_key))
                 try:
                     while sent < room and cursor < total and time.monotonic() < deadline:
                         item = next(items, None)
@@ -196,22 +196,23 @@ class _Driver:
     def _collect(self) -> tuple[int, int]:
         """Move answered items from pending to items; returns (items with an outcome, items in flight)."""
         pending = {tid.decode(): json.loads(raw) for tid, raw in self.client.hgetall(pending_key(self.job_id)).items()}
-        if pending:
-            metas = self.client.mget([RESULT_KEY_PREFIX + tid for tid in pending])
-            now = time.time()
-            with self.client.pipeline(transaction=False) as pipe:
-                for (tid, record), raw in zip(pending.items(), metas):
-                    outcome = _outcome(json.loads(raw) if raw else None, now - record.pop("sent", now), self.ttl)
-                    if outcome is None:
-                        continue
-                    pipe.hset(items_key(self.job_id), str(record["i"]), json.dumps({**record, **outcome}))
-                    pipe.hdel(pending_key(self.job_id), tid)
-                    pipe.zrem(self.in_flight_key, tid)
-                    pipe.delete(RESULT_KEY_PREFIX + tid)
-                for key in (pending_key(self.job_id), items_key(self.job_id)):
-                    pipe.expire(key, self.ttl)
-                pipe.execute()
-        return self.client.hlen(items_key(self.job_id)), self.client.hlen(pending_key(self.job_id))
+        metas = self.client.mget([RESULT_KEY_PREFIX + tid for tid in pending]) if pending else []
+        now = time.time()
+        with self.client.pipeline(transaction=False) as pipe:  # the moves and both counts in one round trip
+            for (tid, record), raw in zip(pending.items(), metas):
+                outcome = _outcome(json.loads(raw) if raw else None, now - record.pop("sent", now), self.ttl)
+                if outcome is None:
+                    continue
+                pipe.hset(items_key(self.job_id), str(record["i"]), json.dumps({**record, **outcome}))
+                pipe.hdel(pending_key(self.job_id), tid)
+                pipe.zrem(self.in_flight_key, tid)
+                pipe.delete(RESULT_KEY_PREFIX + tid)
+            for key in (pending_key(self.job_id), items_key(self.job_id)):
+                pipe.expire(key, self.ttl)
+            pipe.hlen(items_key(self.job_id))
+            pipe.hlen(pending_key(self.job_id))
+            *_, done, in_flight = pipe.execute()
+        return done, in_flight
 
     def _finish(self, spec: dict[str, Any], decode_error: str | None) -> None:
         outcomes = {int(k): json.loads(v) for k, v in self.client.hgetall(items_key(self.job_id)).items()}

@@ -29,7 +29,7 @@ logger = get_logger(__name__)
 
 _classifier: Classifier | None = None
 _pixel_store: redis.Redis | None = None
-_served_model: str | None = settings.MODEL
+_served_model: str | None = settings.MODELS[0]
 
 
 def classifier() -> Classifier:
@@ -53,7 +53,7 @@ def model_of_queues(queues: object) -> str | None:
         return settings.MODELS[0]
     names = [n.strip() for n in (queues.split(",") if isinstance(queues, str) else queues)]
     models = {n.split(".", 1)[1] for n in names
-              if n.startswith((settings.INTERACTIVE_PREFIX, settings.BULK_PREFIX)) and "." in n}
+              if n.startswith((settings.INTERACTIVE_PREFIX, settings.BULK_PREFIX))}
     if len(models) > 1:
         raise SystemExit(f"one worker serves one model; -Q names {sorted(models)}")
     return models.pop() if models else None

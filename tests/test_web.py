@@ -154,17 +154,17 @@ def test_with_api_keys_the_page_asks_once_and_keeps_the_key_in_the_tab(browser, 
     page.locator("#error").wait_for(state="visible", timeout=10_000)
     assert "API key is needed" in page.locator("#error").text_content()
 
-    page.fill("#api-key", "wrong-key")
-    with page.expect_response(lambda r: "/jobs?" in r.url) as refused:
-        page.set_input_files("#files", photos)
-    assert refused.value.status == 401
+    def submit_with(key: str) -> int:
+        page.fill("#api-key", key)
+        with page.expect_response(lambda r: "/jobs?" in r.url) as answer:
+            page.set_input_files("#files", photos)
+        return answer.value.status
+
+    assert submit_with("wrong-key") == 401
     page.locator("#error").wait_for(state="visible", timeout=10_000)
     assert "not valid" in page.locator("#error").text_content()
 
-    page.fill("#api-key", "web-key-1234")
-    with page.expect_response(lambda r: "/jobs?" in r.url) as accepted:
-        page.set_input_files("#files", photos)
-    assert accepted.value.status == 202
+    assert submit_with("web-key-1234") == 202
     page.wait_for_selector("#job:not([hidden])", timeout=10_000)
     page.wait_for_function("document.getElementById('progress-label').textContent === '0 of 2 done'")
     assert page.locator("#error").is_hidden()
