@@ -45,7 +45,7 @@ FLOWER_URL: str = _str("FLOWER_URL", "")
 #: "user:password" to protect Flower with HTTP basic auth; empty: no auth (it binds to 127.0.0.1).
 FLOWER_BASIC_AUTH: str = _str("FLOWER_BASIC_AUTH", "")
 
-#: Registry name of the served model (see models/registry.py).
+#: Name of the served model: a folder of MODEL_REPOSITORY, or a built-in (see models/registry.py).
 MODEL: str = _str("MODEL", "resnet50")
 #: Models served at once, comma-separated, each on its own queues with its own workers; the first is the
 #: default for requests that name none. Empty: just MODEL.
@@ -61,6 +61,11 @@ def weights_for(model: str) -> str:
         return MODEL_WEIGHTS
     pairs = dict(part.split("=", 1) for part in MODEL_WEIGHTS.split(",") if "=" in part)
     return pairs.get(model, "imagenet").strip()
+#: The users' own models: <MODEL_REPOSITORY>/<name>/{config.json, labels.txt, <version>/model.*}. A name
+#: found here is served from here (its highest version); other names must be built-in models.
+MODEL_REPOSITORY: str = _str("MODEL_REPOSITORY", "model_repository")
+#: Seconds between a model worker's looks at its model's folder for new (or deleted) versions.
+MODEL_POLL_S: float = max(0.1, _float("MODEL_POLL_S", 10.0))
 #: Inference backend in the workers: `tensorflow` or `onnxruntime` (exported once, cached).
 BACKEND: str = _str("BACKEND", "tensorflow")
 #: Where exported models (ONNX) are cached.

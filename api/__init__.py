@@ -18,7 +18,7 @@ from api.auth import init_auth
 from api.errors import register_error_handlers
 from api.metrics import init_metrics
 from api.waiter import ResultWaiter
-from models.registry import get_spec
+from tasks.model_records import InputLookup
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -26,7 +26,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.from_mapping(
         MAX_CONTENT_LENGTH=int(settings.MAX_UPLOAD_MB * 1024 * 1024),
         MAX_IMAGE_PIXELS=settings.MAX_IMAGE_PIXELS,
-        MODEL_SPECS={name: get_spec(name) for name in settings.MODELS},
+        MODELS=list(settings.MODELS),
         JSON_SORT_KEYS=False,
     )
     app.config.update(config or {})
@@ -36,6 +36,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     broker_url = celery.conf.broker_url
     app.extensions["redis"] = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=2)
     app.extensions["result_waiter"] = ResultWaiter(broker_url)
+    app.extensions["model_inputs"] = InputLookup(app.extensions["redis"])
 
     register_error_handlers(app)
     init_auth(app, settings.API_KEYS)

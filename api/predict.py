@@ -8,7 +8,7 @@ from flask import Blueprint, g, jsonify, url_for
 
 import settings
 from api.errors import APIError
-from api.models import requested_model
+from api.models import model_input, requested_model
 from api.submissions import prediction_body, submit_classify, wait_for
 from api.uploads import image_pixels, query_number
 from tasks.result_store import failure_message
@@ -22,11 +22,12 @@ def predict():
     top = int(query_number("top", default=5, low=1, high=1000, integer=True))
     timeout = query_number("timeout", default=settings.PREDICT_TIMEOUT_S, low=0, high=settings.MAX_PREDICT_TIMEOUT_S)
     deadline = query_number("deadline", default=0, low=0, high=settings.RESULT_TTL_S)
-    spec = requested_model()
-    g.model = spec.name
-    pixels = image_pixels("image", spec.input_size)
+    model = g.model = requested_model()
+    size = model_input(model)
+    pixels = image_pixels("image", (size.height, size.width), size.resize)
     decoded = time.time()
-    task_id = g.task_id = submit_classify(pixels, top, spec.name, received + deadline if deadline else None)
+    task_id = g.task_id = submit_classify(pixels, (size.height, size.width), top, model,
+                                          received + deadline if deadline else None)
 
     meta = wait_for(task_id, timeout)
     if meta["status"] == "SUCCESS":

@@ -43,14 +43,15 @@ def queue_unavailable() -> Iterator[None]:
                        {"Retry-After": "5"}) from None
 
 
-def submit_classify(pixels: bytes, top: int, model: str, expires_at: float | None = None) -> str:
+def submit_classify(pixels: bytes, size: tuple[int, int], top: int, model: str,
+                    expires_at: float | None = None) -> str:
     """Record a new random id and queue one image for the batched classify task."""
     task_id = str(uuid.uuid4())
     record = json.dumps({"kind": "predict", "model": model, "owner": g.owner, "created": time.time()})
     with queue_unavailable():
         queue = settings.interactive_queue(model)
         refuse_when_full(queue)
-        enqueue_classify(_celery(), redis_client(), task_id, pixels, top, settings.RESULT_TTL_S,
+        enqueue_classify(_celery(), redis_client(), task_id, pixels, size, top, settings.RESULT_TTL_S,
                          extra_keys={ISSUED_PREFIX + task_id: record}, queue=queue, expires_at=expires_at)
     return task_id
 
@@ -92,6 +93,7 @@ def prediction_body(task_id: str, result: dict[str, Any]) -> dict[str, Any]:
         "success": True,
         "id": task_id,
         "model": result["model"],
+        "model_version": result.get("model_version"),
         "predictions": result["predictions"],
         "batch_id": result["batch_id"],
         "batch_size": result["batch_size"],

@@ -16,8 +16,8 @@ _STATUS_FOR_REASON = {
 }
 
 
-def image_pixels(field: str, size: int) -> bytes:
-    """The multipart file `field` decoded to `size`×`size` RGB bytes, or a 4xx APIError."""
+def image_pixels(field: str, size: tuple[int, int], resize: str) -> bytes:
+    """The multipart file `field` decoded to (height, width) = `size` RGB bytes, or a 4xx APIError."""
     upload = request.files.get(field)
     if upload is None:
         received = ", ".join(sorted(request.files)) or "none"
@@ -25,7 +25,7 @@ def image_pixels(field: str, size: int) -> bytes:
             400, f"missing file field {field!r} in a multipart/form-data body (file fields received: {received})"
         )
     try:
-        return decode_to_pixels(upload.read(), size, current_app.config["MAX_IMAGE_PIXELS"])
+        return decode_to_pixels(upload.read(), size, current_app.config["MAX_IMAGE_PIXELS"], resize)
     except ImageDecodeError as exc:
         name = upload.filename or field
         raise APIError(_STATUS_FOR_REASON[exc.reason], f"{name}: {exc}") from None

@@ -52,15 +52,39 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def decode_to_pixels(data: bytes, size: int, max_pixels: int) -> bytes:
-    """`size`×`size`×3 uint8 RGB bytes (row-major HWC) from an encoded image.
+#: How an image is brought to the model's input size (a model's config.json `resize`).
+RESIZE_MODES = ("squash", "center_crop")
+
+
+def target_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) from a square side or a (height, width) pair."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def covering_size(width: int, height: int, target: tuple[int, int], resize: str) -> tuple[int, int]:
+    """(width, height) to scale an image to before cutting out the model's input.
+
+    "squash" scales straight to the input (Keras' `load_img(target_size=...)`); "center_crop"
+    keeps the aspect ratio and scales so the input's height and width are both covered,
+    then the centre is cut out (torchvision's Resize + CenterCrop).
+    """
+    th, tw = target
+    if resize == "squash":
+        return tw, th
+    scale = max(th / height, tw / width)
+    return max(tw, round(width * scale)), max(th, round(height * scale))
+
+
+def decode_to_pixels(data: bytes, size: int | tuple[int, int], max_pixels: int, resize: str = "squash") -> bytes:
+    """H×W×3 uint8 RGB bytes (row-major HWC) from an encoded image; `size` is a side or (H, W).
 
     JPEGs are decoded at reduced scale (Pillow draft mode) when that still leaves at
-    least `size` pixels per side: 3-6× faster on photos, same top-1 labels. EXIF
-    rotation is applied; animated images use their first frame. Raises
-    ImageDecodeError for anything that is not a readable image of at most
-    `max_pixels` pixels.
+    least the input's size: 3-6× faster on photos, same top-1 labels. EXIF
+    rotation is applied; animated images use their first frame. `resize` is one of
+    RESIZE_MODES. Raises ImageDecodeError for anything that is not a readable image
+    of at most `max_pixels` pixels.
     """
+    height, width = target_size(size)
     if not data:
         raise ImageDecodeError(ImageDecodeError.CORRUPT, "the uploaded file is empty")
     try:
@@ -73,10 +97,16 @@ def decode_to_pixels(data: bytes, size: int, max_pixels: int) -> bytes:
                     f"image is {img.width}x{img.height} pixels; the limit is {max_pixels} pixels",
                 )
             if img.format == "JPEG":
-                img.draft("RGB", (size, size))
+                # EXIF rotation may swap the sides: ask for enough pixels either way.
+                cover = max(covering_size(img.width, img.height, (height, width), resize))
+                img.draft("RGB", (cover, cover))
             img.load()
             img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img).resize((size, size), Image.Resampling.BILINEAR)
+            img = _to_rgb(img)
+            if resize == "center_crop":
+                img = ImageOps.fit(img, (width, height), Image.Resampling.BILINEAR)
+            else:
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
             return img.tobytes()
     except ImageDecodeError:
         raise

@@ -92,15 +92,21 @@ def compiled_graph(spec: ModelSpec, model: keras.Model) -> tf.types.experimental
 
 
 class Classifier:
-    """A compiled model with its labels; batches are padded to a few fixed sizes when `pad` is set.
+    """A compiled model version with its labels; batches are padded to a few fixed sizes when `pad` is set.
 
     `infer` maps a uint8 (n, H, W, 3) array to (n, classes) probabilities; preprocessing
-    is inside it, so callers pass the raw pixels the API produced.
+    is inside it, so callers pass the raw pixels the API produced. Built-in models are
+    version 1; `details` (preprocessing, file, ...) is what GET /models shows of it.
     """
 
-    def __init__(self, spec: ModelSpec, infer: Callable[[np.ndarray], np.ndarray], labels: Sequence[str],
-                 max_batch: int, backend: str, pad: bool = True) -> None:
-        self.spec = spec
+    def __init__(self, name: str, input_shape: tuple[int, int, int], infer: Callable[[np.ndarray], np.ndarray],
+                 labels: Sequence[str], max_batch: int, backend: str, pad: bool = True, version: int = 1,
+                 resize: str = "squash", details: dict | None = None) -> None:
+        self.name = name
+        self.input_shape = input_shape
+        self.version = version
+        self.resize = resize
+        self.details = details or {}
         self.labels = list(labels)
         self.buckets = batch_buckets(max_batch)
         self.max_batch = max_batch
@@ -121,7 +127,7 @@ class Classifier:
         """Run every padded size once so no request pays for tracing or autotuning; seconds taken."""
         start = time.perf_counter()
         for size in self.buckets:
-            self.predict(np.zeros((size, *self.spec.input_shape), np.uint8))
+            self.predict(np.zeros((size, *self.input_shape), np.uint8))
         return time.perf_counter() - start
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
@@ -142,6 +148,12 @@ class Classifier:
             {"label": self.labels[i], "class_id": int(i), "probability": float(probabilities[i])}
             for i in best
         ]
+
+    def describe(self) -> dict:
+        """What GET /models and the served-model record say about this version."""
+        height, width, _ = self.input_shape
+        return {"version": self.version, "input_size": [height, width], "resize": self.resize,
+                "labels": len(self.labels), "backend": self.backend, **self.details}
 
 
 BACKENDS = ("tensorflow", "onnxruntime")
@@ -169,7 +181,9 @@ def load_classifier(spec: ModelSpec, weights: str, class_index: str, max_batch: 
     if backend == "onnxruntime":
         from models.onnx_backend import onnx_infer
 
-        infer = onnx_infer(graph, spec, weights, cache_dir)
+        infer = onnx_infer(graph, spec.name, weights, cache_dir)
     else:
         infer = lambda pixels: graph(tf.constant(pixels)).numpy()  # noqa: E731
-    return Classifier(spec, infer, labels, max_batch, backend, gpu_visible() if pad is None else pad)
+    return Classifier(spec.name, spec.input_shape, infer, labels, max_batch, backend,
+                      gpu_visible() if pad is None else pad,
+                      details={"preprocess": spec.preprocess, "weights": weights})

@@ -18,13 +18,11 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from models.registry import ModelSpec
-
 log = logging.getLogger(__name__)
 _OPSET = 17
 
 
-def _cache_path(spec: ModelSpec, weights: str, cache_dir: str) -> str | None:
+def _cache_path(name: str, weights: str, cache_dir: str) -> str | None:
     if weights == "random" or not cache_dir:
         return None
     if weights == "imagenet":
@@ -32,13 +30,24 @@ def _cache_path(spec: ModelSpec, weights: str, cache_dir: str) -> str | None:
     else:
         stat = os.stat(weights)
         key = hashlib.sha256(f"{os.path.abspath(weights)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return os.path.join(cache_dir, f"{spec.name}-{key}-opset{_OPSET}.onnx")
+    return os.path.join(cache_dir, f"{name}-{key}-opset{_OPSET}.onnx")
 
 
-def onnx_infer(graph: tf.types.experimental.GenericFunction, spec: ModelSpec, weights: str,
+def session(model: bytes | str) -> ort.InferenceSession:
+    """An ONNX Runtime session for a serialized model or a file, on the GPU when there is one."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    return ort.InferenceSession(model, options, providers=providers)
+
+
+def onnx_infer(graph: tf.types.experimental.GenericFunction, name: str, weights: str,
                cache_dir: str) -> Callable[[np.ndarray], np.ndarray]:
-    """An ONNX Runtime session running `graph` (uint8 pixels → probabilities)."""
-    path = _cache_path(spec, weights, cache_dir)
+    """An ONNX Runtime session running `graph` (uint8 pixels → probabilities).
+
+    `weights` ("imagenet", "random" or the file the model came from) keys the cache.
+    """
+    path = _cache_path(name, weights, cache_dir)
     if path and os.path.isfile(path):
         with open(path, "rb") as f:
             model_bytes = f.read()
@@ -53,9 +62,6 @@ def onnx_infer(graph: tf.types.experimental.GenericFunction, spec: ModelSpec, we
                 f.write(model_bytes)
             os.replace(tmp, path)  # atomic: concurrent workers never read half a file
             log.info("ONNX model exported to %s", path)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    session = ort.InferenceSession(model_bytes, options, providers=providers)
-    name = session.get_inputs()[0].name
-    return lambda pixels: session.run(None, {name: pixels})[0]
+    runner = session(model_bytes)
+    input_name = runner.get_inputs()[0].name
+    return lambda pixels: runner.run(None, {input_name: pixels})[0]

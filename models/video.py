@@ -15,6 +15,8 @@ from fractions import Fraction
 
 import av
 
+from models.images import covering_size, target_size
+
 #: Seeking restarts decoding at the previous keyframe (x264 puts them up to 250 frames apart), so for
 #: nearby targets decoding forward is cheaper: measured on the shared 720p clips at 1 frame/s, seeking
 #: to every target cost 104-150 ms a sampled frame, decoding forward 43-50 ms.
@@ -70,13 +72,15 @@ def sample_times(info: VideoInfo, fps: float | None, every_n_frames: int | None,
 class Frame:
     t: float          # presentation time in seconds
     index: int        # frame number, from the time and the average frame rate
-    pixels: bytes     # size×size×3 uint8 RGB, like models.images.decode_to_pixels
+    pixels: bytes     # H×W×3 uint8 RGB, like models.images.decode_to_pixels
 
 
-def decode_frames(path: str, times: list[float], frame_rate: float, size: int) -> Iterator[Frame]:
+def decode_frames(path: str, times: list[float], frame_rate: float, size: int | tuple[int, int],
+                  resize: str = "squash") -> Iterator[Frame]:
     """The frame shown at each of `times` (ascending) as model input, seeking only when a target is far ahead.
 
-    Frames are scaled by FFmpeg (swscale, area averaging) straight to `size`×`size` RGB:
+    Frames are scaled by FFmpeg (swscale, area averaging) straight to the input size (a side or
+    (H, W)) as RGB, or for "center_crop" to the size that covers it, then the centre is cut out:
     1-1.5 ms a 720p frame against 10-19 ms for a full-size Pillow image resized afterwards.
 
     Stops early at the end of the stream (a shorter video than its header says).
@@ -84,6 +88,7 @@ def decode_frames(path: str, times: list[float], frame_rate: float, size: int) -
     """
     if not times:
         return
+    height, width = target_size(size)
     try:
         with av.open(path, metadata_errors="ignore") as container:
             stream = container.streams.video[0]
@@ -102,8 +107,8 @@ def decode_frames(path: str, times: list[float], frame_rate: float, size: int) -
                         continue
                     last_t = float(frame.pts * base) - start
                     if last_t >= target - half_frame:
-                        rgb = frame.reformat(width=size, height=size, format="rgb24", interpolation="AREA")
-                        yield Frame(round(last_t, 6), round(last_t * frame_rate), _packed(rgb.to_ndarray()))
+                        yield Frame(round(last_t, 6), round(last_t * frame_rate),
+                                    _scaled(frame, height, width, resize))
                         break
                 else:
                     return
@@ -111,8 +116,11 @@ def decode_frames(path: str, times: list[float], frame_rate: float, size: int) -
         raise VideoDecodeError(f"the video is corrupt ({exc.strerror or exc})") from None
 
 
-def _packed(array: object) -> bytes:
-    """Row-major HWC bytes (to_ndarray may pad rows to an alignment)."""
+def _scaled(frame: av.VideoFrame, height: int, width: int, resize: str) -> bytes:
+    """The frame as row-major H×W×3 RGB bytes of the model's input size (to_ndarray may pad rows)."""
     import numpy as np
 
-    return np.ascontiguousarray(array).tobytes()
+    cover_w, cover_h = covering_size(frame.width, frame.height, (height, width), resize)
+    rgb = frame.reformat(width=cover_w, height=cover_h, format="rgb24", interpolation="AREA").to_ndarray()
+    top, left = (cover_h - height) // 2, (cover_w - width) // 2
+    return np.ascontiguousarray(rgb[top:top + height, left:left + width]).tobytes()

@@ -9,7 +9,10 @@ Each model worker is prefork with concurrency 1 (one process owns one GPU and
 batches inside) and serves the interactive queue before the bulk one. The decoder
 worker (DECODER_CONCURRENCY processes, no TensorFlow) drives jobs: unzipping,
 decoding images and sampling video frames, away from the model's process. Every
-worker has a distinct node name and is restarted if it dies. SIGINT/SIGTERM stop them all.
+worker has a distinct node name and is restarted if it dies, except a model worker
+whose model cannot be loaded (it recorded why in Redis): restarting it would only fail
+again, so its reason is printed once and the other models keep serving. When no model
+can be served at all, this exits non-zero (and `make run` with it).
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import subprocess
 import sys
 import time
 
+import redis
+
 import settings
 from scripts.supervise import ProcessGroup, Stop, install_stop_handlers, log
+from tasks.model_records import read_failure
 
 _RESTART_DELAY_S = 2.0
 
@@ -64,32 +70,65 @@ def worker_commands(gpus: list[str], models: list[str]) -> list[tuple[str, list[
     return commands
 
 
-def supervise_workers(group: ProcessGroup, commands: list[tuple[str, list[str], dict[str, str]]]) -> None:
-    """Run the workers until Stop, restarting any that exits."""
+def served_model(argv: list[str]) -> str | None:
+    """The model a worker command serves (from its -Q interactive.<model>,...), None for a decoder."""
+    queues = argv[argv.index("--queues") + 1].split(",")
+    return next((q[len(settings.INTERACTIVE_PREFIX):] for q in queues if q.startswith(settings.INTERACTIVE_PREFIX)),
+                None)
+
+
+def _failure_since(client: redis.Redis, model: str | None, started: float) -> str | None:
+    """Why `model` could not be loaded, if a worker recorded it after `started`."""
+    if model is None:
+        return None
+    try:
+        failure = read_failure(client, model)
+    except redis.RedisError:
+        return None
+    return failure["error"] if failure and failure["at"] >= started else None
+
+
+def supervise_workers(group: ProcessGroup, commands: list[tuple[str, list[str], dict[str, str]]]) -> int:
+    """Run the workers until Stop, restarting any that exits; 1 once no model worker is left to run."""
+    client = redis.Redis.from_url(settings.REDIS_URL or "redis://127.0.0.1:6379/0", socket_timeout=5)
     by_name = {name: (argv, env) for name, argv, env in commands}
+    started: dict[str, float] = {}
     for name, argv, env in commands:
         queues = argv[argv.index("--queues") + 1]
         log(name, f"starting (queues {queues}, CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
+        started[name] = time.time() - 1.0
         group.start(name, argv, env)
+    models_left = {name for name, argv, _ in commands if served_model(argv)}
     while True:
         time.sleep(0.5)
         for name, proc in group.exited():
-            log(name, f"exited with code {proc.returncode}; restarting in {_RESTART_DELAY_S:g} s")
             group.stop_one(name, proc)
+            model = served_model(by_name[name][0])
+            error = _failure_since(client, model, started[name])
+            if error is not None:
+                log(name, f"model {model!r} cannot be served: {error}")
+                models_left.discard(name)
+                if not models_left:
+                    log("workers", "no model can be served; stopping")
+                    return 1
+                continue
+            log(name, f"exited with code {proc.returncode}; restarting in {_RESTART_DELAY_S:g} s")
             time.sleep(_RESTART_DELAY_S)
+            started[name] = time.time() - 1.0
             group.start(name, *by_name[name])
 
 
 def main() -> int:
     install_stop_handlers()
     group = ProcessGroup()
+    code = 0
     try:
-        supervise_workers(group, worker_commands(gpu_ids(), settings.MODELS))
+        code = supervise_workers(group, worker_commands(gpu_ids(), settings.MODELS))
     except Stop:
         pass
     finally:
         group.stop_all()
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The batched classify task: many single-image requests, one model call.
 
 Each request carries `pixels_key` (the Redis key of uint8 H×W×3 bytes made by
-models.images, see tasks.payloads), `top`, and `sent_at` (when the API queued it).
-Results carry the per-stage timings.
+models.images, see tasks.payloads), their `size` [height, width], `top`, and `sent_at`
+(when the API queued it). Results carry the model version that answered and the
+per-stage timings.
 Every request gets its own result or failure in the backend: celery-batches
 discards the task's return value and swallows its exceptions. The return value is
 a summary for the worker's main process, which sends each request's task event.
@@ -17,6 +18,7 @@ import uuid
 
 import numpy as np
 from celery.utils.log import get_logger
+from PIL import Image
 
 import settings
 from tasks import celery_app
@@ -29,16 +31,26 @@ logger = get_logger(__name__)
 
 
 def _parse(kwargs: dict, data: bytes | None, shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
-    """The request's image as an array and its `top`, or ValueError naming what is wrong."""
+    """The request's image as an array of `shape` and its `top`, or ValueError naming what is wrong.
+
+    Pixels sized for another version's input (sent while a rollout switched versions) are
+    resized here rather than failed.
+    """
     top = kwargs.get("top", 5)
     if not isinstance(top, int) or top < 1:
         raise ValueError(f"'top' must be a positive integer, got {top!r}")
     if data is None:
         raise ValueError(f"no pixels under {kwargs.get('pixels_key')!r} (missing, or expired before the batch ran)")
-    expected = shape[0] * shape[1] * shape[2]
-    if len(data) != expected:
-        raise ValueError(f"payload has {len(data)} bytes of pixels; this model needs {expected} ({shape} uint8)")
-    return np.frombuffer(data, np.uint8).reshape(shape), top
+    sent = kwargs.get("size") or shape[:2]
+    if not (isinstance(sent, (list, tuple)) and len(sent) == 2 and all(isinstance(v, int) and v > 0 for v in sent)):
+        raise ValueError(f"'size' must be [height, width], got {sent!r}")
+    if len(data) != sent[0] * sent[1] * 3:
+        raise ValueError(f"payload has {len(data)} bytes of pixels; {sent[0]}x{sent[1]} RGB needs "
+                         f"{sent[0] * sent[1] * 3}")
+    image = np.frombuffer(data, np.uint8).reshape(sent[0], sent[1], 3)
+    if tuple(sent) != shape[:2]:
+        image = np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+    return image, top
 
 
 def bulk_batch_size(configured: int, batch_size: int, gpu_visible: bool) -> int:
@@ -101,7 +113,7 @@ def _classify_batch(requests: list, blobs: list[bytes | None]) -> dict:
             summary["revoked"].append(req.id)
             continue
         try:
-            image, top = _parse(req.kwargs, blob, model.spec.input_shape)
+            image, top = _parse(req.kwargs, blob, model.input_shape)
             images.append(image)
             tops.append(top)
             valid.append(req)
@@ -121,15 +133,17 @@ def _classify_batch(requests: list, blobs: list[bytes | None]) -> dict:
             summary["failed"][req.id] = f"{type(exc).__name__}: {exc}"
         return summary
     batch_id = uuid.uuid4().hex
-    logger.info(json.dumps({"event": "batch", "batch_id": batch_id, "model": model.spec.name, "size": len(valid),
+    logger.info(json.dumps({"event": "batch", "batch_id": batch_id, "model": model.name,
+                            "model_version": model.version, "size": len(valid),
                             "padded": model.bucket_for(len(valid)), "inference_ms": round(inference_ms, 1)}))
     try:
-        record_batch(pixel_store(), model.spec.name, len(valid), inference_ms / 1000.0)
+        record_batch(pixel_store(), model.name, len(valid), inference_ms / 1000.0)
     except Exception:  # metrics must never fail a batch
         logger.warning("could not record batch metrics", exc_info=True)
     for req, row, top in zip(valid, probabilities, tops):
         result = {
-            "model": model.spec.name,
+            "model": model.name,
+            "model_version": model.version,
             "predictions": model.top(row, top),
             "batch_id": batch_id,
             "batch_size": len(valid),

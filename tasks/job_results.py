@@ -23,8 +23,8 @@ def video_result(info: dict[str, Any], outcomes: dict[int, dict[str, Any]],
                  decode_error: str | None = None) -> dict[str, Any]:
     """Classified frames in time order, frames that failed, and the summary of the top-1 labels."""
     ordered = [outcomes[i] for i in sorted(outcomes)]
-    frames = [{"t": o["t"], "frame": o["frame"], "predictions": o["predictions"]}
-              for o in ordered if o["status"] == "SUCCESS"]
+    frames = [{"t": o["t"], "frame": o["frame"], "predictions": o["predictions"],
+               "model_version": o.get("model_version")} for o in ordered if o["status"] == "SUCCESS"]
     failed = [{"t": o["t"], "frame": o["frame"], "error": o.get("error", "")}
               for o in ordered if o["status"] != "SUCCESS"]
     result: dict[str, Any] = {

@@ -30,7 +30,6 @@ from celery.utils.log import get_logger
 
 import settings
 from models.images import ImageDecodeError, decode_to_pixels
-from models.registry import get_spec
 from models.video import VideoDecodeError, VideoInfo, decode_frames, sample_times
 from tasks import celery_app
 from tasks.job_results import images_result, video_result
@@ -46,6 +45,7 @@ from tasks.job_store import (
     release_lock,
     update_if_active,
 )
+from tasks.model_records import InputLookup, ModelInput, ModelUnavailable
 from tasks.payloads import ISSUED_PREFIX, enqueue_classify
 from tasks.readiness import live_workers
 from tasks.result_store import READY_STATES, RESULT_KEY_PREFIX, failure_message
@@ -73,6 +73,17 @@ def job_step(job_id: str) -> None:
         job_step.apply_async((job_id,))
 
 
+_input_lookup: InputLookup | None = None
+
+
+def _inputs(client: redis.Redis) -> InputLookup:
+    """This decoder process's cached view of each model's current input."""
+    global _input_lookup
+    if _input_lookup is None:
+        _input_lookup = InputLookup(client)
+    return _input_lookup
+
+
 class _ItemError(Exception):
     """One item (a file, a zip entry) cannot be classified; the rest of the job goes on."""
 
@@ -82,6 +93,7 @@ class _Driver:
         self.client = client
         self.job_id = job_id
         self.ttl = settings.RESULT_TTL_S
+        self.input: ModelInput | None = None  # the model's input this step sizes items for
 
     def run(self, budget_s: float) -> bool:
         """Work on the job for about `budget_s` seconds; True if another step is needed."""
@@ -131,19 +143,28 @@ class _Driver:
             items.close()
 
     def _items(self, spec: dict[str, Any], start: int) -> Iterator[tuple[int, dict[str, Any], bytes | str]]:
-        """(index, record, pixels or an error message) for each item from `start` on."""
-        size = get_spec(spec["model"]).input_size
-        if spec["kind"] == "video":
-            return self._frames(spec, start, size)
-        return self._images(spec, start, size)
+        """(index, record, pixels or an error message) for each item from `start` on.
 
-    def _images(self, spec: dict[str, Any], start: int, size: int) -> Iterator[tuple[int, dict, bytes | str]]:
+        Items are sized for the version the model's workers serve now; when the model cannot
+        be served at all (its workers failed to load it), every item fails with that reason.
+        """
+        try:
+            self.input = _inputs(self.client).input_of(spec["model"])
+        except ModelUnavailable as exc:
+            return ((i, {"i": i}, str(exc)) for i in range(start, spec.get("frames") or len(spec["items"])))
+        if spec["kind"] == "video":
+            return self._frames(spec, start)
+        return self._images(spec, start)
+
+    def _images(self, spec: dict[str, Any], start: int) -> Iterator[tuple[int, dict, bytes | str]]:
         archives: dict[str, zipfile.ZipFile] = {}
+        size = (self.input.height, self.input.width)
         try:
             for index in range(start, len(spec["items"])):
                 try:
                     data = self._read(spec["items"][index], archives)
-                    yield index, {"i": index}, decode_to_pixels(data, size, settings.MAX_IMAGE_PIXELS)
+                    yield index, {"i": index}, decode_to_pixels(data, size, settings.MAX_IMAGE_PIXELS,
+                                                                self.input.resize)
                 except (_ItemError, ImageDecodeError) as exc:
                     yield index, {"i": index}, str(exc)
         finally:
@@ -170,11 +191,12 @@ class _Driver:
             raise _ItemError(f"larger than {settings.MAX_UPLOAD_MB:g} MB (MAX_UPLOAD_MB)")
         return data
 
-    def _frames(self, spec: dict[str, Any], start: int, size: int) -> Iterator[tuple[int, dict, bytes | str]]:
+    def _frames(self, spec: dict[str, Any], start: int) -> Iterator[tuple[int, dict, bytes | str]]:
         info = VideoInfo(**spec["video"])
         times = sample_times(info, spec.get("fps"), spec.get("every_n_frames"), spec["max_frames"])
         path = str(job_dir(self.job_id) / spec["file"])
-        for offset, frame in enumerate(decode_frames(path, times[start:], info.frame_rate, size)):
+        size = (self.input.height, self.input.width)
+        for offset, frame in enumerate(decode_frames(path, times[start:], info.frame_rate, size, self.input.resize)):
             yield start + offset, {"i": start + offset, "t": frame.t, "frame": frame.index}, frame.pixels
 
     def _send(self, spec: dict[str, Any], index: int, record: dict[str, Any], pixels: bytes | str) -> None:
@@ -184,7 +206,8 @@ class _Driver:
                              json.dumps({**record, "status": "FAILURE", "error": pixels}))
             return
         task_id = str(uuid.uuid4())
-        enqueue_classify(celery_app, self.client, task_id, pixels, spec["top"], self.ttl,
+        enqueue_classify(celery_app, self.client, task_id, pixels, (self.input.height, self.input.width),
+                         spec["top"], self.ttl,
                          queue=settings.bulk_queue(spec["model"]))
         # Recorded after sending: a crash in between re-sends the item from the stored cursor.
         now = time.time()
@@ -240,5 +263,6 @@ def _outcome(meta: dict[str, Any] | None, age_s: float, ttl_s: int) -> dict[str,
             return {"status": "FAILURE", "error": f"no answer within {ttl_s} s (RESULT_TTL_S)"}
         return None
     if meta["status"] == "SUCCESS":
-        return {"status": "SUCCESS", "predictions": meta["result"]["predictions"]}
+        return {"status": "SUCCESS", "predictions": meta["result"]["predictions"],
+                "model_version": meta["result"].get("model_version")}
     return {"status": meta["status"], "error": failure_message(meta)}

@@ -19,10 +19,10 @@ PIXELS_PREFIX = "imageclf:pixels:"
 ISSUED_PREFIX = "imageclf:issued:"
 
 
-def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: bytes, top: int,
-                     ttl_s: int, extra_keys: dict[str, str] | None = None, queue: str | None = None,
+def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: bytes, size: tuple[int, int],
+                     top: int, ttl_s: int, extra_keys: dict[str, str] | None = None, queue: str | None = None,
                      expires_at: float | None = None) -> None:
-    """Store the pixels (and any `extra_keys`) with a TTL, then queue the classify task for them.
+    """Store the pixels ((height, width) = `size`, RGB) and any `extra_keys` with a TTL, then queue the classify task.
 
     A request still waiting at `expires_at` (epoch seconds) is skipped by the worker, not computed:
     celery-batches does not apply Celery's own `expires`.
@@ -34,7 +34,7 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
             pipe.set(name, value, ex=ttl_s)
         pipe.execute()
     options = {"queue": queue} if queue else {}
-    kwargs = {"pixels_key": key, "top": top, "sent_at": time.time()}
+    kwargs = {"pixels_key": key, "size": list(size), "top": top, "sent_at": time.time()}
     if expires_at is not None:
         kwargs["expires_at"] = expires_at
     celery.send_task("classify", kwargs=kwargs, task_id=task_id, **options)

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Callable
 
 import redis
 from celery.utils.log import get_logger
@@ -20,30 +21,39 @@ HEARTBEAT_S = 5.0
 
 logger = get_logger(__name__)
 _stop = threading.Event()
+_wake = threading.Event()
 
 
-def _beat(redis_url: str, key: str, info: str) -> None:
+def _beat(redis_url: str, key: str, info: Callable[[], dict]) -> None:
     client = redis.Redis.from_url(redis_url)
     while not _stop.is_set():
+        _wake.clear()
         try:
-            client.set(key, info, ex=int(3 * HEARTBEAT_S))
+            client.set(key, json.dumps(info()), ex=int(3 * HEARTBEAT_S))
         except redis.RedisError as exc:
             logger.warning("readiness heartbeat failed: %s", exc)
-        _stop.wait(HEARTBEAT_S)
+        _wake.wait(HEARTBEAT_S)
     try:
         client.delete(key)
     except redis.RedisError:
         pass  # the key expires by itself
 
 
-def start_heartbeat(redis_url: str, info: dict) -> None:
-    """Announce this process as ready until `stop_heartbeat`; a crash lets the key expire."""
+def start_heartbeat(redis_url: str, info: Callable[[], dict]) -> None:
+    """Announce this process as ready, with what `info()` says now, until `stop_heartbeat`; a crash lets the
+    key expire."""
     key = f"{READY_KEY_PREFIX}{socket.gethostname()}:{os.getpid()}"
-    threading.Thread(target=_beat, args=(redis_url, key, json.dumps(info)), name="ready-heartbeat", daemon=True).start()
+    threading.Thread(target=_beat, args=(redis_url, key, info), name="ready-heartbeat", daemon=True).start()
+
+
+def beat_now() -> None:
+    """Publish the current info at once (a model version changed) instead of at the next beat."""
+    _wake.set()
 
 
 def stop_heartbeat() -> None:
     _stop.set()
+    _wake.set()
 
 
 def live_workers(client: redis.Redis) -> list[dict]:

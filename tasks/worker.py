@@ -3,13 +3,20 @@
 TensorFlow is imported here, in the pool child after the fork, never in the parent
 (CUDA and TF's thread pools do not survive a fork). Only model workers load it, and
 which model follows from the queues a worker consumes (`-Q interactive.<model>,bulk.<model>`);
-a worker started for the jobs queue alone (a decoder) loads none.
+a worker started for the jobs queue alone (a decoder) loads none. A model is looked up
+in MODEL_REPOSITORY first (the user's models, with versions rolled out live), then
+among the built-in Keras applications.
+
+A model that cannot be loaded at all stops its worker instead of letting Celery restart
+the pool process in a loop: the reason goes to the log in one line and to Redis, where
+the API, `/readyz` and the supervisor (`scripts.start_workers`, which then does not
+restart it) read it.
 """
 
 from __future__ import annotations
 
 import os
-import time
+import signal
 from typing import TYPE_CHECKING
 
 import redis
@@ -17,26 +24,32 @@ from celery.signals import celeryd_init, worker_process_init, worker_process_shu
 from celery.utils.log import get_logger
 
 import settings
-from models.registry import get_spec
+from models.registry import MODELS as BUILT_IN
+from models.repository import RepositoryError, model_dir
 from tasks import celery_app
 from tasks.job_store import sweep_orphans
-from tasks.readiness import start_heartbeat, stop_heartbeat
+from tasks.model_records import clear_failure, record_failure, record_served
+from tasks.model_versions import ServedModel
+from tasks.readiness import beat_now, start_heartbeat, stop_heartbeat
 
 if TYPE_CHECKING:
     from models.keras_model import Classifier
 
 logger = get_logger(__name__)
 
-_classifier: Classifier | None = None
+#: Exit status of a worker process whose model cannot be loaded.
+EXIT_MODEL_FAILED = 3
+
+_served: ServedModel | None = None
 _pixel_store: redis.Redis | None = None
 _served_model: str | None = settings.MODELS[0]
 
 
 def classifier() -> Classifier:
-    """The model of this pool process (loaded by the init hook)."""
-    if _classifier is None:
+    """The version this pool process serves now (read once per batch: a rollout switches between batches)."""
+    if _served is None or _served.current is None:
         raise RuntimeError("the model is not loaded in this process")
-    return _classifier
+    return _served.current
 
 
 def pixel_store() -> redis.Redis:
@@ -66,39 +79,79 @@ def note_role(options: dict | None = None, **_: object) -> None:
     _served_model = model_of_queues((options or {}).get("queues"))
 
 
+def _open(name: str) -> ServedModel:
+    """The model's loader: its repository folder when there is one, else the built-in of that name."""
+    pad = None if settings.BATCH_PADDING == "auto" else settings.BATCH_PADDING == "on"
+    folder = model_dir(settings.MODEL_REPOSITORY, name)
+    if folder is not None:
+        from models.repository_loader import load_version
+
+        return ServedModel(name, lambda version: load_version(
+            name, folder, version, settings.BATCH_SIZE, settings.BACKEND, settings.MODEL_CACHE_DIR, pad),
+            folder, settings.MODEL_POLL_S, on_change=_announce)
+    if name not in BUILT_IN:
+        raise RepositoryError(f"unknown model {name!r}: no folder {os.path.join(settings.MODEL_REPOSITORY, name)} "
+                              f"(MODEL_REPOSITORY) and not a built-in model ({', '.join(sorted(BUILT_IN))})")
+    from models.keras_model import load_classifier
+
+    weights = settings.weights_for(name)
+    return ServedModel(name, lambda _: load_classifier(
+        BUILT_IN[name], weights, settings.CLASS_INDEX, settings.BATCH_SIZE, settings.BACKEND,
+        settings.MODEL_CACHE_DIR, pad), on_change=_announce)
+
+
+def _status() -> dict:
+    """What this process's heartbeat says (GET /models shows it per worker)."""
+    assert _served is not None
+    return {"role": "model", "model": _served.name, "pid": os.getpid(), "backend": settings.BACKEND,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), **_served.status()}
+
+
+def _announce() -> None:
+    """Publish a version change at once: the served version's input for the API, the states for /models."""
+    if _served is None or _served.current is None:
+        return
+    try:
+        record_served(pixel_store(), _served.name, _served.current.describe())
+    except redis.RedisError:
+        logger.warning("could not record the served version of %s", _served.name, exc_info=True)
+    beat_now()
+
+
 @worker_process_init.connect
 def load_model(**_: object) -> None:
-    global _classifier
+    global _served
     if _served_model is None:
         removed = sweep_orphans(pixel_store(), older_than_s=3600)
         if removed:
             logger.info("deleted the uploads of %d expired jobs", len(removed))
-        start_heartbeat(celery_app.conf.broker_url, {"role": "decoder", "pid": os.getpid()})
+        start_heartbeat(celery_app.conf.broker_url, lambda: {"role": "decoder", "pid": os.getpid()})
         return
-    from models.keras_model import load_classifier
+    try:
+        clear_failure(pixel_store(), _served_model)
+        served = _open(_served_model)
+        served.start()
+    except Exception as exc:
+        _give_up(_served_model, exc)
+    _served = served
+    _announce()
+    start_heartbeat(celery_app.conf.broker_url, _status)
 
-    spec = get_spec(_served_model)
-    weights = settings.weights_for(spec.name)
-    start = time.perf_counter()
-    pad = None if settings.BATCH_PADDING == "auto" else settings.BATCH_PADDING == "on"
-    _classifier = load_classifier(spec, weights, settings.CLASS_INDEX, settings.BATCH_SIZE,
-                                  settings.BACKEND, settings.MODEL_CACHE_DIR, pad)
-    loaded = time.perf_counter() - start
-    warm = _classifier.warm_up()
-    logger.info(
-        "model %s (weights %s, backend %s, padding %s) loaded in %.1f s, warmed up on batch sizes %s in %.1f s",
-        spec.name, weights, settings.BACKEND, _classifier.pad, loaded, _classifier.buckets, warm,
-    )
-    start_heartbeat(celery_app.conf.broker_url, {
-        "role": "model",
-        "model": spec.name,
-        "pid": os.getpid(),
-        "backend": settings.BACKEND,
-        "padded_batch_sizes": _classifier.buckets if _classifier.pad else None,
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-    })
+
+def _give_up(name: str, exc: Exception) -> None:
+    """Record why the model cannot be served and stop this whole worker (never returns)."""
+    message = str(exc) if isinstance(exc, RepositoryError) else f"{type(exc).__name__}: {exc}"
+    logger.critical("model %r cannot be served: %s", name, message)
+    try:
+        record_failure(pixel_store(), name, message)
+    except redis.RedisError:
+        logger.warning("could not record the failure of model %s in Redis", name)
+    os.kill(os.getppid(), signal.SIGTERM)  # the worker's main process: a warm shutdown, nothing was taken
+    os._exit(EXIT_MODEL_FAILED)
 
 
 @worker_process_shutdown.connect
 def on_shutdown(**_: object) -> None:
+    if _served is not None:
+        _served.stop()
     stop_heartbeat()

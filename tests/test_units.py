@@ -98,10 +98,9 @@ def test_unpadded_classifier_runs_batches_as_they_are_and_padded_one_rounds_up()
         calls.append(len(x))
         return np.tile(np.arange(4, dtype=np.float32), (len(x), 1))
 
-    spec = get_spec("mobilenet_v1_0.75")
     images = np.zeros((17, 224, 224, 3), np.uint8)
     for pad, ran in ((False, 17), (True, 24)):
-        out = Classifier(spec, infer, ["a", "b", "c", "d"], 32, "test", pad).predict(images)
+        out = Classifier("m", (224, 224, 3), infer, ["a", "b", "c", "d"], 32, "test", pad).predict(images)
         assert out.shape == (17, 4) and calls[-1] == ran
 
 
