@@ -18,6 +18,10 @@ from tasks.readiness import live_workers
 
 bp = Blueprint("models", __name__)
 
+#: What a worker's heartbeat says about the worker itself; the rest describes its served version.
+_WORKER_KEYS = ("role", "model", "pid", "backend", "cuda_visible_devices", "served_version", "versions", "rss_mb",
+                "rss_mb_two_versions")
+
 
 def served() -> list[str]:
     """The served models' names, the default first."""
@@ -61,15 +65,13 @@ def describe_models() -> list[dict[str, Any]]:
                     versions[version] = state
         newest = max(mine, key=lambda w: w.get("served_version") or 0, default=None)
         source = newest or last_served[name] or {}
-        info = {k: v for k, v in source.items()
-                if k not in ("role", "model", "pid", "versions", "served_version", "version", "rss_mb",
-                             "rss_mb_two_versions", "cuda_visible_devices")}
+        info = {k: v for k, v in source.items() if k not in (*_WORKER_KEYS, "version")}
         entry: dict[str, Any] = {
             "name": name,
             "served_version": source.get("served_version", source.get("version")),
             "versions": versions,
             **info,
-            "workers": mine,
+            "workers": [{k: w[k] for k in _WORKER_KEYS if k in w} for w in mine],
         }
         failure = read_failure(client, name)
         if failure:

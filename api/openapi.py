@@ -32,6 +32,8 @@ _PREDICTION = {
                    "probability": {"type": "number", "minimum": 0, "maximum": 1}},
 }
 _ID = {"type": "string", "format": "uuid"}
+_VERSION = {"type": ["integer", "null"], "minimum": 1,
+            "description": "the model version that answered (repository models: the version folder; built-ins: 1)"}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["success", "error"],
@@ -40,7 +42,7 @@ SCHEMAS: dict[str, Any] = {
     "PredictResult": {
         "type": "object", "required": ["success", "id", "model", "predictions", "batch_id", "batch_size", "timings"],
         "properties": {
-            "success": {"const": True}, "id": _ID, "model": {"type": "string"},
+            "success": {"const": True}, "id": _ID, "model": {"type": "string"}, "model_version": _VERSION,
             "predictions": {"type": "array", "items": _ref("Prediction"), "minItems": 1},
             "batch_id": {"type": "string"}, "batch_size": {"type": "integer", "minimum": 1},
             "deliveries": {"type": "integer", "minimum": 1},
@@ -75,7 +77,7 @@ SCHEMAS: dict[str, Any] = {
             "items": {"type": "array", "items": {
                 "type": "object", "required": ["index", "name", "status"],
                 "properties": {"index": {"type": "integer"}, "name": {"type": "string"},
-                               "status": _STATUS, "error": {"type": "string"},
+                               "status": _STATUS, "error": {"type": "string"}, "model_version": _VERSION,
                                "predictions": {"type": "array", "items": _ref("Prediction")}}}},
             "succeeded": {"type": "integer"}, "failed": {"type": "integer"},
         },
@@ -87,6 +89,7 @@ SCHEMAS: dict[str, Any] = {
             "frames": {"type": "array", "items": {
                 "type": "object", "required": ["t", "frame", "predictions"],
                 "properties": {"t": {"type": "number", "minimum": 0}, "frame": {"type": "integer", "minimum": 0},
+                               "model_version": _VERSION,
                                "predictions": {"type": "array", "items": _ref("Prediction")}}}},
             "failed_frames": {"type": "array"},
             "decode_error": {"type": "string"},
@@ -107,21 +110,37 @@ SCHEMAS: dict[str, Any] = {
     "Models": {
         "type": "object", "required": ["default", "models"],
         "properties": {"default": {"type": "string"}, "models": {"type": "array", "items": {
-            "type": "object", "required": ["name", "input_size", "workers"],
-            "properties": {"name": {"type": "string"}, "input_size": {"type": "integer"},
-                           "workers": {"type": "array"}}}}},
+            "type": "object", "required": ["name", "served_version", "versions", "workers"],
+            "properties": {
+                "name": {"type": "string"},
+                "served_version": _VERSION,
+                "versions": {"type": "object", "description": "per version number on disk (built-ins: 1)",
+                             "additionalProperties": {
+                                 "type": "object", "required": ["state"],
+                                 "properties": {"state": {"enum": ["loading", "ready", "failed", "available"]},
+                                                "error": {"type": "string"}}}},
+                "input_size": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
+                               "description": "[height, width] the served version takes"},
+                "resize": {"enum": ["squash", "center_crop"]},
+                "labels": {"type": "integer", "description": "number of classes"},
+                "preprocess": {"type": "string"},
+                "error": {"type": "string", "description": "why the model cannot be served"},
+                "workers": {"type": "array"}}}}},
     },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
-    "Readiness": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"},
-                                                                          "reason": {"type": "string"}}},
+    "Readiness": {"type": "object", "required": ["ready"], "properties": {
+        "ready": {"type": "boolean"}, "reason": {"type": "string"},
+        "failed": {"type": "object", "additionalProperties": {"type": "string"},
+                   "description": "models that cannot be served, with the reason"}}},
 }
 
 _TOP = {"name": "top", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
         "description": "labels to return"}
 _MODEL = {"name": "model", "in": "query", "schema": {"type": "string"},
-          "description": "registry name of a served model (GET /models); default: the first"}
+          "description": "name of a served model (GET /models); default: the first"}
 _ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": _ID}
-_BUSY = _error("Redis is unreachable or the queue is over MAX_QUEUE_DEPTH (Retry-After says when to retry)")
+_BUSY = _error("Redis is unreachable, the queue is over MAX_QUEUE_DEPTH, or no worker can serve the model "
+                "(it failed to load, or is not loaded yet); Retry-After says when to retry")
 
 PATHS: dict[str, Any] = {
     "/predict": {"post": {
@@ -179,7 +198,7 @@ PATHS: dict[str, Any] = {
         "responses": {"200": _json({"oneOf": [_ref("RequestState"), _ref("JobState")]}, "its state"),
                       "404": _error("never issued to this caller, or expired")},
     }},
-    "/models": {"get": {"summary": "Served models, their input size and live workers",
+    "/models": {"get": {"summary": "Served models: versions and their states, input, preprocessing, workers",
                         "responses": {"200": _json(_ref("Models"), "the models")}}},
     "/healthz": {"get": {"summary": "The API process answers", "responses": {"200": _json(_ref("Health"), "up")}}},
     "/readyz": {"get": {"summary": "Redis answers and every served model has a worker, and a decoder runs",

@@ -69,11 +69,13 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def predict(self, image: str | Path | bytes, top: int = 5) -> dict[str, Any]:
-        """Classify one image; waits for the answer even past the service's synchronous timeout."""
+    def predict(self, image: str | Path | bytes, top: int = 5, model: str | None = None) -> dict[str, Any]:
+        """Classify one image (with `model`, or the service's default); waits for the answer even past the
+        service's synchronous timeout."""
         content = image if isinstance(image, bytes) else Path(image).read_bytes()
         name = "image" if isinstance(image, bytes) else Path(image).name
-        body = self._call("POST", "/predict", params={"top": top}, files={"image": (name, content)})
+        params = {"top": top, **({"model": model} if model else {})}
+        body = self._call("POST", "/predict", params=params, files={"image": (name, content)})
         if body.get("status") in ("PENDING", "STARTED"):  # 202: queued longer than the timeout
             final = self.wait(body["id"])
             if final["status"] != "SUCCESS":
@@ -82,7 +84,8 @@ class Client:
         return body
 
     def submit(self, paths: str | Path | Iterable[str | Path], top: int = 5, fps: float | None = None,
-               every_n_frames: int | None = None, max_frames: int | None = None) -> dict[str, Any]:
+               every_n_frames: int | None = None, max_frames: int | None = None,
+               model: str | None = None) -> dict[str, Any]:
         """Start a job: one video, or images, zips and folders of images. Returns {"id", "total", ...} at once."""
         files = collect_files([paths] if isinstance(paths, (str, Path)) else paths)
         if not files:
@@ -91,7 +94,7 @@ class Client:
         if videos and len(files) > 1:
             raise ValueError("a job is either one video or a set of images and zips; submit videos one by one")
         form = {k: str(v) for k, v in {"top": top, "fps": fps, "every_n_frames": every_n_frames,
-                                       "max_frames": max_frames}.items() if v is not None}
+                                       "max_frames": max_frames, "model": model}.items() if v is not None}
         field = "video" if videos else "images"
         with ExitStack() as stack:  # files are streamed from disk, not read into memory
             uploads = [(field, (f.name, stack.enter_context(open(f, "rb")))) for f in files]

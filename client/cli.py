@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     with Client(args.url, args.api_key) as client:
         try:
             if len(images) == 1 and images[0].suffix.lower() != ".zip":
-                outputs.append(_predict(client, images[0], args.top))
+                outputs.append(_predict(client, images[0], args.top, args.model))
             elif images:
                 outputs.append(_job(client, images, args, "images"))
             for video in videos:
@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--api-key", default=os.environ.get("IMAGECLF_API_KEY"),
                           help="API key when the service has API_KEYS set (default: $IMAGECLF_API_KEY)")
     classify.add_argument("--top", type=int, default=5, help="labels per image (default 5)")
+    classify.add_argument("--model", help="which served model (GET /models; default: the service's default)")
     sampling = classify.add_mutually_exclusive_group()
     sampling.add_argument("--fps", type=float, help="video frames sampled per second (default 1)")
     sampling.add_argument("--every-n-frames", type=int, help="sample every n-th video frame instead")
@@ -76,19 +77,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _predict(client: Client, path: Path, top: int) -> dict[str, Any]:
+def _predict(client: Client, path: Path, top: int, model: str | None) -> dict[str, Any]:
     try:
-        body = client.predict(path, top=top)
+        body = client.predict(path, top=top, model=model)
     except ServiceError as exc:
         if exc.status in (0, 401, 503):  # the service, not the file, is the problem
             raise
         return {"source": str(path), "kind": "image", "status": "FAILURE", "error": exc.message}
-    return {"source": str(path), "kind": "image", "status": "SUCCESS", "predictions": body["predictions"]}
+    return {"source": str(path), "kind": "image", "status": "SUCCESS", "model": body["model"],
+            "model_version": body.get("model_version"), "predictions": body["predictions"]}
 
 
 def _job(client: Client, files: list[Path], args: argparse.Namespace, label: str) -> dict[str, Any]:
     job = client.submit(files, top=args.top, fps=args.fps, every_n_frames=args.every_n_frames,
-                        max_frames=args.max_frames)
+                        max_frames=args.max_frames, model=args.model)
     bar = tqdm(total=job["total"], desc=label[:30], unit="frame" if job["kind"] == "video" else "img",
                disable=args.no_progress, file=sys.stderr)
 

@@ -122,7 +122,7 @@ def e2e(url: str, image: bytes, concurrency: int, requests: int, bar: tqdm) -> d
     }
 
 
-def redis_bytes_per_image(redis_url: str, pixels: bytes, n: int = 20) -> float:
+def redis_bytes_per_image(redis_url: str, pixels: bytes, size: tuple[int, int], n: int = 20) -> float:
     """Redis memory one queued image takes: message + pixels (queued where nobody consumes, then dropped)."""
     import uuid
 
@@ -138,7 +138,7 @@ def redis_bytes_per_image(redis_url: str, pixels: bytes, n: int = 20) -> float:
     client = redis.Redis.from_url(redis_url)
     ids = [str(uuid.uuid4()) for _ in range(n)]
     for task_id in ids:
-        enqueue_classify(app, client, task_id, pixels, 5, 600, queue=queue)
+        enqueue_classify(app, client, task_id, pixels, size, 5, 600, queue=queue)
     keys = [PIXELS_PREFIX + task_id for task_id in ids]
     used = (client.memory_usage(queue, samples=0) or 0) + sum(client.memory_usage(k) or 0 for k in keys)
     client.delete(queue, *keys)
@@ -291,7 +291,7 @@ def main() -> int:
                 runs = [e2e(url, image, c, max(args.requests, 2 * c), bar) for c in levels]
         else:
             with LocalService(env, Path(tempfile.gettempdir()) / f"benchmark-{backend}.log") as svc:
-                redis_bytes = redis_bytes_per_image(svc.redis_url, pixels)
+                redis_bytes = redis_bytes_per_image(svc.redis_url, pixels, spec.input_shape[:2])
                 with tqdm(total=total, desc=f"e2e {backend}", unit="req") as bar:
                     runs = [e2e(svc.url, image, c, max(args.requests, 2 * c), bar) for c in levels]
         best = max(runs, key=lambda r: r["images_per_s"])

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -26,7 +27,8 @@ class ServiceProcess:
         self.url = ""
         self.flower_url = ""
 
-    def start(self, ready_timeout_s: float = 300.0) -> ServiceProcess:
+    def start(self, ready_timeout_s: float = 300.0, ready: Callable[[str], bool] | None = None) -> ServiceProcess:
+        """Start it and wait until `ready(url)` (default: /readyz answers 200)."""
         port, flower_port = free_port(), free_port()
         env = {**os.environ, **self.env, "PORT": str(port), "FLOWER_PORT": str(flower_port), "HOST": "127.0.0.1"}
         self.url, self.flower_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{flower_port}"
@@ -38,7 +40,7 @@ class ServiceProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"scripts.run exited early:\n{self.log_tail()}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                if ready(self.url) if ready else httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

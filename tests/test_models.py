@@ -26,7 +26,11 @@ def two_models(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 def test_models_lists_both_with_their_workers_and_readyz_needs_both(two_models):
     body = httpx.get(two_models.url + "/models", timeout=10).json()
     assert body["default"] == "mobilenet_v1_0.75"
-    assert [(m["name"], m["input_size"]) for m in body["models"]] == [("mobilenet_v1_0.75", 224), ("resnet50", 224)]
+    assert [(m["name"], m["input_size"], m["served_version"], m["versions"]) for m in body["models"]] == [
+        ("mobilenet_v1_0.75", [224, 224], 1, {"1": {"state": "ready"}}),
+        ("resnet50", [224, 224], 1, {"1": {"state": "ready"}})]
+    assert body["models"][0]["labels"] == 1000
+    assert body["models"][0]["preprocess"].endswith("mobilenet.preprocess_input")
     assert all(len(m["workers"]) == 1 and m["workers"][0]["model"] == m["name"] for m in body["models"])
     ready = httpx.get(two_models.url + "/readyz", timeout=10).json()
     assert ready["ready"] and ready["models"] == {"mobilenet_v1_0.75": 1, "resnet50": 1}

@@ -42,7 +42,7 @@ def test_an_undecodable_payload_fails_alone_and_its_batch_mates_are_answered(cli
 
     def send(data: bytes) -> str:
         task_id = str(uuid.uuid4())
-        enqueue_classify(client_app, redis_client, task_id, data, 1, 600, queue=QUEUE)
+        enqueue_classify(client_app, redis_client, task_id, data, (224, 224), 1, 600, queue=QUEUE)
         return task_id
 
     # Queue everything while the worker is not consuming, so it all arrives in one burst: the
@@ -80,7 +80,8 @@ def test_a_request_past_its_deadline_is_skipped_not_computed(client_app, redis_c
 
     def send(expires_at: float) -> str:
         task_id = str(uuid.uuid4())
-        enqueue_classify(client_app, redis_client, task_id, pixels, 1, 600, queue=QUEUE, expires_at=expires_at)
+        enqueue_classify(client_app, redis_client, task_id, pixels, (224, 224), 1, 600, queue=QUEUE,
+                         expires_at=expires_at)
         return task_id
 
     busy = [send(time.time() + 600) for _ in range(48)]  # more than a batch: the next ones queue behind
