@@ -26,6 +26,7 @@ from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, labelled_photos
 from tests.user_models import LABELS, keras_cnn, onnx_classifier, write_model
 
 PHOTOS = [SHARED / r["path"] for r in labelled_photos()[:4]]
+SERVED = ("plants_h5", "plants_keras", "parts_onnx", "rollout", "imagenet_mobilenet")
 ONNX_CONFIG = {"preprocess": "torch", "layout": "NCHW", "output": "logits", "resize": "center_crop"}
 
 
@@ -58,8 +59,8 @@ def users_service(repository: Path, redis_url: str, tmp_path_factory: pytest.Tem
                   ) -> Iterator[ServiceProcess]:
     svc = ServiceProcess(env={
         "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/5", "MODEL_REPOSITORY": str(repository),
-        "MODELS": "plants_h5,plants_keras,parts_onnx,rollout,imagenet_mobilenet", "MODEL_POLL_S": "1", "API_WORKERS": "1",
-        "BATCH_SIZE": "16", "UPLOAD_DIR": str(tmp_path_factory.mktemp("user-model-uploads")),
+        "MODELS": ",".join(SERVED), "MODEL_POLL_S": "1", "API_WORKERS": "1", "BATCH_SIZE": "16",
+        "UPLOAD_DIR": str(tmp_path_factory.mktemp("user-model-uploads")),
     }, log_path=tmp_path_factory.mktemp("logs") / "user-models.log").start()
     yield svc
     assert svc.stop() == 0, svc.log_tail()
@@ -155,7 +156,7 @@ def test_jobs_and_videos_run_on_a_repository_model(users_service):
 def test_a_model_that_is_not_served_is_refused_and_others_name_the_repository(users_service):
     response = httpx.post(users_service.url + "/predict", params={"model": "nope"},
                           files={"image": PHOTOS[0].read_bytes()}, timeout=30)
-    assert response.status_code == 400 and "plants_h5, plants_keras, parts_onnx, rollout, imagenet_mobilenet" in response.json()["error"]
+    assert response.status_code == 400 and ", ".join(SERVED) in response.json()["error"]
 
 
 def _config_error(repo: Path) -> None:
