@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -220,3 +221,63 @@ def test_upload_folders_of_jobs_redis_forgot_are_swept(tmp_path, monkeypatch, re
     redis_client.set(job_key("known"), "1", ex=60)
     assert sweep_orphans(redis_client, older_than_s=3600) == ["forgotten"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "known"]
+
+
+def test_model_config_defaults_presets_and_errors_that_name_file_and_key(tmp_path):
+    from models.repository import ModelConfig, RepositoryError, parse_config, read_config
+
+    path = tmp_path / "config.json"
+    assert read_config(tmp_path) == ModelConfig()  # no file: every default (x/255, RGB, NHWC, squash, softmax)
+    caffe = parse_config({"preprocess": "caffe"}, path)
+    assert (caffe.channels, caffe.mean, caffe.scale) == ("BGR", (103.939, 116.779, 123.68), (1.0, 1.0, 1.0))
+    torch = parse_config({"preprocess": "torch", "layout": "NCHW", "output": "logits"}, path)
+    assert torch.std == (0.229, 0.224, 0.225) and torch.scale == (1 / 255,) * 3
+    assert parse_config({"mean": 127.5, "std": [1, 2, 3], "input_size": [96, 128]}, path).std == (1.0, 2.0, 3.0)
+    for raw, says in (
+        ({"scael": 1}, "unknown key(s) 'scael'"),
+        ({"layout": "CHW"}, "'layout' must be one of 'NHWC', 'NCHW'"),
+        ({"mean": [1, 2]}, "'mean' must be a number or a list of 3"),
+        ({"std": 0}, "'std' must be positive numbers"),
+        ({"input_size": [224]}, "'input_size' must be [height, width]"),
+        ({"preprocess": "torch", "mean": 0.5}, "'preprocess': 'torch' sets scale, mean, std and channels itself"),
+        ([1, 2], "must hold a JSON object"),
+    ):
+        with pytest.raises(RepositoryError, match=re.escape(f"{path}: {says}")):
+            parse_config(raw, path)
+    path.write_text("{not json")
+    with pytest.raises(RepositoryError, match="not valid JSON"):
+        read_config(tmp_path)
+
+
+def test_labels_versions_and_model_files_of_a_repository_folder(tmp_path):
+    from models.repository import RepositoryError, model_file, read_labels, versions
+
+    with pytest.raises(RepositoryError, match="labels.txt: missing"):
+        read_labels(tmp_path)
+    (tmp_path / "labels.txt").write_text("cat\ndog\n\n")
+    assert read_labels(tmp_path) == ["cat", "dog"]  # trailing newlines are not classes
+    (tmp_path / "labels.txt").write_text("cat\n\ndog\n")
+    with pytest.raises(RepositoryError, match="line 2 is blank"):
+        read_labels(tmp_path)
+    for name in ("1", "10", "2", "0", "latest", ".incoming-3"):
+        (tmp_path / name).mkdir()
+    assert versions(tmp_path) == [1, 2, 10]  # numeric order; only positive integers are versions
+    with pytest.raises(RepositoryError, match="holds no model"):
+        model_file(tmp_path / "2")
+    (tmp_path / "2" / "model.onnx").write_bytes(b"x")
+    assert model_file(tmp_path / "2") == (tmp_path / "2" / "model.onnx", "onnx")
+    (tmp_path / "2" / "saved_model").mkdir()
+    with pytest.raises(RepositoryError, match="holds several models"):
+        model_file(tmp_path / "2")
+
+
+def test_center_crop_keeps_the_middle_and_squash_keeps_everything():
+    # A 300x100 image: left third red, middle green, right blue. Center-cropped to 50x50, only green remains.
+    img = Image.new("RGB", (300, 100), "red")
+    img.paste((0, 255, 0), (100, 0, 200, 100))
+    img.paste((0, 0, 255), (200, 0, 300, 100))
+    data = encode(img, "PNG")
+    crop = np.frombuffer(decode_to_pixels(data, (50, 50), 10**8, "center_crop"), np.uint8).reshape(50, 50, 3)
+    assert (crop[:, :, 1] > 200).all() and (crop[:, :, 0] < 50).all()
+    squash = np.frombuffer(decode_to_pixels(data, (40, 60), 10**8), np.uint8).reshape(40, 60, 3)
+    assert squash[20, 5, 0] > 200 and squash[20, 30, 1] > 200 and squash[20, 55, 2] > 200
