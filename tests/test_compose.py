@@ -49,6 +49,7 @@ def test_services_healthchecks_profiles_and_secrets():
     # Uploads are shared by the API and the decoders.
     assert any(v.startswith("uploads:") for v in services["api"]["volumes"])
     assert any(v.startswith("uploads:") for v in services["decoder"]["volumes"])
+    assert "./model_repository:/model_repository:ro" in services["worker-cpu"]["volumes"]
 
 
 def test_the_api_image_has_no_tensorflow():

@@ -107,7 +107,7 @@ async function predict(file) {
   if (status === 202) return follow(data.id, 1, "image");
   const image = el("img", {src: URL.createObjectURL(file), alt: `The uploaded image ${file.name}`});
   showResults(el("figure", {class: "single"}, image,
-    el("figcaption", {}, el("p", {text: `${file.name} — ${data.model}`}), bars(data.predictions))));
+    el("figcaption", {}, el("p", {text: `${file.name} — ${data.model} v${data.model_version}`}), bars(data.predictions))));
 }
 
 async function submitJob(files) {
