@@ -96,6 +96,7 @@ def main() -> int:
     finally:
         svc.stop()
         group.stop_all()
+        loads = [line.split("] ", 1)[-1] for line in svc.log_path.read_text().splitlines() if "loaded in" in line]
         shutil.rmtree(work, ignore_errors=True)
 
     def slowest(lo: float, hi: float) -> float:
@@ -108,7 +109,7 @@ def main() -> int:
         "slowest_during_rollback_s": slowest(removed, back),
         "rollout_after_s": round(switched - added, 2), "rollback_after_s": round(back - removed, 2),
         "rss_mb_one_version": rss_one, "rss_mb_two_versions": rss_two, "rss_mb_after": rss_after,
-        "cpu_cores": os.cpu_count(),
+        "cpu_cores": os.cpu_count(), "worker_log": loads,
     }
     print(json.dumps(report, indent=2))
     return 0 if report["errors"] == 0 else 1

@@ -12,6 +12,7 @@ is tried again only when its files change. Built-in models have one version and 
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ logger = get_logger(__name__)
 
 #: A new version folder is loaded once its files stayed the same this long (it may still be being copied).
 SETTLE_S = 1.0
+#: Scheduling priority of the thread that loads new versions (19: the lowest).
+LOADER_NICENESS = 19
 
 
 def rss_mb() -> float:
@@ -87,7 +90,7 @@ class ServedModel:
     def status(self) -> dict[str, Any]:
         """{served_version, versions: {n: {state, error?}}, rss_mb, ...the served version's description}."""
         current = self.current
-        states = {str(v): dict(s) for v, s in sorted(self._states.items())}
+        states = {str(v): dict(s) for v, s in sorted(dict(self._states).items())}  # a copy: the watcher writes
         if current is not None:
             states[str(current.version)] = {"state": "ready"}
         described = current.describe() if current is not None else {}
@@ -102,8 +105,8 @@ class ServedModel:
         classifier = self._load(version)
         loaded = time.perf_counter() - start
         warm = classifier.warm_up()
-        logger.info("model %s version %d loaded in %.1f s, warmed up on batch sizes %s in %.1f s (RSS %.0f MB)",
-                    self.name, version, loaded, classifier.buckets, warm, rss_mb())
+        logger.info("model %s version %d (%s) loaded in %.1f s, warmed up on batch sizes %s in %.1f s (RSS %.0f MB)",
+                    self.name, version, classifier.backend, loaded, classifier.warm_sizes, warm, rss_mb())
         self._states[version] = {"state": "ready"}
         self._failed_files.pop(version, None)
         return classifier
@@ -117,6 +120,10 @@ class ServedModel:
         self._on_change()
 
     def _watch(self) -> None:
+        try:  # loading runs beside the serving version: give the CPU to serving first (Linux: per thread)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICENESS)
+        except (AttributeError, OSError):
+            pass
         while not self._stop.wait(self.poll_s):
             try:
                 self._poll()

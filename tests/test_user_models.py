@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -151,6 +153,21 @@ def test_jobs_and_videos_run_on_a_repository_model(users_service):
         entries = body["result"]["items"] if body["kind"] == "images" else body["result"]["frames"]
         assert entries and all(e["model_version"] == 1 and e["predictions"][0]["label"] in LABELS for e in entries)
     assert body["result"]["summary"]["label"] in LABELS
+
+
+def test_the_cli_classifies_with_a_repository_model(users_service, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in PHOTOS[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    for target in (PHOTOS[0], folder):  # one image (POST /predict), a folder (a job)
+        done = subprocess.run([sys.executable, "-m", "client", "classify", "--url", users_service.url, "--model",
+                               "parts_onnx", "--json", str(target)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        [output] = json.loads(done.stdout)
+        assert output["model"] == "parts_onnx"
+        predictions = output.get("predictions") or output["result"]["items"][0]["predictions"]
+        assert predictions[0]["label"] in LABELS
 
 
 def test_a_model_that_is_not_served_is_refused_and_others_name_the_repository(users_service):
