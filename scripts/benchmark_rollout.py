@@ -99,12 +99,22 @@ def main() -> int:
         loads = [line.split("] ", 1)[-1] for line in svc.log_path.read_text().splitlines() if "loaded in" in line]
         shutil.rmtree(work, ignore_errors=True)
 
+    def latencies(lo: float, hi: float) -> list[float]:
+        """Requests that were in flight at some moment of [lo, hi]."""
+        return sorted(r - s for s, r, _, _ in answers if lo <= r and s <= hi)
+
     def slowest(lo: float, hi: float) -> float:
-        return round(max(r - s for s, r, _, _ in answers if lo <= r and s <= hi), 3)
+        return round(latencies(lo, hi)[-1], 3)
+
+    def p90(lo: float, hi: float) -> float:
+        during = latencies(lo, hi)
+        return round(during[int(0.9 * (len(during) - 1))], 3)
 
     report = {
         "clients": args.clients, "requests": len(answers), "errors": sum(a[2] != 200 for a in answers),
         "p50_s": round(statistics.median(r - s for s, r, _, _ in answers), 3),
+        "p90_before_s": p90(0, added), "p90_during_rollout_s": p90(added, switched),
+        "p90_during_rollback_s": p90(removed, back),
         "slowest_before_s": slowest(0, added), "slowest_during_rollout_s": slowest(added, switched),
         "slowest_during_rollback_s": slowest(removed, back),
         "rollout_after_s": round(switched - added, 2), "rollback_after_s": round(back - removed, 2),
