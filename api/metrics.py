@@ -97,19 +97,28 @@ class _ServiceCollector:
                 in_flight.add_metric([model], self.client.zcard(bulk_in_flight_key(model)))
             depth.add_metric([settings.JOBS_QUEUE], self.client.llen(settings.JOBS_QUEUE))
             workers = GaugeMetricFamily("imageclf_workers", "Live worker processes", labels=["role", "model"])
+            versions = GaugeMetricFamily("imageclf_model_version_workers", "Live model worker processes serving "
+                                         "each version (two versions show a rollout in progress)",
+                                         labels=["model", "version"])
             counts: dict[tuple[str, str], int] = {}
+            serving: dict[tuple[str, str], int] = {}
             for w in live_workers(self.client):
                 key = (w.get("role", "model"), w.get("model", ""))
                 counts[key] = counts.get(key, 0) + 1
+                if w.get("served_version") is not None:
+                    served = (w["model"], str(w["served_version"]))
+                    serving[served] = serving.get(served, 0) + 1
             for (role, model), n in sorted(counts.items()):
                 workers.add_metric([role, model], n)
+            for (model, version), n in sorted(serving.items()):
+                versions.add_metric([model, version], n)
             stats = read_stats(self.client)
         except redis.RedisError:
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
-        yield from (up, depth, in_flight, workers)
+        yield from (up, depth, in_flight, workers, versions)
         yield from _worker_stats(stats)
 
 

@@ -78,6 +78,8 @@ def test_metrics_count_requests_batches_and_queues(service):
     assert delta("imageclf_inference_seconds", "imageclf_inference_seconds_count", model=model) == len(batches)
     assert value(after, "imageclf_queue_depth", "imageclf_queue_depth", queue="interactive.mobilenet_v1_0.75") == 0
     assert value(after, "imageclf_workers", "imageclf_workers", role="model", model=model) == 1
+    assert value(after, "imageclf_model_version_workers", "imageclf_model_version_workers", model=model,
+                 version="1") == 1
     assert value(after, "imageclf_workers", "imageclf_workers", role="decoder", model="") >= 1
     assert value(after, "imageclf_redis_up", "imageclf_redis_up") == 1
 
