@@ -123,6 +123,11 @@ BULK_IN_FLIGHT: int = max(1, _int("BULK_IN_FLIGHT", 2 * BATCH_SIZE))
 DECODER_CONCURRENCY: int = max(1, _int("DECODER_CONCURRENCY", 2))
 #: Largest accepted image, in pixels (width x height); larger ones are refused before decoding.
 MAX_IMAGE_PIXELS: int = _int("MAX_IMAGE_PIXELS", 64_000_000)
+#: Memory for decoded images per API or decoder process, in megabytes (Pillow holds 4 bytes a pixel): decodes
+#: wait for room, an API request at most DECODE_WAIT_S before a 503 + Retry-After. The default decodes one
+#: image of MAX_IMAGE_PIXELS at a time beside small ones; a larger image is decoded alone.
+DECODE_BUDGET_MB: float = max(1.0, _float("DECODE_BUDGET_MB", 256.0))
+DECODE_WAIT_S: float = max(0.0, _float("DECODE_WAIT_S", 10.0))
 
 #: gunicorn processes and threads per process for the API.
 API_WORKERS: int = _int("API_WORKERS", 2)

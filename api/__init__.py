@@ -18,6 +18,7 @@ from api.auth import init_auth
 from api.errors import register_error_handlers
 from api.metrics import init_metrics
 from api.waiter import ResultWaiter
+from models.decode_budget import DecodeBudget
 from tasks.model_records import InputLookup
 
 
@@ -37,6 +38,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["redis"] = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=2)
     app.extensions["result_waiter"] = ResultWaiter(broker_url)
     app.extensions["model_inputs"] = InputLookup(app.extensions["redis"])
+    app.extensions["decode_budget"] = DecodeBudget(int(settings.DECODE_BUDGET_MB * 2**20))
 
     register_error_handlers(app)
     init_auth(app, settings.API_KEYS)

@@ -6,7 +6,9 @@ import math
 
 from flask import current_app, request
 
+import settings
 from api.errors import APIError
+from models.decode_budget import DecodeBusy
 from models.images import ImageDecodeError, decode_to_pixels
 
 _STATUS_FOR_REASON = {
@@ -25,10 +27,13 @@ def image_pixels(field: str, size: tuple[int, int], resize: str) -> bytes:
             400, f"missing file field {field!r} in a multipart/form-data body (file fields received: {received})"
         )
     try:
-        return decode_to_pixels(upload.read(), size, current_app.config["MAX_IMAGE_PIXELS"], resize)
+        return decode_to_pixels(upload.read(), size, current_app.config["MAX_IMAGE_PIXELS"], resize,
+                                current_app.extensions["decode_budget"], settings.DECODE_WAIT_S)
     except ImageDecodeError as exc:
         name = upload.filename or field
         raise APIError(_STATUS_FOR_REASON[exc.reason], f"{name}: {exc}") from None
+    except DecodeBusy as exc:
+        raise APIError(503, str(exc), {"Retry-After": "2"}) from None
 
 
 def query_number(name: str, default: float, low: float, high: float, integer: bool = False) -> float:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import nullcontext
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from models.decode_budget import DecodeBudget
 
 # Truncated files must fail loudly, never be padded with grey and classified.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -75,14 +78,39 @@ def covering_size(width: int, height: int, target: tuple[int, int], resize: str)
     return max(tw, round(width * scale)), max(th, round(height * scale))
 
 
-def decode_to_pixels(data: bytes, size: int | tuple[int, int], max_pixels: int, resize: str = "squash") -> bytes:
+#: Modes Pillow can box-reduce (Image.reduce); it keeps them at up to 4 bytes a pixel.
+_REDUCIBLE = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F", "PA"})
+
+
+def decoded_bytes(img: Image.Image) -> int:
+    """Most memory decoding `img` (at its current, maybe drafted, size) and converting it can hold.
+
+    4 bytes a pixel for the modes reduced before any conversion; palette, 1-bit and 16-bit
+    images are converted at full size first, holding a few copies at once.
+    """
+    return img.width * img.height * (4 if img.mode in _REDUCIBLE else 12)
+
+
+def _reduced(img: Image.Image, cover: tuple[int, int]) -> Image.Image:
+    """A huge image box-averaged down to at least twice what it is resized to next, before any conversion.
+
+    Images under 4× the input size on a side are left alone, so photos are resized as before.
+    """
+    w, h = cover
+    factor = int(min(img.width / w, img.height / h, img.width / h, img.height / w) // 2)
+    return img.reduce(factor) if factor >= 2 and img.mode in _REDUCIBLE else img
+
+
+def decode_to_pixels(data: bytes, size: int | tuple[int, int], max_pixels: int, resize: str = "squash",
+                     budget: DecodeBudget | None = None, wait_s: float | None = None) -> bytes:
     """H×W×3 uint8 RGB bytes (row-major HWC) from an encoded image; `size` is a side or (H, W).
 
     JPEGs are decoded at reduced scale (Pillow draft mode) when that still leaves at
-    least the input's size: 3-6× faster on photos, same top-1 labels. EXIF
-    rotation is applied; animated images use their first frame. `resize` is one of
-    RESIZE_MODES. Raises ImageDecodeError for anything that is not a readable image
-    of at most `max_pixels` pixels.
+    least the input's size: 3-6× faster on photos, same top-1 labels; other huge images
+    are box-reduced right after decoding. EXIF rotation is applied; animated images use
+    their first frame. `resize` is one of RESIZE_MODES. The decode holds its decoded size
+    from `budget` (DecodeBusy after `wait_s` without room). Raises ImageDecodeError for
+    anything that is not a readable image of at most `max_pixels` pixels.
     """
     height, width = target_size(size)
     if not data:
@@ -96,18 +124,20 @@ def decode_to_pixels(data: bytes, size: int | tuple[int, int], max_pixels: int, 
                     ImageDecodeError.TOO_LARGE,
                     f"image is {img.width}x{img.height} pixels; the limit is {max_pixels} pixels",
                 )
+            cover = covering_size(img.width, img.height, (height, width), resize)
             if img.format == "JPEG":
                 # EXIF rotation may swap the sides: ask for enough pixels either way.
-                cover = max(covering_size(img.width, img.height, (height, width), resize))
-                img.draft("RGB", (cover, cover))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img)
-            if resize == "center_crop":
-                img = ImageOps.fit(img, (width, height), Image.Resampling.BILINEAR)
-            else:
-                img = img.resize((width, height), Image.Resampling.BILINEAR)
-            return img.tobytes()
+                img.draft("RGB", (max(cover), max(cover)))
+            with budget.hold(decoded_bytes(img), wait_s) if budget else nullcontext():
+                img.load()
+                img = _reduced(img, cover)
+                ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
+                img = _to_rgb(img)
+                if resize == "center_crop":
+                    img = ImageOps.fit(img, (width, height), Image.Resampling.BILINEAR)
+                else:
+                    img = img.resize((width, height), Image.Resampling.BILINEAR)
+                return img.tobytes()
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:

@@ -18,7 +18,7 @@ import urllib.request
 
 import settings
 from scripts.redis_server import free_port, ping, redis_argv
-from scripts.supervise import ProcessGroup, Stop, install_stop_handlers, log, wait_until
+from scripts.supervise import ProcessGroup, Stop, install_stop_handlers, log, returning_malloc, wait_until
 
 
 def _ready(api_url: str) -> dict | None:
@@ -55,7 +55,7 @@ def start_all(group: ProcessGroup, metrics_dir: str) -> str:
     log("flower", f"listening on http://127.0.0.1:{settings.FLOWER_PORT}")
 
     # The API never touches a GPU; its gunicorn processes add up their metrics in a fresh folder.
-    api_env = {**env, "CUDA_VISIBLE_DEVICES": "", "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    api_env = returning_malloc({**env, "CUDA_VISIBLE_DEVICES": "", "PROMETHEUS_MULTIPROC_DIR": metrics_dir})
     group.start("api", [sys.executable, "-m", "gunicorn", "--workers", str(settings.API_WORKERS),
                         "--threads", str(settings.API_THREADS), "--bind", f"{settings.HOST}:{settings.PORT}",
                         "--log-level", "warning", "api:create_app()"], api_env)

@@ -26,7 +26,7 @@ import time
 import redis
 
 import settings
-from scripts.supervise import ProcessGroup, Stop, install_stop_handlers, log
+from scripts.supervise import ProcessGroup, Stop, install_stop_handlers, log, returning_malloc
 from tasks.model_records import read_failure
 
 _RESTART_DELAY_S = 2.0
@@ -66,7 +66,8 @@ def worker_commands(gpus: list[str], models: list[str]) -> list[tuple[str, list[
                 "--queues", f"{settings.interactive_queue(model)},{settings.bulk_queue(model)}"], env))
     commands.append(("decoder", [*celery, "--concurrency", str(settings.DECODER_CONCURRENCY),
                                  "--prefetch-multiplier", "1", "--queues", settings.JOBS_QUEUE,
-                                 "--hostname", "decoder@%h"], {**os.environ, "CUDA_VISIBLE_DEVICES": ""}))
+                                 "--hostname", "decoder@%h"],
+                     returning_malloc({**os.environ, "CUDA_VISIBLE_DEVICES": ""})))
     return commands
 
 

@@ -34,6 +34,17 @@ def log(part: str, message: str) -> None:
     print(f"[{part:>7}] {message}", file=sys.stderr, flush=True)
 
 
+def returning_malloc(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` plus glibc settings that give freed image memory back to the OS (unless the caller set them).
+
+    glibc raises its mmap threshold after freeing a large block, so later 16 MB Pillow blocks
+    come from per-thread heaps that are never trimmed: an API process kept 6.3 GB after decoding
+    large PNGs (measured). A fixed 1 MB threshold maps large blocks and unmaps them when freed,
+    and two arenas bound what 32 request threads keep for small allocations.
+    """
+    return {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_ARENA_MAX": "2", **env}
+
+
 class ProcessGroup:
     def __init__(self) -> None:
         self.children: list[tuple[str, subprocess.Popen]] = []

@@ -29,6 +29,7 @@ import redis
 from celery.utils.log import get_logger
 
 import settings
+from models.decode_budget import DecodeBudget
 from models.images import ImageDecodeError, decode_to_pixels
 from models.video import VideoDecodeError, VideoInfo, decode_frames, sample_times
 from tasks import celery_app
@@ -74,6 +75,8 @@ def job_step(job_id: str) -> None:
 
 
 _input_lookup: InputLookup | None = None
+#: This decoder process's memory for decoded images (steps wait for room; they have no client waiting).
+_DECODE_BUDGET = DecodeBudget(int(settings.DECODE_BUDGET_MB * 2**20))
 
 
 def _inputs(client: redis.Redis) -> InputLookup:
@@ -164,7 +167,7 @@ class _Driver:
                 try:
                     data = self._read(spec["items"][index], archives)
                     yield index, {"i": index}, decode_to_pixels(data, size, settings.MAX_IMAGE_PIXELS,
-                                                                self.input.resize)
+                                                                self.input.resize, _DECODE_BUDGET)
                 except (_ItemError, ImageDecodeError) as exc:
                     yield index, {"i": index}, str(exc)
         finally:
