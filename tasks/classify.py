@@ -24,7 +24,7 @@ import settings
 from tasks import celery_app
 from tasks.batching import AdaptiveBatches
 from tasks.payloads import drop_pixels, fetch_pixels
-from tasks.stats import record_batch
+from tasks.stats import record_batch, record_busy
 from tasks.worker import classifier, pixel_store
 
 logger = get_logger(__name__)
@@ -82,6 +82,17 @@ def _gpu_visible() -> bool:
 )
 def classify(requests: list) -> dict:
     """{"batch_size", "inference_ms", "failed": {id: error}, "revoked": [id]} of this batch."""
+    busy_since = time.perf_counter()
+    try:
+        return _fetch_and_classify(requests)
+    finally:
+        try:  # the model process's busy time: rate() of it over wall time is how busy the model is kept
+            record_busy(pixel_store(), classifier().name, time.perf_counter() - busy_since)
+        except Exception:  # metrics must never fail a batch
+            logger.warning("could not record the busy time", exc_info=True)
+
+
+def _fetch_and_classify(requests: list) -> dict:
     backend = celery_app.backend
     keys = [str(req.kwargs.get("pixels_key", "")) for req in requests]
     try:

@@ -34,6 +34,11 @@ def record_batch(client: redis.Redis, model: str, size: int, inference_s: float)
         pipe.execute()
 
 
+def record_busy(client: redis.Redis, model: str, seconds: float) -> None:
+    """Time a model process spent on one batch: fetching pixels, the model call, storing the answers."""
+    client.hincrbyfloat(STATS_PREFIX + model, "busy_seconds_sum", seconds)
+
+
 def read_stats(client: redis.Redis) -> dict[str, dict[str, float]]:
     """{model: {field: value}} for every model any worker has recorded."""
     stats = {}

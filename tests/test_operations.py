@@ -76,6 +76,12 @@ def test_metrics_count_requests_batches_and_queues(service):
     assert delta("imageclf_batch_size", "imageclf_batch_size_count", model=model) == len(batches)
     assert delta("imageclf_batch_size", "imageclf_batch_size_sum", model=model) == sum(batches.values())
     assert delta("imageclf_inference_seconds", "imageclf_inference_seconds_count", model=model) == len(batches)
+    # Busy time covers each batch's model call and its bookkeeping; request CPU is counted per request.
+    inference_s = delta("imageclf_inference_seconds", "imageclf_inference_seconds_sum", model=model)
+    assert inference_s > 0
+    assert delta("imageclf_model_busy_seconds", "imageclf_model_busy_seconds_total", model=model) >= inference_s
+    assert delta("imageclf_http_request_cpu_seconds", "imageclf_http_request_cpu_seconds_count", route="/predict") == 9
+    assert delta("imageclf_http_request_cpu_seconds", "imageclf_http_request_cpu_seconds_sum", route="/predict") > 0
     assert value(after, "imageclf_queue_depth", "imageclf_queue_depth", queue="interactive.mobilenet_v1_0.75") == 0
     assert value(after, "imageclf_workers", "imageclf_workers", role="model", model=model) == 1
     assert value(after, "imageclf_model_version_workers", "imageclf_model_version_workers", model=model,
