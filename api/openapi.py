@@ -139,8 +139,9 @@ _TOP = {"name": "top", "in": "query", "schema": {"type": "integer", "minimum": 1
 _MODEL = {"name": "model", "in": "query", "schema": {"type": "string"},
           "description": "name of a served model (GET /models); default: the first"}
 _ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": _ID}
-_BUSY = _error("Redis is unreachable, the queue is over MAX_QUEUE_DEPTH, or no worker can serve the model "
-                "(it failed to load, or is not loaded yet); Retry-After says when to retry")
+_BUSY = _error("Redis is unreachable, the queue is over MAX_QUEUE_DEPTH, no worker can serve the model "
+                "(it failed to load, or is not loaded yet), or the decode budget stayed spent for DECODE_WAIT_S; "
+                "Retry-After says when to retry")
 
 PATHS: dict[str, Any] = {
     "/predict": {"post": {

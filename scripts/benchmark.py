@@ -77,6 +77,23 @@ def raw_throughput(model: str, weights: str, class_index: str, backend: str, ima
     return results
 
 
+def service_counters(url: str) -> dict[str, float]:
+    """From the service's /metrics: model busy seconds (all models) and the API's CPU seconds and count for
+    /predict (all API processes)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", timeout=30).text
+    totals = {"busy_s": 0.0, "cpu_s": 0.0, "cpu_n": 0.0}
+    names = {"imageclf_model_busy_seconds_total": "busy_s", "imageclf_http_request_cpu_seconds_sum": "cpu_s",
+             "imageclf_http_request_cpu_seconds_count": "cpu_n"}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = names.get(sample.name)
+            if key and (key == "busy_s" or sample.labels.get("route") == "/predict"):
+                totals[key] += sample.value
+    return totals
+
+
 def e2e(url: str, image: bytes, concurrency: int, requests: int, bar: tqdm) -> dict:
     """Throughput, latency percentiles, batch sizes and mean stage timings at one concurrency."""
     latencies: list[float] = []
@@ -107,10 +124,12 @@ def e2e(url: str, image: bytes, concurrency: int, requests: int, bar: tqdm) -> d
 
         for _ in range(2):  # settle connections
             one(False)
+        before = service_counters(url)
         start = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(lambda _: one(True), range(requests)))
         elapsed = time.perf_counter() - start
+        after = service_counters(url)
     q = statistics.quantiles(latencies, n=100)
     return {
         "concurrency": concurrency, "requests": requests, "errors": errors,
@@ -119,6 +138,10 @@ def e2e(url: str, image: bytes, concurrency: int, requests: int, bar: tqdm) -> d
         "batch_sizes": dict(sorted(sizes.items())),
         "mean_batch_size": sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values())),
         "stages_mean_ms": {s: statistics.fmean(v) if v else None for s, v in stages.items()},
+        # One model worker: the share of the run it spent on batches; API CPU per /predict, all threads' own time.
+        "model_busy_ratio": (after["busy_s"] - before["busy_s"]) / elapsed,
+        "api_cpu_ms_per_predict": 1000 * (after["cpu_s"] - before["cpu_s"])
+        / max(1.0, after["cpu_n"] - before["cpu_n"]),
     }
 
 
@@ -183,13 +206,15 @@ def markdown(report: dict) -> str:
         for batch, r in b["raw"].items():
             out.append(f"| {name} | {batch} | {r['images_per_s']:.1f} | {r['ms_per_call']:.1f} |")
     out += ["", "### End to end (HTTP multipart → API → Redis → batching worker → answer)", "",
-            "| backend | BATCH_SIZE | clients | images/s | p50 ms | p90 ms | p99 ms | errors | batch sizes seen |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| backend | BATCH_SIZE | clients | images/s | p50 ms | p90 ms | p99 ms | errors | model busy | "
+            "API CPU ms per request | batch sizes seen |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, b in report["backends"].items():
         for lvl in b["e2e"]:
             dist = ", ".join(f"{k}×{v}" for k, v in lvl["batch_sizes"].items())
             out.append(f"| {name} | {b['batch_size']} | {lvl['concurrency']} | {lvl['images_per_s']:.1f} | "
-                       f"{lvl['p50_ms']:.0f} | {lvl['p90_ms']:.0f} | {lvl['p99_ms']:.0f} | {lvl['errors']} | {dist} |")
+                       f"{lvl['p50_ms']:.0f} | {lvl['p90_ms']:.0f} | {lvl['p99_ms']:.0f} | {lvl['errors']} | "
+                       f"{lvl.get('model_busy_ratio', 0):.0%} | {lvl.get('api_cpu_ms_per_predict', 0):.1f} | {dist} |")
     out += ["", "### Where the time goes (mean ms per request)", "",
             "| backend | clients | decode (API) | queue | batch wait | inference | result | p50 total |",
             "|---|---|---|---|---|---|---|---|"]
