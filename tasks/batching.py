@@ -9,6 +9,14 @@ worker waits at most `flush_interval` — or not at all when `flush_when_idle` i
 in which case batches form only from what arrives while the model is busy. No batch
 exceeds `flush_every`.
 
+When a batch ends with fewer interactive requests waiting than a full batch while the
+recent arrival rate says more are about to come (closed-loop clients resubmit as soon as
+they are answered), the idle model waits for them, at most `max_delay_share` of the last
+batch's run time, instead of running a small batch and then a large one in turn (measured
+on ResNet50/CPU: 28, 6, 24, 8, 29, 3, ... with small batches costing up to twice as much per
+image). A lone request never waits: one arrival at a time gives no rate. This is Triton's
+`max_queue_delay` with the delay scaled to the model's own batch time.
+
 A request the broker delivers again (its worker died, maybe because of it) runs in a
 batch of its own, so it cannot take innocent requests down with it again, and after
 `max_deliveries` it is failed instead of run: a poison request does not loop forever.
@@ -25,6 +33,7 @@ to `bulk_batch_size`, and bulk work never queues a batch behind a running one.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from itertools import count
 from queue import Empty, Queue
@@ -48,13 +57,23 @@ class PriorityBuffer:
         self._on_put = on_put
         self._interactive: Queue = Queue()
         self._bulk: Queue = Queue()
+        self._arrivals: deque[float] = deque(maxlen=256)
 
     def put(self, item: Any) -> None:
         item.received_at = time.time()
         if self._on_put is not None:
             self._on_put(item)
         routing_key = (getattr(item, "delivery_info", None) or {}).get("routing_key") or ""
-        (self._bulk if routing_key.startswith(self._bulk_prefix) else self._interactive).put(item)
+        if routing_key.startswith(self._bulk_prefix):
+            self._bulk.put(item)
+        else:
+            self._arrivals.append(time.monotonic())
+            self._interactive.put(item)
+
+    def interactive_rate(self, window_s: float = 1.0) -> float:
+        """Interactive requests received per second over the last `window_s`."""
+        since = time.monotonic() - window_s
+        return sum(1 for t in self._arrivals if t > since) / window_s
 
     def qsize(self) -> int:
         return self._interactive.qsize() + self._bulk.qsize()
@@ -88,12 +107,16 @@ class AdaptiveBatches(Batches):
     bulk_batch_size = 1
     #: Deliveries after which a request is failed instead of run.
     max_deliveries = 3
+    #: An idle model waits for more arrivals at most this share of the last batch's run time.
+    max_delay_share = 0.1
     DELIVERIES_PREFIX = "imageclf:deliveries:"
 
     def __init__(self) -> None:
         super().__init__()
         self._buffer = PriorityBuffer(self.bulk_prefix, on_put=self._received)
         self._in_flight = 0
+        self._last_run_s = 0.0
+        self._hold_until: float | None = None
 
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 (Celery's name)
         handler = super().Strategy(task, app, consumer)
@@ -121,6 +144,8 @@ class AdaptiveBatches(Batches):
         behind it (so a GPU never waits for the next batch under load).
         """
         buffer = self._buffer
+        if self._in_flight == 0 and self._holding():
+            return
         while buffer.qsize() and (self._in_flight == 0 or buffer.interactive() >= self.flush_every):
             batch = buffer.take(self.flush_every, self.bulk_batch_size)
             if not batch:
@@ -130,6 +155,26 @@ class AdaptiveBatches(Batches):
         if self._buffer.qsize() == 0 and self._tref is not None:
             self._tref.cancel()
             self._tref = None
+
+    def _holding(self) -> bool:
+        """Whether the idle model should wait a little longer for companions of the waiting requests.
+
+        Called on every arrival and by the flush timer (every flush_interval) while requests wait.
+        """
+        waiting = self._buffer.interactive()
+        if not waiting or waiting >= self.flush_every:
+            self._hold_until = None
+            return False
+        now = time.monotonic()
+        if self._hold_until is None:
+            max_delay = self.max_delay_share * self._last_run_s
+            if self._buffer.interactive_rate() * max_delay < 1.0:  # nobody else is about to arrive
+                return False
+            self._hold_until = now + max_delay
+        if now < self._hold_until:
+            return True
+        self._hold_until = None
+        return False
 
     def flush(self, requests: list) -> None:
         """Run the batch, except redelivered requests: each alone, or failed past `max_deliveries`."""
@@ -190,7 +235,8 @@ class AdaptiveBatches(Batches):
                 req.acknowledge()
 
         def on_return(result: Any) -> None:
-            self._send_outcomes(requests, result, time.monotonic() - started[0])
+            self._last_run_s = time.monotonic() - started[0]
+            self._send_outcomes(requests, result, self._last_run_s)
             for req in acks_late:
                 req.acknowledge()
             self._finished()
