@@ -73,8 +73,10 @@ MODEL_CACHE_DIR: str = _str("MODEL_CACHE_DIR", os.path.join("var", "model-cache"
 #: Path to Keras' imagenet_class_index.json; empty: Keras downloads it like decode_predictions does.
 CLASS_INDEX: str = _str("CLASS_INDEX", "")
 
-#: Largest batch the worker runs (celery-batches flush_every).
+#: Largest batch the worker runs (celery-batches flush_every). Unset: up to 32, and each model worker times its
+#: model at start and runs the smallest batch within 5 % of its best images/s (tasks/batch_size.py).
 BATCH_SIZE: int = max(1, _int("BATCH_SIZE", 32))
+BATCH_SIZE_AUTO: bool = not os.environ.get("BATCH_SIZE", "").strip()
 #: Job images and video frames fill a batch only up to this size, so /predict requests never wait behind a
 #: long batch of bulk work. Empty: BATCH_SIZE when the worker sees a GPU (batching is nearly free there),
 #: else 1 (on a CPU every image in a batch adds its full cost to the batch's latency; docs/BENCHMARKS-JOBS.md).

@@ -20,7 +20,7 @@ bp = Blueprint("models", __name__)
 
 #: What a worker's heartbeat says about the worker itself; the rest describes its served version.
 _WORKER_KEYS = ("role", "model", "pid", "backend", "cuda_visible_devices", "served_version", "versions", "rss_mb",
-                "rss_mb_two_versions")
+                "rss_mb_two_versions", "batch_size", "batch_size_from", "batch_curve")
 
 
 def served() -> list[str]:

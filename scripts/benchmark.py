@@ -6,9 +6,10 @@
     python -m scripts.benchmark --url http://127.0.0.1:5000 --backends tensorflow   # a running service
 
 For each backend it measures the worker's own Classifier in this process (batch 1, 8,
-32: the ceiling), starts the service (its own Redis, scripts.run) with BATCH_SIZE set to
-the best raw batch unless --batch-size is given, sends real multipart uploads of a
-1024x768 JPEG at each concurrency, and reads the per-stage timings every answer carries.
+32: the ceiling), starts the service (its own Redis, scripts.run) with its defaults (the
+worker picks its batch size; --batch-size sets BATCH_SIZE, "auto" to the best raw batch),
+sends real multipart uploads of a 1024x768 JPEG at each concurrency, and reads the
+per-stage timings every answer carries.
 Writes JSON, Markdown and PNG plots to --out. Figures from different runs on a shared
 machine are not comparable: compare the ratios inside one run.
 """
@@ -286,7 +287,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=64, help="requests per level (at least 2 per client)")
     parser.add_argument("--raw-batches", default="1,8,32")
     parser.add_argument("--raw-seconds", type=float, default=6.0)
-    parser.add_argument("--batch-size", default="auto", help="the service's BATCH_SIZE; auto: the best raw batch")
+    parser.add_argument("--batch-size", default="default",
+                        help="the service's BATCH_SIZE; default: unset (the worker picks); auto: the best raw batch")
     parser.add_argument("--url", help="benchmark this running service (one backend) instead of starting one")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
@@ -306,9 +308,10 @@ def main() -> int:
         raw = raw_throughput(args.model, args.weights, args.class_index, backend, image,
                              [int(b) for b in args.raw_batches.split(",")], args.raw_seconds)
         best_batch = max(raw, key=lambda b: raw[b]["images_per_s"])
-        batch_size = best_batch if args.batch_size == "auto" else int(args.batch_size)
+        batch_size: int | str = {"auto": best_batch, "default": "default"}.get(args.batch_size) or int(args.batch_size)
         env = {"MODEL": args.model, "MODEL_WEIGHTS": args.weights, "CLASS_INDEX": args.class_index,
-               "BACKEND": backend, "BATCH_SIZE": str(batch_size), "MODEL_CACHE_DIR": tempfile.mkdtemp()}
+               "BACKEND": backend, "MODEL_CACHE_DIR": tempfile.mkdtemp(),
+               **({} if batch_size == "default" else {"BATCH_SIZE": str(batch_size)})}
         total = sum(max(args.requests, 2 * c) for c in levels)
         if args.url:
             url, redis_bytes, runs = args.url, float("nan"), []
@@ -317,6 +320,9 @@ def main() -> int:
         else:
             with LocalService(env, Path(tempfile.gettempdir()) / f"benchmark-{backend}.log") as svc:
                 redis_bytes = redis_bytes_per_image(svc.redis_url, pixels, spec.input_shape[:2])
+                if batch_size == "default":
+                    worker = httpx.get(svc.url + "/models", timeout=10).json()["models"][0]["workers"][0]
+                    batch_size = f"{worker['batch_size']} (measured: {worker.get('batch_curve')})"
                 with tqdm(total=total, desc=f"e2e {backend}", unit="req") as bar:
                     runs = [e2e(svc.url, image, c, max(args.requests, 2 * c), bar) for c in levels]
         best = max(runs, key=lambda r: r["images_per_s"])

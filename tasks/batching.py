@@ -43,6 +43,8 @@ from celery.utils.log import get_logger
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
+from tasks import batch_size
+
 logger = get_logger(__name__)
 
 
@@ -146,8 +148,9 @@ class AdaptiveBatches(Batches):
         buffer = self._buffer
         if self._in_flight == 0 and self._holding():
             return
-        while buffer.qsize() and (self._in_flight == 0 or buffer.interactive() >= self.flush_every):
-            batch = buffer.take(self.flush_every, self.bulk_batch_size)
+        limit = self._limit()
+        while buffer.qsize() and (self._in_flight == 0 or buffer.interactive() >= limit):
+            batch = buffer.take(limit, self.bulk_batch_size)
             if not batch:
                 break
             self.flush(batch)
@@ -156,13 +159,17 @@ class AdaptiveBatches(Batches):
             self._tref.cancel()
             self._tref = None
 
+    def _limit(self) -> int:
+        """The batch size: the one the pool process measured as best (tasks.batch_size), or `flush_every`."""
+        return min(self.flush_every, batch_size.chosen.value or self.flush_every)
+
     def _holding(self) -> bool:
         """Whether the idle model should wait a little longer for companions of the waiting requests.
 
         Called on every arrival and by the flush timer (every flush_interval) while requests wait.
         """
         waiting = self._buffer.interactive()
-        if not waiting or waiting >= self.flush_every:
+        if not waiting or waiting >= self._limit():
             self._hold_until = None
             return False
         now = time.monotonic()

@@ -26,7 +26,7 @@ from celery.utils.log import get_logger
 import settings
 from models.registry import MODELS as BUILT_IN
 from models.repository import RepositoryError, model_dir
-from tasks import celery_app
+from tasks import batch_size, celery_app
 from tasks.job_store import sweep_orphans
 from tasks.model_records import clear_failure, record_failure, record_served
 from tasks.model_versions import ServedModel
@@ -41,6 +41,7 @@ logger = get_logger(__name__)
 EXIT_MODEL_FAILED = 3
 
 _served: ServedModel | None = None
+_batch_choice: dict = {}
 _pixel_store: redis.Redis | None = None
 _served_model: str | None = settings.MODELS[0]
 
@@ -104,7 +105,7 @@ def _status() -> dict:
     """What this process's heartbeat says (GET /models shows it per worker)."""
     assert _served is not None
     return {"role": "model", "model": _served.name, "pid": os.getpid(), "backend": settings.BACKEND,
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), **_served.status()}
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), **_batch_choice, **_served.status()}
 
 
 def _announce() -> None:
@@ -134,8 +135,24 @@ def load_model(**_: object) -> None:
     except Exception as exc:
         _give_up(_served_model, exc)
     _served = served
+    _choose_batch_size(served.current)
     _announce()
     start_heartbeat(celery_app.conf.broker_url, _status)
+
+
+def _choose_batch_size(model: Classifier) -> None:
+    """BATCH_SIZE when set; else the smallest batch within 5 % of the best images/s, timed here and now."""
+    global _batch_choice
+    if not settings.BATCH_SIZE_AUTO:
+        _batch_choice = {"batch_size": settings.BATCH_SIZE, "batch_size_from": "BATCH_SIZE"}
+        return
+    curve = batch_size.throughput_curve(model.predict, model.input_shape, settings.BATCH_SIZE)
+    batch_size.chosen.value = batch_size.pick(curve)
+    _batch_choice = {"batch_size": batch_size.chosen.value, "batch_size_from": "measured",
+                     "batch_curve": {str(k): v for k, v in curve.items()}}
+    logger.info("model %s: batch size %d, the smallest within %.0f%% of the best images/s (%s)", model.name,
+                batch_size.chosen.value, 100 * batch_size.TOLERANCE,
+                ", ".join(f"{k}: {v:.1f}/s" for k, v in curve.items()))
 
 
 def _give_up(name: str, exc: Exception) -> None:

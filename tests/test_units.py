@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 
 import numpy as np
 import pytest
@@ -281,3 +282,16 @@ def test_center_crop_keeps_the_middle_and_squash_keeps_everything():
     assert (crop[:, :, 1] > 200).all() and (crop[:, :, 0] < 50).all()
     squash = np.frombuffer(decode_to_pixels(data, (40, 60), 10**8), np.uint8).reshape(40, 60, 3)
     assert squash[20, 5, 0] > 200 and squash[20, 30, 1] > 200 and squash[20, 55, 2] > 200
+
+
+def test_the_batch_size_is_the_smallest_within_5_percent_of_the_best_throughput():
+    from tasks.batch_size import candidates, pick, throughput_curve
+
+    assert candidates(32) == [1, 2, 4, 8, 16, 32] and candidates(12) == [1, 2, 4, 8, 12] and candidates(1) == [1]
+    cpu = {1: 13.9, 2: 15.8, 4: 16.9, 8: 17.7, 16: 18.2, 32: 18.4}  # flat past 8: the latency of 8 is free
+    gpu = {1: 40.0, 2: 80.0, 4: 150.0, 8: 280.0, 16: 480.0, 32: 700.0}  # every doubling pays
+    assert pick(cpu) == 8 and pick(gpu) == 32
+    assert pick({1: 10.0, 8: 9.0}) == 1  # larger batches are no faster at all: no batching
+    # A model whose cost per call is fixed (10 ms whatever the batch): larger batches are faster.
+    curve = throughput_curve(lambda x: time.sleep(0.01) or x, (2, 2, 3), 8)
+    assert list(curve) == [1, 2, 4, 8] and curve[8] > 4 * curve[1] and pick(curve) == 8

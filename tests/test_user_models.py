@@ -61,7 +61,7 @@ def users_service(repository: Path, redis_url: str, tmp_path_factory: pytest.Tem
                   ) -> Iterator[ServiceProcess]:
     svc = ServiceProcess(env={
         "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/5", "MODEL_REPOSITORY": str(repository),
-        "MODELS": ",".join(SERVED), "MODEL_POLL_S": "1", "API_WORKERS": "1", "BATCH_SIZE": "16",
+        "MODELS": ",".join(SERVED), "MODEL_POLL_S": "1", "API_WORKERS": "1",  # BATCH_SIZE unset: measured
         "UPLOAD_DIR": str(tmp_path_factory.mktemp("user-model-uploads")),
     }, log_path=tmp_path_factory.mktemp("logs") / "user-models.log").start()
     yield svc
@@ -133,6 +133,13 @@ def test_models_lists_versions_labels_input_and_preprocessing(users_service):
     assert models["plants_h5"]["scale"] == pytest.approx([1 / 255] * 3)
     assert models["imagenet_mobilenet"]["labels"] == 1000 and models["imagenet_mobilenet"]["preprocess"] == "tf"
     assert all(len(m["workers"]) == 1 for m in models.values())
+    # BATCH_SIZE is unset: each worker timed its model and picked the smallest batch within 5 % of its best.
+    for model in models.values():
+        worker = model["workers"][0]
+        curve = {int(k): v for k, v in worker["batch_curve"].items()}
+        assert worker["batch_size_from"] == "measured" and list(curve) == [1, 2, 4, 8, 16, 32]
+        assert curve[worker["batch_size"]] >= 0.95 * max(curve.values())
+        assert all(v < 0.95 * max(curve.values()) for k, v in curve.items() if k < worker["batch_size"])
 
 
 def test_jobs_and_videos_run_on_a_repository_model(users_service):
