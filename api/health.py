@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from flask import Blueprint, current_app, jsonify
 
-from tasks.model_records import read_failure
+from tasks.model_records import read_failures
 from tasks.readiness import live_workers
 
 bp = Blueprint("health", __name__)
@@ -22,7 +22,7 @@ def readyz():
     try:
         client.ping()
         workers = live_workers(client)
-        failures = {name: read_failure(client, name) for name in current_app.config["MODELS"]}
+        failures = read_failures(client, current_app.config["MODELS"])
     except redis.RedisError as exc:
         return jsonify(ready=False, reason=f"redis unavailable: {type(exc).__name__}"), 503
     per_model = {name: sum(w.get("model") == name for w in workers) for name in failures}

@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from api.errors import APIError
 from api.submissions import queue_unavailable, redis_client
-from tasks.model_records import InputLookup, ModelInput, ModelUnavailable, read_failure, read_served
+from tasks.model_records import InputLookup, ModelInput, ModelUnavailable, read_failures, read_served
 from tasks.readiness import live_workers
 
 bp = Blueprint("models", __name__)
@@ -55,6 +55,7 @@ def describe_models() -> list[dict[str, Any]]:
     client = redis_client()
     workers = live_workers(client)
     last_served = read_served(client, served())
+    failures = read_failures(client, served())
     described = []
     for name in served():
         mine = [w for w in workers if w.get("model") == name]
@@ -73,9 +74,8 @@ def describe_models() -> list[dict[str, Any]]:
             **info,
             "workers": [{k: w[k] for k in _WORKER_KEYS if k in w} for w in mine],
         }
-        failure = read_failure(client, name)
-        if failure:
-            entry["error"] = failure["error"]
+        if failures[name]:
+            entry["error"] = failures[name]["error"]
         described.append(entry)
     return described
 

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from models.images import RESIZE_MODES
+
 #: The file names a version folder may hold, and the format each is loaded as.
 MODEL_FILES = {"model.keras": "keras", "model.h5": "h5", "saved_model": "savedmodel", "model.onnx": "onnx"}
 
@@ -36,7 +38,7 @@ _CHOICES = {
     "preprocess": ("scale", *PRESETS),
     "channels": ("RGB", "BGR"),
     "layout": ("NHWC", "NCHW"),
-    "resize": ("squash", "center_crop"),
+    "resize": RESIZE_MODES,
     "output": ("softmax", "logits", "sigmoid"),
 }
 _KEYS = ("preprocess", "scale", "mean", "std", "channels", "layout", "input_size", "resize", "output")

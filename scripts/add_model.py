@@ -29,7 +29,8 @@ import settings  # noqa: E402
 from models.images import decode_to_pixels  # noqa: E402
 from models.repository import MODEL_FILES, RepositoryError, parse_config, read_labels, versions  # noqa: E402
 
-_DESTINATION = {"keras": "model.keras", "h5": "model.h5", "onnx": "model.onnx", "savedmodel": "saved_model"}
+#: format → the name it has in a version folder
+_DESTINATION = {fmt: name for name, fmt in MODEL_FILES.items()}
 
 
 def model_format(path: Path) -> str:

@@ -28,6 +28,7 @@ import redis
 import settings
 from scripts.supervise import ProcessGroup, Stop, install_stop_handlers, log, returning_malloc
 from tasks.model_records import read_failure
+from tasks.worker import model_of_queues
 
 _RESTART_DELAY_S = 2.0
 
@@ -72,10 +73,8 @@ def worker_commands(gpus: list[str], models: list[str]) -> list[tuple[str, list[
 
 
 def served_model(argv: list[str]) -> str | None:
-    """The model a worker command serves (from its -Q interactive.<model>,...), None for a decoder."""
-    queues = argv[argv.index("--queues") + 1].split(",")
-    return next((q[len(settings.INTERACTIVE_PREFIX):] for q in queues if q.startswith(settings.INTERACTIVE_PREFIX)),
-                None)
+    """The model a worker command serves, None for a decoder: what the worker itself derives from its -Q."""
+    return model_of_queues(argv[argv.index("--queues") + 1])
 
 
 def _failure_since(client: redis.Redis, model: str | None, started: float) -> str | None:

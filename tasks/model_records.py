@@ -58,6 +58,12 @@ def read_failure(client: redis.Redis, name: str) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
+def read_failures(client: redis.Redis, names: list[str]) -> dict[str, dict[str, Any] | None]:
+    """read_failure for each of `names`, in one round trip."""
+    raws = client.mget([FAILED_PREFIX + n for n in names]) if names else []
+    return {n: json.loads(raw) if raw else None for n, raw in zip(names, raws)}
+
+
 def read_served(client: redis.Redis, names: list[str]) -> dict[str, dict[str, Any] | None]:
     """The last served version's description of each model (None: no worker has served it yet)."""
     raws = client.mget([SERVED_PREFIX + n for n in names]) if names else []

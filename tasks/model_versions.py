@@ -134,14 +134,16 @@ class ServedModel:
         """One look at the repository: forget deleted versions, switch to the highest that can load."""
         assert self.model_dir is not None and self.current is not None
         present = versions(self.model_dir)
+        known = dict(self._states)
         for gone in set(self._states) - set(present) - {self.current.version}:
             del self._states[gone]
             self._failed_files.pop(gone, None)
         for version in present:
             self._states.setdefault(version, {"state": "available"})
+        if self._states != known:  # folders came or went: say so now, not at the next heartbeat
+            self._on_change()
         candidates = [v for v in present if not self._still_failed(v)]
         if not candidates or candidates[-1] == self.current.version:
-            self._on_change()
             return
         target = candidates[-1]
         before = fingerprint(self.model_dir / str(target))

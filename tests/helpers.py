@@ -6,6 +6,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 
 import httpx
 
@@ -26,6 +27,15 @@ def labelled_photos() -> list[dict]:
     photos = [r for r in rows if r["kind"] == "image" and r["expected_class_id"]]
     assert photos, "MANIFEST.tsv lists no labelled photos"
     return photos
+
+
+def finished_job(url: str, location: str, timeout_s: float = 120) -> dict:
+    """GET `location` until the job is SUCCESS or FAILURE (failing the test after `timeout_s`); its body."""
+    deadline = time.monotonic() + timeout_s
+    while (body := httpx.get(url + location, timeout=10).json())["status"] not in ("SUCCESS", "FAILURE"):
+        assert time.monotonic() < deadline, f"the job at {location} did not finish within {timeout_s:g} s"
+        time.sleep(0.2)
+    return body
 
 
 def start_api(redis_url: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:

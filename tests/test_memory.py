@@ -18,7 +18,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests.helpers import SHARED, labelled_photos
+from tests.helpers import SHARED, finished_job, labelled_photos
 
 MB = 2**20
 
@@ -106,11 +106,7 @@ def test_huge_pngs_in_jobs_keep_each_decoder_under_1_gb(service, huge_png):
         jobs = [httpx.post(service.url + "/jobs", files=files, timeout=60) for _ in range(2)]
         for job in jobs:
             assert job.status_code == 202, job.text
-            deadline = time.monotonic() + 180
-            while (body := httpx.get(service.url + job.headers["Location"], timeout=10).json())["status"] not in (
-                    "SUCCESS", "FAILURE"):
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            body = finished_job(service.url, job.headers["Location"], 180)
             assert body["status"] == "SUCCESS" and body["result"]["succeeded"] == 4, body
     assert sampler.peak <= 1024 * MB, f"a decoder's peak RSS {sampler.peak / MB:.0f} MB"
     settled = _settles_under(decoders, max, 400 * MB, 60)

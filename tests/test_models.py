@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from scripts.service_process import ServiceProcess
-from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, labelled_photos
+from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, finished_job, labelled_photos
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +55,7 @@ def test_a_job_runs_on_the_model_it_names(two_models):
     files = [("images", (r["path"], (SHARED / r["path"]).read_bytes())) for r in rows]
     job = httpx.post(two_models.url + "/jobs", data={"model": "resnet50", "top": "2"}, files=files, timeout=60)
     assert job.status_code == 202, job.text
-    deadline = time.monotonic() + 120
-    while (body := httpx.get(two_models.url + job.headers["Location"], timeout=10).json())["status"] not in (
-            "SUCCESS", "FAILURE"):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    body = finished_job(two_models.url, job.headers["Location"])
     assert body["status"] == "SUCCESS" and body["model"] == "resnet50"
     assert [len(i["predictions"]) for i in body["result"]["items"]] == [2, 2]
     assert httpx.post(two_models.url + "/jobs", data={"model": "vgg"}, files=files, timeout=60).status_code == 400

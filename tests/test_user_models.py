@@ -24,7 +24,8 @@ import pytest
 
 from models.images import decode_to_pixels
 from scripts.service_process import ServiceProcess
-from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, labelled_photos
+from scripts.supervise import wait_until
+from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, finished_job, labelled_photos
 from tests.user_models import LABELS, keras_cnn, onnx_classifier, write_model
 
 PHOTOS = [SHARED / r["path"] for r in labelled_photos()[:4]]
@@ -151,11 +152,7 @@ def test_jobs_and_videos_run_on_a_repository_model(users_service):
     ]
     for job in jobs:
         assert job.status_code == 202, job.text
-        deadline = time.monotonic() + 120
-        while (body := httpx.get(users_service.url + job.headers["Location"], timeout=10).json())["status"] not in (
-                "SUCCESS", "FAILURE"):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        body = finished_job(users_service.url, job.headers["Location"])
         assert body["status"] == "SUCCESS", body
         entries = body["result"]["items"] if body["kind"] == "images" else body["result"]["frames"]
         assert entries and all(e["model_version"] == 1 and e["predictions"][0]["label"] in LABELS for e in entries)
@@ -235,7 +232,7 @@ def test_broken_models_are_reported_and_the_good_one_keeps_serving(broken_reposi
         body = predict(svc, PHOTOS[1], "good")
         assert body["model"] == "good" and body["model_version"] == 1
         said = [f"[worker-{name}] model '{name}' cannot be served: " for name in BROKEN]
-        _wait(lambda: all(line in svc.log_path.read_text() for line in said), 60, "the supervisor's lines")
+        assert wait_until(lambda: all(line in svc.log_path.read_text() for line in said), 60, 0.05), svc.log_tail()
         time.sleep(3)  # a restart, if there were one, would show by now
         log = svc.log_path.read_text()
         for name, line in zip(BROKEN, said):  # reported once each, never restarted in a loop
@@ -268,13 +265,6 @@ def _install(repository: Path, name: str, version: int, model) -> None:
     staging = Path(tempfile.mkdtemp(dir=repository, prefix=".incoming-"))
     model.save(staging / "model.keras")
     staging.rename(repository / name / str(version))
-
-
-def _wait(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_live_rollout_and_rollback_under_16_clients_without_errors(users_service, repository):
@@ -312,17 +302,19 @@ def test_live_rollout_and_rollback_under_16_clients_without_errors(users_service
         time.sleep(2)
         added = time.monotonic()
         _install(repository, "rollout", 2, keras_cnn(seed=4))
-        _wait(lambda: any(a[3] == 2 for a in answers), 60, "answers from version 2")
+        assert wait_until(lambda: any(a[3] == 2 for a in answers), 60, 0.05), "no answer from version 2"
         first_v2 = min(a[1] for a in answers if a[3] == 2)
         time.sleep(2)
         removed = time.monotonic()
         shutil.rmtree(repository / "rollout" / "2")
-        _wait(lambda: any(a[3] == 1 and a[0] > removed for a in answers), 60, "answers from version 1 again")
+        assert wait_until(lambda: any(a[3] == 1 and a[0] > removed for a in answers), 60, 0.05), \
+            "no answer from version 1 again"
         back = min(a[1] for a in answers if a[3] == 1 and a[0] > removed)
         time.sleep(1)
         (repository / "rollout" / "3").mkdir()
         (repository / "rollout" / "3" / "model.keras").write_bytes(b"not a zip")
-        _wait(lambda: workers()["versions"].get("3", {}).get("state") == "failed", 30, "version 3 to fail")
+        assert wait_until(lambda: workers()["versions"].get("3", {}).get("state") == "failed", 30, 0.05), \
+            "version 3 was not marked failed"
         time.sleep(1)
     finally:
         stop.set()
