@@ -16,6 +16,7 @@ import settings
 from api import health, jobs, models, openapi, predict, results, web
 from api.auth import init_auth
 from api.errors import register_error_handlers
+from api.forms import UploadRequest
 from api.metrics import init_metrics
 from api.waiter import ResultWaiter
 from models.decode_budget import DecodeBudget
@@ -24,6 +25,7 @@ from tasks.model_records import InputLookup
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
+    app.request_class = UploadRequest
     app.config.from_mapping(
         MAX_CONTENT_LENGTH=int(settings.MAX_UPLOAD_MB * 1024 * 1024),
         MAX_IMAGE_PIXELS=settings.MAX_IMAGE_PIXELS,
@@ -56,5 +58,8 @@ def celery_init_app(app: Flask) -> Celery:
     celery = Celery(app.import_name)
     celery.config_from_object("celeryconfig")
     celery.conf.result_backend = None
+    # A task-sent event is a second publish through Redis for every /predict (0.4 ms of the API's CPU);
+    # Flower still sees every task from the worker's task-received event.
+    celery.conf.task_send_sent_event = False
     app.extensions["celery"] = celery
     return celery

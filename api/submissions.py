@@ -21,7 +21,7 @@ from kombu.exceptions import OperationalError
 import settings
 from api.errors import APIError
 from api.waiter import ResultWaiter
-from tasks.payloads import ISSUED_PREFIX, enqueue_classify
+from tasks.payloads import ISSUED_PREFIX, QueueFull, enqueue_classify
 from tasks.result_store import read_meta
 
 
@@ -49,19 +49,26 @@ def submit_classify(pixels: bytes, size: tuple[int, int], top: int, model: str,
     task_id = str(uuid.uuid4())
     record = json.dumps({"kind": "predict", "model": model, "owner": g.owner, "created": time.time()})
     with queue_unavailable():
-        queue = settings.interactive_queue(model)
-        refuse_when_full(queue)
-        enqueue_classify(_celery(), redis_client(), task_id, pixels, size, top, settings.RESULT_TTL_S,
-                         extra_keys={ISSUED_PREFIX + task_id: record}, queue=queue, expires_at=expires_at)
+        try:
+            enqueue_classify(_celery(), redis_client(), task_id, pixels, size, top, settings.RESULT_TTL_S,
+                             extra_keys={ISSUED_PREFIX + task_id: record}, queue=settings.interactive_queue(model),
+                             expires_at=expires_at, max_depth=settings.MAX_QUEUE_DEPTH)
+        except QueueFull as full:
+            raise overloaded(full.depth) from None
     return task_id
 
 
-def refuse_when_full(queue: str) -> None:
+def overloaded(depth: int) -> APIError:
     """503 + Retry-After instead of piling work up without bound when workers cannot keep up."""
+    return APIError(503, f"the service is overloaded: {depth} requests are waiting (MAX_QUEUE_DEPTH="
+                         f"{settings.MAX_QUEUE_DEPTH}); retry later", {"Retry-After": "5"})
+
+
+def refuse_when_full(queue: str) -> None:
+    """Raise `overloaded` when `queue` already holds MAX_QUEUE_DEPTH messages."""
     depth = redis_client().llen(queue)
     if depth >= settings.MAX_QUEUE_DEPTH:
-        raise APIError(503, f"the service is overloaded: {depth} requests are waiting (MAX_QUEUE_DEPTH="
-                            f"{settings.MAX_QUEUE_DEPTH}); retry later", {"Retry-After": "5"})
+        raise overloaded(depth)
 
 
 def issued(task_id: str) -> dict[str, Any] | None:

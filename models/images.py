@@ -8,6 +8,7 @@ function so their reference inference sees exactly the service's pixels.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from contextlib import nullcontext
 
@@ -78,6 +79,14 @@ def covering_size(width: int, height: int, target: tuple[int, int], resize: str)
     return max(tw, round(width * scale)), max(th, round(height * scale))
 
 
+#: A JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps each side at least this share of
+#: the size it is resized to. libjpeg's scaled IDCT already averages, and the resize after a 1/4-scale
+#: decode of a 1024x768 photo (256x192 → 224x224) costs a quarter of the one after a 1/2-scale decode
+#: (0.3 ms instead of 1.2). At 0.85 no shared photo changes its top-1 label with MobileNet, squashed or
+#: centre-cropped; at 0.75 one low-confidence photo did.
+_DRAFT_SHARE = 0.85
+
+
 #: Modes Pillow can box-reduce (Image.reduce); it keeps them at up to 4 bytes a pixel.
 _REDUCIBLE = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F", "PA"})
 
@@ -127,7 +136,8 @@ def decode_to_pixels(data: bytes, size: int | tuple[int, int], max_pixels: int, 
             cover = covering_size(img.width, img.height, (height, width), resize)
             if img.format == "JPEG":
                 # EXIF rotation may swap the sides: ask for enough pixels either way.
-                img.draft("RGB", (max(cover), max(cover)))
+                side = math.ceil(max(cover) * _DRAFT_SHARE)
+                img.draft("RGB", (side, side))
             with budget.hold(decoded_bytes(img), wait_s) if budget else nullcontext():
                 img.load()
                 img = _reduced(img, cover)

@@ -13,6 +13,7 @@ import redis
 
 from scripts.redis_server import free_port, ping, redis_argv
 from scripts.supervise import wait_until
+from tasks.payloads import PIXELS_PREFIX
 from tests.helpers import SHARED, labelled_photos, start_api
 
 DEPTH = 3
@@ -73,6 +74,7 @@ def test_predict_answers_202_within_its_timeout_and_backpressure_refuses_past_th
     assert refused.headers["Retry-After"] == "5"
     assert "MAX_QUEUE_DEPTH" in refused.json()["error"]
     assert client.llen(QUEUE) == DEPTH, "accepted work must stay queued; refused work must not be"
+    assert len(client.keys(PIXELS_PREFIX + "*")) == DEPTH, "a refused request must store no pixels"
 
 
 def test_redis_down_is_a_quick_503_and_the_api_recovers_by_itself(api_alone):
