@@ -15,6 +15,7 @@ import json
 import os
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import numpy as np
 from celery.utils.log import get_logger
@@ -24,8 +25,12 @@ import settings
 from tasks import celery_app
 from tasks.batching import AdaptiveBatches
 from tasks.payloads import drop_pixels, fetch_pixels
+from tasks.result_store import store_success
 from tasks.stats import record_batch, record_busy
 from tasks.worker import classifier, pixel_store
+
+if TYPE_CHECKING:
+    from models.keras_model import Classifier
 
 logger = get_logger(__name__)
 
@@ -81,38 +86,40 @@ def _gpu_visible() -> bool:
     acks_late=True,
 )
 def classify(requests: list) -> dict:
-    """{"batch_size", "inference_ms", "failed": {id: error}, "revoked": [id]} of this batch."""
+    """{"batch_size", "inference_ms", "failed": {id: error}, "revoked": [id]} of this batch.
+
+    Two round trips to Redis per batch: one to read every request's pixels, one to store every
+    answer with the batch's metrics and delete the pixels. Each round trip waits for Redis to be
+    scheduled on a busy host, and while it waits the model computes nothing.
+    """
     busy_since = time.perf_counter()
-    try:
-        return _fetch_and_classify(requests)
-    finally:
-        try:  # the model process's busy time: rate() of it over wall time is how busy the model is kept
-            record_busy(pixel_store(), classifier().name, time.perf_counter() - busy_since)
-        except Exception:  # metrics must never fail a batch
-            logger.warning("could not record the busy time", exc_info=True)
-
-
-def _fetch_and_classify(requests: list) -> dict:
-    backend = celery_app.backend
+    model = classifier()
+    client = pixel_store()
     keys = [str(req.kwargs.get("pixels_key", "")) for req in requests]
     try:
-        blobs = fetch_pixels(pixel_store(), keys)
+        blobs = fetch_pixels(client, keys)
     except Exception as exc:  # Redis away: fail the batch visibly rather than leave it pending
         for req in requests:
-            backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
+            celery_app.backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
         return {"batch_size": 0, "failed": {req.id: repr(exc) for req in requests}}
-    try:
-        return _classify_batch(requests, blobs)
-    finally:
-        try:
-            drop_pixels(pixel_store(), keys)
-        except Exception:  # they expire with their TTL anyway
-            logger.warning("could not delete the pixels of %d requests", len(keys), exc_info=True)
+    summary, answers = _classify_batch(model, requests, blobs)
+    with client.pipeline(transaction=False) as pipe:
+        # Metrics first: a client woken by its answer and scraping /metrics already sees its batch counted.
+        if answers:
+            record_batch(pipe, model.name, len(answers), summary["inference_ms"] / 1000.0)
+        record_busy(pipe, model.name, time.perf_counter() - busy_since)
+        for task_id, result in answers:
+            store_success(pipe, task_id, result, settings.RESULT_TTL_S)
+        drop_pixels(pipe, keys)
+        pipe.execute()
+    return summary
 
 
-def _classify_batch(requests: list, blobs: list[bytes | None]) -> dict:
-    """One model call for every valid request; each request marked done or failed on its own."""
-    model = classifier()
+def _classify_batch(model: Classifier, requests: list, blobs: list[bytes | None]) -> tuple[dict, list]:
+    """One model call for every valid request: the batch's summary and each answered request's (id, result).
+
+    Requests that fail (bad payload, deadline passed, inference error) are marked at once, each on its own.
+    """
     backend = celery_app.backend
     started = time.time()
     valid, images, tops = [], [], []
@@ -132,7 +139,7 @@ def _classify_batch(requests: list, blobs: list[bytes | None]) -> dict:
             backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
             summary["failed"][req.id] = f"{type(exc).__name__}: {exc}"
     if not valid:
-        return summary
+        return summary, []
     try:
         t0 = time.perf_counter()
         probabilities = model.predict(np.stack(images))
@@ -142,29 +149,24 @@ def _classify_batch(requests: list, blobs: list[bytes | None]) -> dict:
         for req in valid:
             backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
             summary["failed"][req.id] = f"{type(exc).__name__}: {exc}"
-        return summary
+        return summary, []
     batch_id = uuid.uuid4().hex
     logger.info(json.dumps({"event": "batch", "batch_id": batch_id, "model": model.name,
                             "model_version": model.version, "size": len(valid),
                             "padded": model.bucket_for(len(valid)), "inference_ms": round(inference_ms, 1)}))
-    try:
-        record_batch(pixel_store(), model.name, len(valid), inference_ms / 1000.0)
-    except Exception:  # metrics must never fail a batch
-        logger.warning("could not record batch metrics", exc_info=True)
-    for req, row, top in zip(valid, probabilities, tops):
-        result = {
-            "model": model.name,
-            "model_version": model.version,
-            "predictions": model.top(row, top),
-            "batch_id": batch_id,
-            "batch_size": len(valid),
-            "timings": _timings(req, started, inference_ms),
-            "deliveries": getattr(req, "deliveries", 1),
-            "done_at": time.time(),
-        }
-        backend.mark_as_done(req.id, result, request=req)
+    done_at = time.time()
+    answers = [(req.id, {
+        "model": model.name,
+        "model_version": model.version,
+        "predictions": model.top(row, top),
+        "batch_id": batch_id,
+        "batch_size": len(valid),
+        "timings": _timings(req, started, inference_ms),
+        "deliveries": getattr(req, "deliveries", 1),
+        "done_at": done_at,
+    }) for req, row, top in zip(valid, probabilities, tops)]
     summary.update(batch_size=len(valid), inference_ms=round(inference_ms, 2))
-    return summary
+    return summary, answers
 
 
 def _timings(req: object, batch_started: float, inference_ms: float) -> dict[str, float]:

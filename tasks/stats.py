@@ -22,21 +22,20 @@ def _bucket(bounds: tuple[float, ...], value: float) -> str:
     return repr(float(bounds[index])) if index < len(bounds) else "+Inf"
 
 
-def record_batch(client: redis.Redis, model: str, size: int, inference_s: float) -> None:
+def record_batch(pipe: redis.client.Pipeline, model: str, size: int, inference_s: float) -> None:
+    """Count one model call of `size` images (queued on `pipe`, sent with the batch's answers)."""
     key = STATS_PREFIX + model
-    with client.pipeline(transaction=False) as pipe:
-        pipe.hincrby(key, "images", size)
-        pipe.hincrby(key, "batches", 1)
-        pipe.hincrby(key, "batch_size_sum", size)
-        pipe.hincrby(key, "batch_size_le:" + _bucket(BATCH_SIZE_BUCKETS, size), 1)
-        pipe.hincrbyfloat(key, "inference_seconds_sum", inference_s)
-        pipe.hincrby(key, "inference_le:" + _bucket(INFERENCE_BUCKETS_S, inference_s), 1)
-        pipe.execute()
+    pipe.hincrby(key, "images", size)
+    pipe.hincrby(key, "batches", 1)
+    pipe.hincrby(key, "batch_size_sum", size)
+    pipe.hincrby(key, "batch_size_le:" + _bucket(BATCH_SIZE_BUCKETS, size), 1)
+    pipe.hincrbyfloat(key, "inference_seconds_sum", inference_s)
+    pipe.hincrby(key, "inference_le:" + _bucket(INFERENCE_BUCKETS_S, inference_s), 1)
 
 
-def record_busy(client: redis.Redis, model: str, seconds: float) -> None:
-    """Time a model process spent on one batch: fetching pixels, the model call, storing the answers."""
-    client.hincrbyfloat(STATS_PREFIX + model, "busy_seconds_sum", seconds)
+def record_busy(pipe: redis.client.Pipeline, model: str, seconds: float) -> None:
+    """Time a model process spent on one batch: fetching pixels, the model call, preparing the answers."""
+    pipe.hincrbyfloat(STATS_PREFIX + model, "busy_seconds_sum", seconds)
 
 
 def read_stats(client: redis.Redis) -> dict[str, dict[str, float]]:

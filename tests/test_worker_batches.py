@@ -36,7 +36,7 @@ def wait_all(client, ids: list[str], timeout_s: float = 120.0) -> list[dict]:
         time.sleep(0.05)
 
 
-def test_an_undecodable_payload_fails_alone_and_its_batch_mates_are_answered(client_app, redis_client):
+def test_an_undecodable_payload_fails_alone_and_its_batch_mates_are_answered(client_app, redis_client, redis_url):
     photos = labelled_photos()[:8]
     pixels = [decode_to_pixels((SHARED / r["path"]).read_bytes(), 224, 10**9) for r in photos]
 
@@ -73,6 +73,11 @@ def test_an_undecodable_payload_fails_alone_and_its_batch_mates_are_answered(cli
     assert before_m[-1]["result"]["batch_id"] == after_m[0]["result"]["batch_id"]
     # Pixels are deleted once answered.
     assert not list(redis_client.scan_iter(match=PIXELS_PREFIX + "*"))
+    # Answers are stored in one round trip per batch, in the form Celery's own result backend reads.
+    reader = Celery("test-reader", backend=redis_url)
+    stored = reader.AsyncResult(after[0])
+    assert stored.state == "SUCCESS" and stored.date_done is not None
+    assert stored.result == after_m[0]["result"]
 
 
 def test_a_request_past_its_deadline_is_skipped_not_computed(client_app, redis_client):
