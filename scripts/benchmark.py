@@ -95,7 +95,41 @@ def service_counters(url: str) -> dict[str, float]:
     return totals
 
 
-def e2e(url: str, image: bytes, concurrency: int, requests: int, bar: tqdm) -> dict:
+class CpuMeter:
+    """CPU seconds of the model process and of everything else on the host that serves or loads it.
+
+    On a host where the model runs on the CPU, the API, Redis, the Celery consumer and the load
+    client take cores from the model: raw × (cores left ÷ cores) is the ceiling end to end.
+    """
+
+    def __init__(self, model_pid: int, other_roots: list[int]) -> None:
+        import psutil
+
+        self.model = psutil.Process(model_pid)
+        self.others = [psutil.Process(pid) for pid in other_roots]
+
+    def _others(self) -> list:
+        found = []
+        for root in self.others:
+            found += [root, *root.children(recursive=True)]
+        return [p for p in found if p.pid != self.model.pid]
+
+    @staticmethod
+    def _seconds(processes: list) -> float:
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except Exception:  # exited meanwhile
+                pass
+        return total
+
+    def read(self) -> tuple[float, float]:
+        return self._seconds([self.model]), self._seconds(self._others())
+
+
+def e2e(url: str, image: bytes, concurrency: int, requests: int, bar: tqdm, meter: CpuMeter | None = None) -> dict:
     """Throughput, latency percentiles, batch sizes and mean stage timings at one concurrency."""
     latencies: list[float] = []
     sizes: Counter[int] = Counter()
@@ -126,10 +160,12 @@ def e2e(url: str, image: bytes, concurrency: int, requests: int, bar: tqdm) -> d
         for _ in range(2):  # settle connections
             one(False)
         before = service_counters(url)
+        cpu_before = meter.read() if meter else (0.0, 0.0)
         start = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(lambda _: one(True), range(requests)))
         elapsed = time.perf_counter() - start
+        cpu_after = meter.read() if meter else (0.0, 0.0)
         after = service_counters(url)
     q = statistics.quantiles(latencies, n=100)
     return {
@@ -143,6 +179,9 @@ def e2e(url: str, image: bytes, concurrency: int, requests: int, bar: tqdm) -> d
         "model_busy_ratio": (after["busy_s"] - before["busy_s"]) / elapsed,
         "api_cpu_ms_per_predict": 1000 * (after["cpu_s"] - before["cpu_s"])
         / max(1.0, after["cpu_n"] - before["cpu_n"]),
+        # Cores in use on average: the model process, and the rest (API, Redis, Celery consumer, this client).
+        "model_cores": (cpu_after[0] - cpu_before[0]) / elapsed if meter else None,
+        "other_cores": (cpu_after[1] - cpu_before[1]) / elapsed if meter else None,
     }
 
 
@@ -208,14 +247,15 @@ def markdown(report: dict) -> str:
             out.append(f"| {name} | {batch} | {r['images_per_s']:.1f} | {r['ms_per_call']:.1f} |")
     out += ["", "### End to end (HTTP multipart → API → Redis → batching worker → answer)", "",
             "| backend | BATCH_SIZE | clients | images/s | p50 ms | p90 ms | p99 ms | errors | model busy | "
-            "API CPU ms per request | batch sizes seen |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "API CPU ms per request | cores: model / rest | batch sizes seen |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, b in report["backends"].items():
         for lvl in b["e2e"]:
             dist = ", ".join(f"{k}×{v}" for k, v in lvl["batch_sizes"].items())
             out.append(f"| {name} | {b['batch_size']} | {lvl['concurrency']} | {lvl['images_per_s']:.1f} | "
                        f"{lvl['p50_ms']:.0f} | {lvl['p90_ms']:.0f} | {lvl['p99_ms']:.0f} | {lvl['errors']} | "
-                       f"{lvl.get('model_busy_ratio', 0):.0%} | {lvl.get('api_cpu_ms_per_predict', 0):.1f} | {dist} |")
+                       f"{lvl.get('model_busy_ratio', 0):.0%} | {lvl.get('api_cpu_ms_per_predict', 0):.1f} | "
+                       f"{_cores(lvl)} | {dist} |")
     out += ["", "### Where the time goes (mean ms per request)", "",
             "| backend | clients | decode (API) | queue | batch wait | inference | result | p50 total |",
             "|---|---|---|---|---|---|---|---|"]
@@ -225,14 +265,28 @@ def markdown(report: dict) -> str:
             cells = " | ".join(f"{s[k]:.1f}" if s[k] is not None else "-" for k in STAGES)
             out.append(f"| {name} | {lvl['concurrency']} | {cells} | {lvl['p50_ms']:.0f} |")
     out += ["", "### Ratios", "",
-            "| backend | raw best (batch) | e2e best (clients) | e2e ÷ raw best | conc-1 p50 − raw batch-1 | "
-            "Redis bytes per queued image |", "|---|---|---|---|---|---|"]
+            "| backend | raw best (batch) | e2e best (clients) | e2e ÷ raw best | CPU left to the model | "
+            "e2e ÷ (raw best × CPU left) | conc-1 p50 − raw batch-1 | Redis bytes per queued image |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, b in report["backends"].items():
         r = b["ratios"]
         out.append(f"| {name} | {r['raw_best_images_per_s']:.1f} ({r['raw_best_batch']}) | "
                    f"{r['e2e_best_images_per_s']:.1f} ({r['e2e_best_concurrency']}) | {r['e2e_over_raw_best']:.2f} | "
+                   f"{_share(r.get('cpu_share_left_to_model'))} | {_ratio(r.get('e2e_over_raw_best_on_cpu_left'))} | "
                    f"{r['conc1_p50_minus_raw_batch1_ms']:+.1f} ms | {b['redis_bytes_per_image']:,.0f} |")
     return "\n".join(out) + "\n"
+
+
+def _cores(level: dict) -> str:
+    return "-" if level.get("model_cores") is None else f"{level['model_cores']:.2f} / {level['other_cores']:.2f}"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def plots(report: dict, out: Path) -> list[Path]:
@@ -320,13 +374,16 @@ def main() -> int:
         else:
             with LocalService(env, Path(tempfile.gettempdir()) / f"benchmark-{backend}.log") as svc:
                 redis_bytes = redis_bytes_per_image(svc.redis_url, pixels, spec.input_shape[:2])
+                worker = httpx.get(svc.url + "/models", timeout=10).json()["models"][0]["workers"][0]
                 if batch_size == "default":
-                    worker = httpx.get(svc.url + "/models", timeout=10).json()["models"][0]["workers"][0]
                     batch_size = f"{worker['batch_size']} (measured: {worker.get('batch_curve')})"
+                meter = CpuMeter(worker["pid"], [svc.proc.pid, svc.redis.pid, os.getpid()])
                 with tqdm(total=total, desc=f"e2e {backend}", unit="req") as bar:
-                    runs = [e2e(svc.url, image, c, max(args.requests, 2 * c), bar) for c in levels]
+                    runs = [e2e(svc.url, image, c, max(args.requests, 2 * c), bar, meter) for c in levels]
         best = max(runs, key=lambda r: r["images_per_s"])
         conc1 = next((r for r in runs if r["concurrency"] == 1), runs[0])
+        cores = os.cpu_count() or 1
+        left = max(0.0, 1 - best["other_cores"] / cores) if best.get("other_cores") is not None else None
         report["backends"][backend] = {
             "batch_size": batch_size, "raw": raw, "e2e": runs, "redis_bytes_per_image": redis_bytes,
             "ratios": {
@@ -334,6 +391,10 @@ def main() -> int:
                 "e2e_best_images_per_s": best["images_per_s"], "e2e_best_concurrency": best["concurrency"],
                 "e2e_over_raw_best": best["images_per_s"] / raw[best_batch]["images_per_s"],
                 "conc1_p50_minus_raw_batch1_ms": conc1["p50_ms"] - raw[min(raw)]["ms_per_call"],
+                # Without a GPU the rest of the service and the client share the model's cores.
+                "cpu_share_left_to_model": left,
+                "e2e_over_raw_best_on_cpu_left": best["images_per_s"] / (raw[best_batch]["images_per_s"] * left)
+                if left else None,
             },
         }
     stem = f"benchmark-{args.model}"
