@@ -38,6 +38,8 @@ REDIS_DATA_DIR: str = _str("REDIS_DATA_DIR", os.path.join("var", "redis"))
 #: Address and port of the HTTP API.
 HOST: str = _str("HOST", "127.0.0.1")
 PORT: int = _int("PORT", 5000)
+#: Port of the Open Inference Protocol's gRPC service (inference.GRPCInferenceService), on HOST.
+GRPC_PORT: int = _int("GRPC_PORT", 8001)
 #: Flower's port (it binds to 127.0.0.1 under `make run`).
 FLOWER_PORT: int = _int("FLOWER_PORT", 5555)
 #: Where people reach Flower, for the web page's link; empty: this host at FLOWER_PORT.

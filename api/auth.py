@@ -13,10 +13,10 @@ from flask import Flask, g, request
 
 from api.errors import APIError
 
-# Health checks, metrics (aggregate counts only), the API's documentation and the web page (which asks
-# for a key itself) need no key.
+# Health checks (ours and the Open Inference Protocol's), metrics (aggregate counts only), the API's
+# documentation and the web page (which asks for a key itself) need no key.
 _OPEN_ENDPOINTS = {"health.healthz", "health.readyz", "metrics.metrics", "openapi.openapi_json", "openapi.docs",
-                   "web.index", "static"}
+                   "web.index", "static", "v2.live", "v2.ready"}
 ANONYMOUS = "-"
 
 

@@ -44,15 +44,16 @@ def queue_unavailable() -> Iterator[None]:
 
 
 def submit_classify(pixels: bytes, size: tuple[int, int], top: int, model: str,
-                    expires_at: float | None = None) -> str:
-    """Record a new random id and queue one image for the batched classify task."""
+                    expires_at: float | None = None, probabilities: bool = False) -> str:
+    """Record a new random id and queue one image for the batched classify task (see enqueue_classify)."""
     task_id = str(uuid.uuid4())
     record = json.dumps({"kind": "predict", "model": model, "owner": g.owner, "created": time.time()})
     with queue_unavailable():
         try:
             enqueue_classify(_celery(), redis_client(), task_id, pixels, size, top, settings.RESULT_TTL_S,
                              extra_keys={ISSUED_PREFIX + task_id: record}, queue=settings.interactive_queue(model),
-                             expires_at=expires_at, max_depth=settings.MAX_QUEUE_DEPTH)
+                             expires_at=expires_at, max_depth=settings.MAX_QUEUE_DEPTH,
+                             probabilities=probabilities)
         except QueueFull as full:
             raise overloaded(full.depth) from None
     return task_id

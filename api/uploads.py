@@ -26,11 +26,16 @@ def image_pixels(field: str, size: tuple[int, int], resize: str) -> bytes:
         raise APIError(
             400, f"missing file field {field!r} in a multipart/form-data body (file fields received: {received})"
         )
+    return decode_upload(upload.read(), upload.filename or field, size, resize)
+
+
+def decode_upload(data: bytes, name: str, size: tuple[int, int], resize: str) -> bytes:
+    """`data` decoded to (height, width) = `size` RGB bytes within the decode budget, or a 4xx/503 APIError
+    naming `name`."""
     try:
-        return decode_to_pixels(upload.read(), size, current_app.config["MAX_IMAGE_PIXELS"], resize,
+        return decode_to_pixels(data, size, current_app.config["MAX_IMAGE_PIXELS"], resize,
                                 current_app.extensions["decode_budget"], settings.DECODE_WAIT_S)
     except ImageDecodeError as exc:
-        name = upload.filename or field
         raise APIError(_STATUS_FOR_REASON[exc.reason], f"{name}: {exc}") from None
     except DecodeBusy as exc:
         raise APIError(503, str(exc), {"Retry-After": "2"}) from None

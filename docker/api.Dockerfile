@@ -3,7 +3,7 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY requirements/api.txt requirements/api.txt
 RUN pip install --no-cache-dir -r requirements/api.txt
-COPY settings.py celeryconfig.py ./
+COPY settings.py celeryconfig.py pyproject.toml ./
 COPY api api
 COPY models models
 COPY tasks tasks

@@ -60,7 +60,9 @@ def start_all(group: ProcessGroup, metrics_dir: str) -> str:
                         "--threads", str(settings.API_THREADS), "--bind", f"{settings.HOST}:{settings.PORT}",
                         "--log-level", "warning", "api:create_app()"], api_env)
     api_url = f"http://{settings.HOST}:{settings.PORT}"
-    log("api", f"listening on {api_url} (POST /predict, POST /jobs, GET /result/<id>, /readyz, /metrics)")
+    log("api", f"listening on {api_url} (POST /predict, POST /jobs, GET /result/<id>, /v2/..., /readyz, /metrics)")
+    group.start("grpc", [sys.executable, "-m", "api.grpc_server"], api_env)
+    log("grpc", f"Open Inference Protocol (inference.GRPCInferenceService) on {settings.HOST}:{settings.GRPC_PORT}")
     return api_url
 
 

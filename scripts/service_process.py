@@ -26,12 +26,15 @@ class ServiceProcess:
         self.proc: subprocess.Popen | None = None
         self.url = ""
         self.flower_url = ""
+        self.grpc_url = ""
 
     def start(self, ready_timeout_s: float = 300.0, ready: Callable[[str], bool] | None = None) -> ServiceProcess:
         """Start it and wait until `ready(url)` (default: /readyz answers 200)."""
-        port, flower_port = free_port(), free_port()
-        env = {**os.environ, **self.env, "PORT": str(port), "FLOWER_PORT": str(flower_port), "HOST": "127.0.0.1"}
+        port, flower_port, grpc_port = free_port(), free_port(), free_port()
+        env = {**os.environ, **self.env, "PORT": str(port), "FLOWER_PORT": str(flower_port),
+               "GRPC_PORT": str(grpc_port), "HOST": "127.0.0.1"}
         self.url, self.flower_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{flower_port}"
+        self.grpc_url = f"127.0.0.1:{grpc_port}"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "scripts.run"], cwd=ROOT, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -24,7 +24,7 @@ from PIL import Image
 import settings
 from tasks import celery_app
 from tasks.batching import AdaptiveBatches
-from tasks.payloads import drop_pixels, fetch_pixels
+from tasks.payloads import PROBABILITIES_PREFIX, drop_pixels, fetch_pixels
 from tasks.result_store import store_success
 from tasks.stats import record_batch, record_busy
 from tasks.worker import classifier, pixel_store
@@ -108,7 +108,9 @@ def classify(requests: list) -> dict:
         if answers:
             record_batch(pipe, model.name, len(answers), summary["inference_ms"] / 1000.0)
         record_busy(pipe, model.name, time.perf_counter() - busy_since)
-        for task_id, result in answers:
+        for task_id, result, row in answers:
+            if row is not None:  # before the answer's publish, so whoever it wakes finds the row
+                pipe.set(PROBABILITIES_PREFIX + task_id, row, ex=settings.RESULT_TTL_S)
             store_success(pipe, task_id, result, settings.RESULT_TTL_S)
         drop_pixels(pipe, keys)
         pipe.execute()
@@ -116,7 +118,8 @@ def classify(requests: list) -> dict:
 
 
 def _classify_batch(model: Classifier, requests: list, blobs: list[bytes | None]) -> tuple[dict, list]:
-    """One model call for every valid request: the batch's summary and each answered request's (id, result).
+    """One model call for every valid request: the batch's summary and each answered request's
+    (id, result, float32 probability row when the request asked for it).
 
     Requests that fail (bad payload, deadline passed, inference error) are marked at once, each on its own.
     """
@@ -155,16 +158,19 @@ def _classify_batch(model: Classifier, requests: list, blobs: list[bytes | None]
                             "model_version": model.version, "size": len(valid),
                             "padded": model.bucket_for(len(valid)), "inference_ms": round(inference_ms, 1)}))
     done_at = time.time()
-    answers = [(req.id, {
-        "model": model.name,
-        "model_version": model.version,
-        "predictions": model.top(row, top),
-        "batch_id": batch_id,
-        "batch_size": len(valid),
-        "timings": _timings(req, started, inference_ms),
-        "deliveries": getattr(req, "deliveries", 1),
-        "done_at": done_at,
-    }) for req, row, top in zip(valid, probabilities, tops)]
+    answers = []
+    for req, row, top in zip(valid, probabilities, tops):
+        result = {
+            "model": model.name,
+            "model_version": model.version,
+            "predictions": model.top(row, top),
+            "batch_id": batch_id,
+            "batch_size": len(valid),
+            "timings": _timings(req, started, inference_ms),
+            "deliveries": getattr(req, "deliveries", 1),
+            "done_at": done_at,
+        }
+        answers.append((req.id, result, row.astype("<f4").tobytes() if req.kwargs.get("probabilities") else None))
     summary.update(batch_size=len(valid), inference_ms=round(inference_ms, 2))
     return summary, answers
 

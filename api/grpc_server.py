@@ -1,0 +1,213 @@
+"""The Open Inference Protocol over gRPC: `inference.GRPCInferenceService` on GRPC_PORT.
+
+    python -m api.grpc_server
+
+Uses the service stubs generated in the `tritonclient` wheel, so Triton's gRPC clients and
+perf_analyzer work unchanged. Every call runs in the Flask app's context (no HTTP request):
+the same model lookup, decoding, limits, backpressure and queue as /predict and the HTTP
+v2 endpoints. API keys come from the `authorization: Bearer <key>` or `x-api-key` metadata.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from flask import Flask, g
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+import settings
+from api import create_app
+from api.auth import ANONYMOUS, owner_of
+from api.errors import APIError
+from api.inference_protocol import (
+    IMAGE,
+    InferAnswer,
+    InferRequest,
+    RequestedOutput,
+    check_input,
+    check_output,
+    classification_entries,
+    join_bytes,
+    split_bytes,
+)
+from api.v2 import model_config, model_metadata, model_ready, server_metadata, server_ready
+from api.v2_inference import run, served_input
+
+logger = logging.getLogger("api.grpc")
+
+#: HTTP statuses of APIError as gRPC status codes.
+_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+          404: grpc.StatusCode.NOT_FOUND, 409: grpc.StatusCode.FAILED_PRECONDITION,
+          413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
+          503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
+_TYPES = {"TYPE_STRING": model_config_pb2.TYPE_STRING, "TYPE_UINT8": model_config_pb2.TYPE_UINT8,
+          "TYPE_FP32": model_config_pb2.TYPE_FP32}
+
+T = TypeVar("T")
+
+
+def _parameter(value: Any) -> Any:
+    """The Python value of an InferParameter."""
+    kind = value.WhichOneof("parameter_choice")
+    return getattr(value, kind) if kind else None
+
+
+class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """The protocol's calls, each answered in the Flask app's context."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.owners = [owner_of(k) for k in settings.API_KEYS]
+
+    def _call(self, context: grpc.ServicerContext, body: Callable[[], T], open_call: bool = False) -> T:
+        with self.app.app_context():
+            try:
+                g.owner = ANONYMOUS if open_call else self._owner(context)
+                return body()
+            except APIError as exc:
+                if "Retry-After" in exc.headers:
+                    context.set_trailing_metadata((("retry-after", exc.headers["Retry-After"]),))
+                context.abort(_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+            except Exception:
+                logger.exception("unhandled error in a gRPC call")
+                context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+        raise AssertionError("abort raises")  # pragma: no cover
+
+    def _owner(self, context: grpc.ServicerContext) -> str:
+        if not self.owners:
+            return ANONYMOUS
+        metadata = dict(context.invocation_metadata())
+        bearer = metadata.get("authorization", "")
+        key = bearer[7:].strip() if bearer.lower().startswith("bearer ") else metadata.get("x-api-key")
+        owner = owner_of(key) if key else ""
+        if not any(hmac.compare_digest(owner, known) for known in self.owners):
+            raise APIError(401, "a valid API key is required (metadata authorization: Bearer <key>, or x-api-key)")
+        return owner
+
+    def ServerLive(self, request, context):  # noqa: N802 (the protocol's names)
+        return service_pb2.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):  # noqa: N802
+        return self._call(context, lambda: service_pb2.ServerReadyResponse(ready=server_ready()[0]), open_call=True)
+
+    def ServerMetadata(self, request, context):  # noqa: N802
+        return self._call(context, lambda: service_pb2.ServerMetadataResponse(**server_metadata()))
+
+    def ModelReady(self, request, context):  # noqa: N802
+        return self._call(context, lambda: service_pb2.ModelReadyResponse(
+            ready=model_ready(request.name, request.version or None)))
+
+    def ModelMetadata(self, request, context):  # noqa: N802
+        def body():
+            meta = model_metadata(request.name, request.version or None)
+            tensor = service_pb2.ModelMetadataResponse.TensorMetadata
+            return service_pb2.ModelMetadataResponse(
+                name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+                inputs=[tensor(**t) for t in meta["inputs"]], outputs=[tensor(**t) for t in meta["outputs"]])
+        return self._call(context, body)
+
+    def ModelConfig(self, request, context):  # noqa: N802
+        def body():
+            config = model_config(request.name, request.version or None)
+            return service_pb2.ModelConfigResponse(config=model_config_pb2.ModelConfig(
+                name=config["name"], platform=config["platform"], max_batch_size=config["max_batch_size"],
+                input=[model_config_pb2.ModelInput(name=t["name"], data_type=_TYPES[t["data_type"]], dims=t["dims"],
+                                                   optional=t["optional"]) for t in config["input"]],
+                output=[model_config_pb2.ModelOutput(name=t["name"], data_type=_TYPES[t["data_type"]], dims=t["dims"])
+                        for t in config["output"]]))
+        return self._call(context, body)
+
+    def ModelInfer(self, request, context):  # noqa: N802
+        def body():
+            parsed = _parse_infer(request)
+            return _encode_infer(parsed, run(parsed))
+        return self._call(context, body)
+
+
+def _parse_infer(request: service_pb2.ModelInferRequest) -> InferRequest:
+    """An InferRequest from a ModelInferRequest (raw_input_contents or typed contents)."""
+    version = request.model_version or None
+    size = served_input(request.model_name, version)
+    parsed = InferRequest(request.model_name, version, id=request.id)
+    if len(request.inputs) != 1:
+        raise APIError(400, "send exactly one input: 'image' (encoded files) or 'pixels' (resized RGB)")
+    if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
+        raise APIError(400, "raw_input_contents must hold one entry per input")
+    for index, tensor in enumerate(request.inputs):
+        shape = list(tensor.shape)
+        check_input(tensor.name, tensor.datatype, shape, (size.height, size.width))
+        raw = request.raw_input_contents[index] if request.raw_input_contents else None
+        if tensor.name == IMAGE:
+            parsed.images = split_bytes(raw, shape[0]) if raw is not None else list(tensor.contents.bytes_contents)
+            if len(parsed.images) != shape[0]:
+                raise APIError(400, f"input 'image' has {len(parsed.images)} elements; its shape says {shape[0]}")
+        else:
+            values = np.frombuffer(raw, np.uint8) if raw is not None else np.asarray(tensor.contents.uint_contents)
+            if values.size != int(np.prod(shape)):
+                raise APIError(400, f"input 'pixels' has {values.size} values; shape {shape} needs "
+                                    f"{int(np.prod(shape))}")
+            if values.size and values.max() > 255:
+                raise APIError(400, "input 'pixels': UINT8 values must be from 0 to 255")
+            parsed.pixels = values.astype(np.uint8).reshape(shape)
+    for spec in request.outputs:
+        params = {k: _parameter(v) for k, v in spec.parameters.items()}
+        output = RequestedOutput(spec.name, True, int(params.get("classification", 0) or 0))
+        check_output(output)
+        parsed.outputs.append(output)
+    return parsed
+
+
+def _encode_infer(request: InferRequest, answer: InferAnswer) -> service_pb2.ModelInferResponse:
+    """Every output as raw_output_contents (what Triton's gRPC clients read)."""
+    response = service_pb2.ModelInferResponse(model_name=answer.model, model_version=answer.version, id=answer.id)
+    for wanted in request.wanted():
+        if wanted.classification:
+            rows = [classification_entries(p, wanted.classification) for p in answer.predictions]
+            shape = [len(rows), len(rows[0]) if rows else 0]
+            raw, datatype = join_bytes([e for row in rows for e in row]), "BYTES"
+        else:
+            assert answer.probabilities is not None
+            shape, datatype = list(answer.probabilities.shape), "FP32"
+            raw = answer.probabilities.astype("<f4").tobytes()
+        response.outputs.append(service_pb2.ModelInferResponse.InferOutputTensor(
+            name=wanted.name, datatype=datatype, shape=shape))
+        response.raw_output_contents.append(raw)
+    return response
+
+
+def serve(app: Flask, address: str) -> grpc.Server:
+    """Start the gRPC server on `address` (host:port) with API_THREADS threads."""
+    limit = int(settings.MAX_UPLOAD_MB * 2**20)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.API_THREADS, thread_name_prefix="grpc"),
+                         options=[("grpc.max_receive_message_length", limit),
+                                  ("grpc.max_send_message_length", limit)])
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(app), server)
+    if not server.add_insecure_port(address):
+        raise SystemExit(f"cannot listen on {address} (GRPC_PORT)")
+    server.start()
+    return server
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app()
+    address = f"{settings.HOST}:{settings.GRPC_PORT}"
+    server = serve(app, address)
+    logger.info("Open Inference Protocol (gRPC) on %s", address)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=10).wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Running a v2 inference request through the same queue as /predict, for HTTP and gRPC alike.
+
+Runs inside the Flask app's context (the gRPC server pushes one per call): the model
+lookup, decoding, backpressure, queueing and waiting are /predict's own functions. The N
+images of a request become N classify requests, batched with everything else, and the
+answer waits for all of them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+import settings
+from api.errors import APIError
+from api.inference_protocol import InferAnswer, InferRequest
+from api.models import describe_models, model_input, served
+from api.submissions import queue_unavailable, redis_client, submit_classify, wait_for
+from api.uploads import decode_upload
+from tasks.model_records import ModelInput
+from tasks.payloads import PROBABILITIES_PREFIX
+from tasks.result_store import failure_message
+
+
+def served_input(model: str, version: str | None) -> ModelInput:
+    """The served input of `model`; 404 for a model or version this service does not serve now."""
+    if model not in served():
+        raise APIError(404, f"unknown model {model!r}; this service serves: {', '.join(served())}")
+    size = model_input(model)
+    if version is not None and version != str(size.version):
+        raise APIError(404, f"model {model!r} version {version!r} is not served; it serves version {size.version}")
+    return size
+
+
+def model_versions(model: str) -> list[str]:
+    """The versions of `model` its workers know (ready or not), or the served one."""
+    entry = next((m for m in describe_models() if m["name"] == model), {})
+    versions = sorted(entry.get("versions") or {}, key=lambda v: int(v) if str(v).isdigit() else 0)
+    return [str(v) for v in versions] or [str(entry.get("served_version") or 1)]
+
+
+def run(request: InferRequest, timeout_s: float | None = None) -> InferAnswer:
+    """Queue each image, wait for every answer (up to PREDICT_TIMEOUT_S), gather the outputs."""
+    size = served_input(request.model, request.version)
+    shape = (size.height, size.width)
+    if request.images is not None:
+        pixels = [decode_upload(data, f"image[{i}]", shape, size.resize) for i, data in enumerate(request.images)]
+    else:
+        pixels = [np.ascontiguousarray(row).tobytes() for row in request.pixels]
+    top, wants_rows = request.top_k(), request.needs_probabilities()
+    ids = [submit_classify(p, shape, top, request.model, probabilities=wants_rows) for p in pixels]
+    deadline = time.monotonic() + (settings.PREDICT_TIMEOUT_S if timeout_s is None else timeout_s)
+    results: list[dict[str, Any]] = []
+    for task_id in ids:
+        meta = wait_for(task_id, max(0.0, deadline - time.monotonic()))
+        if meta["status"] == "SUCCESS":
+            results.append(meta["result"])
+        elif meta["status"] == "FAILURE":
+            raise APIError(500, f"classification failed: {failure_message(meta)}")
+        elif meta["status"] == "REVOKED":
+            raise APIError(504, f"not computed: {failure_message(meta)}")
+        else:
+            raise APIError(504, f"not answered within {settings.PREDICT_TIMEOUT_S:g} s (PREDICT_TIMEOUT_S); "
+                                f"the images stay queued and are computed")
+    rows = None
+    if wants_rows:
+        keys = [PROBABILITIES_PREFIX + i for i in ids]
+        with queue_unavailable(), redis_client().pipeline(transaction=False) as pipe:
+            raws, _ = pipe.mget(keys).delete(*keys).execute()
+        if any(raw is None for raw in raws):
+            raise APIError(500, "a probability row expired before it was read")
+        rows = np.stack([np.frombuffer(raw, "<f4") for raw in raws])
+    version = results[0].get("model_version")
+    return InferAnswer(request.model, str(version if version is not None else 1), request.id, rows,
+                       [r["predictions"] for r in results])
