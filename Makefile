@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # when it is there. Set CLASS_INDEX yourself to override; leave it empty to let Keras download it.
 export CLASS_INDEX ?= $(wildcard $(CURDIR)/../shared/assets/imagenet_class_index.json)
 
-.PHONY: install run test clean browser
+.PHONY: install run test clean browser perf-analyzer
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ browser:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	  else echo "the browser tests need chromium: run 'sudo apt-get install chromium'"; exit 1; fi; }
+
+# Triton's perf_analyzer (C++) for the benchmark's Open Inference Protocol table: see scripts/perf_analyzer.py.
+perf-analyzer: install
+	$(PY) -m scripts.perf_analyzer --install
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

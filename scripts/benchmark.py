@@ -208,6 +208,25 @@ def redis_bytes_per_image(redis_url: str, pixels: bytes, size: tuple[int, int], 
     return used / n
 
 
+def open_inference(svc: LocalService, model: str, image: bytes, levels: str) -> dict:
+    """perf_analyzer's figures over v2 HTTP and gRPC at each of `levels` (comma-separated concurrencies)."""
+    from scripts import perf_analyzer
+
+    if not levels:
+        return {"skipped": "--perf-analyzer is empty"}
+    try:
+        perf_analyzer.install()
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"perf_analyzer skipped: {exc}", file=sys.stderr)
+        return {"skipped": str(exc)}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = perf_analyzer.input_data(image, Path(tmp) / "data.json")
+        runs = [perf_analyzer.measure(address, protocol, model, data, int(c))
+                for c in levels.split(",")
+                for protocol, address in (("http", svc.url.split("://", 1)[1]), ("grpc", svc.service.grpc_url))]
+    return {"runs": runs}
+
+
 class LocalService:
     """Its own Redis plus the service (scripts.run) for one backend, stopped on exit."""
 
@@ -256,6 +275,23 @@ def markdown(report: dict) -> str:
                        f"{lvl['p50_ms']:.0f} | {lvl['p90_ms']:.0f} | {lvl['p99_ms']:.0f} | {lvl['errors']} | "
                        f"{lvl.get('model_busy_ratio', 0):.0%} | {lvl.get('api_cpu_ms_per_predict', 0):.1f} | "
                        f"{_cores(lvl)} | {dist} |")
+    out += ["", "### Open Inference Protocol (Triton's perf_analyzer) beside /predict, same image", "",
+            "| backend | clients | /predict images/s | v2 HTTP images/s | v2 gRPC images/s | /predict p50 / p99 ms | "
+            "v2 HTTP p50 / p99 ms | v2 gRPC p50 / p99 ms |", "|---|---|---|---|---|---|---|---|"]
+    for name, b in report["backends"].items():
+        v2 = b.get("open_inference", {})
+        if "runs" not in v2:
+            out.append(f"| {name} | - | not run: {v2.get('skipped', 'no figures')} | | | | | |")
+            continue
+        for clients in sorted({r["concurrency"] for r in v2["runs"]}):
+            http, grpc = (next(r for r in v2["runs"] if r["concurrency"] == clients and r["protocol"] == p)
+                          for p in ("http", "grpc"))
+            predict = next((r for r in b["e2e"] if r["concurrency"] == clients), None)
+            cells = (f"{predict['images_per_s']:.1f}", f"{predict['p50_ms']:.0f} / {predict['p99_ms']:.0f}") \
+                if predict else ("-", "-")
+            out.append(f"| {name} | {clients} | {cells[0]} | {http['images_per_s']:.1f} | {grpc['images_per_s']:.1f} | "
+                       f"{cells[1]} | {http['p50_ms']:.0f} / {http['p99_ms']:.0f} | "
+                       f"{grpc['p50_ms']:.0f} / {grpc['p99_ms']:.0f} |")
     out += ["", "### Where the time goes (mean ms per request)", "",
             "| backend | clients | decode (API) | queue | batch wait | inference | result | p50 total |",
             "|---|---|---|---|---|---|---|---|"]
@@ -343,6 +379,9 @@ def main() -> int:
     parser.add_argument("--raw-seconds", type=float, default=6.0)
     parser.add_argument("--batch-size", default="default",
                         help="the service's BATCH_SIZE; default: unset (the worker picks); auto: the best raw batch")
+    parser.add_argument("--perf-analyzer", default="1,32", metavar="CLIENTS",
+                        help="also run Triton's perf_analyzer over v2 HTTP and gRPC at these concurrencies "
+                             "(installed on first use, see scripts/perf_analyzer.py); empty: skip")
     parser.add_argument("--url", help="benchmark this running service (one backend) instead of starting one")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
@@ -367,6 +406,7 @@ def main() -> int:
                "BACKEND": backend, "MODEL_CACHE_DIR": tempfile.mkdtemp(),
                **({} if batch_size == "default" else {"BATCH_SIZE": str(batch_size)})}
         total = sum(max(args.requests, 2 * c) for c in levels)
+        v2: dict = {"skipped": "a running service (--url)"}
         if args.url:
             url, redis_bytes, runs = args.url, float("nan"), []
             with tqdm(total=total, desc=f"e2e {backend}", unit="req") as bar:
@@ -380,12 +420,14 @@ def main() -> int:
                 meter = CpuMeter(worker["pid"], [svc.proc.pid, svc.redis.pid, os.getpid()])
                 with tqdm(total=total, desc=f"e2e {backend}", unit="req") as bar:
                     runs = [e2e(svc.url, image, c, max(args.requests, 2 * c), bar, meter) for c in levels]
+                v2 = open_inference(svc, args.model, image, args.perf_analyzer)
         best = max(runs, key=lambda r: r["images_per_s"])
         conc1 = next((r for r in runs if r["concurrency"] == 1), runs[0])
         cores = os.cpu_count() or 1
         left = max(0.0, 1 - best["other_cores"] / cores) if best.get("other_cores") is not None else None
         report["backends"][backend] = {
             "batch_size": batch_size, "raw": raw, "e2e": runs, "redis_bytes_per_image": redis_bytes,
+            "open_inference": v2,
             "ratios": {
                 "raw_best_batch": best_batch, "raw_best_images_per_s": raw[best_batch]["images_per_s"],
                 "e2e_best_images_per_s": best["images_per_s"], "e2e_best_concurrency": best["concurrency"],

@@ -22,7 +22,7 @@ def test_the_file_validates_against_the_compose_specification():
 def test_services_healthchecks_profiles_and_secrets():
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    assert {"redis", "api", "worker-cpu", "worker-gpu0", "decoder", "flower"} <= set(services)
+    assert {"redis", "api", "grpc", "worker-cpu", "worker-gpu0", "decoder", "flower"} <= set(services)
     for name, service in services.items():
         assert "test" in service.get("healthcheck", {}), f"{name} has no healthcheck"
 
@@ -34,6 +34,9 @@ def test_services_healthchecks_profiles_and_secrets():
 
     api = " ".join(services["api"]["command"])
     assert "gunicorn" in api and "API_WORKERS" in api and "API_THREADS" in api
+    # The Open Inference Protocol's gRPC service on its default port.
+    assert services["grpc"]["command"] == ["python", "-m", "api.grpc_server"]
+    assert services["grpc"]["environment"]["GRPC_PORT"] == "8001" and services["grpc"]["ports"][0].endswith(":8001")
     assert services["worker-cpu"]["profiles"] == ["cpu"] and services["worker-gpu0"]["profiles"] == ["gpu"]
     [device] = services["worker-gpu0"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"] and device["device_ids"] == ["0"]
