@@ -128,7 +128,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):  # noqa: N802
         def body():
             parsed = _parse_infer(request)
-            return _encode_infer(parsed, run(parsed))
+            return _encode_infer(parsed, run(parsed, context.time_remaining()))
         return self._call(context, body)
 
 

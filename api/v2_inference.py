@@ -42,7 +42,11 @@ def model_versions(model: str) -> list[str]:
 
 
 def run(request: InferRequest, timeout_s: float | None = None) -> InferAnswer:
-    """Queue each image, wait for every answer (up to PREDICT_TIMEOUT_S), gather the outputs."""
+    """Queue each image, wait for every answer, gather the outputs.
+
+    `timeout_s` (a gRPC client's deadline) bounds the wait and, like /predict's `deadline`, makes
+    workers skip images still queued when it passes; without it the wait is PREDICT_TIMEOUT_S.
+    """
     size = served_input(request.model, request.version)
     shape = (size.height, size.width)
     if request.images is not None:
@@ -50,8 +54,10 @@ def run(request: InferRequest, timeout_s: float | None = None) -> InferAnswer:
     else:
         pixels = [np.ascontiguousarray(row).tobytes() for row in request.pixels]
     top, wants_rows = request.top_k(), request.needs_probabilities()
-    ids = [submit_classify(p, shape, top, request.model, probabilities=wants_rows) for p in pixels]
-    deadline = time.monotonic() + (settings.PREDICT_TIMEOUT_S if timeout_s is None else timeout_s)
+    expires_at = time.time() + timeout_s if timeout_s is not None else None
+    ids = [submit_classify(p, shape, top, request.model, expires_at, probabilities=wants_rows) for p in pixels]
+    wait_s = settings.PREDICT_TIMEOUT_S if timeout_s is None else timeout_s
+    deadline = time.monotonic() + wait_s
     results: list[dict[str, Any]] = []
     for task_id in ids:
         meta = wait_for(task_id, max(0.0, deadline - time.monotonic()))
@@ -62,8 +68,9 @@ def run(request: InferRequest, timeout_s: float | None = None) -> InferAnswer:
         elif meta["status"] == "REVOKED":
             raise APIError(504, f"not computed: {failure_message(meta)}")
         else:
-            raise APIError(504, f"not answered within {settings.PREDICT_TIMEOUT_S:g} s (PREDICT_TIMEOUT_S); "
-                                f"the images stay queued and are computed")
+            raise APIError(504, f"not answered within {wait_s:g} s" + (
+                " (PREDICT_TIMEOUT_S); the images stay queued and are computed" if timeout_s is None else
+                " (the client's deadline); images not started by then are skipped"))
     rows = None
     if wants_rows:
         keys = [PROBABILITIES_PREFIX + i for i in ids]

@@ -3,7 +3,9 @@ and past MAX_QUEUE_DEPTH new work is refused with 503 + Retry-After instead of p
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -12,12 +14,14 @@ import pytest
 import redis
 
 from scripts.redis_server import free_port, ping, redis_argv
+from scripts.service_process import ROOT
 from scripts.supervise import wait_until
 from tasks.payloads import PIXELS_PREFIX
 from tests.helpers import SHARED, labelled_photos, start_api
 
 DEPTH = 3
-QUEUE = "interactive.mobilenet_v1_0.75"  # the API's model (start_api)
+MODEL = "mobilenet_v1_0.75"  # the API's model (start_api)
+QUEUE = f"interactive.{MODEL}"
 KEYS = ("key-alice-1234", "key-bob-5678")
 
 
@@ -118,3 +122,47 @@ def test_api_keys_guard_every_endpoint_and_keep_results_private(api_alone):
     finally:
         api.terminate()
         api.wait(20)
+
+
+def test_open_inference_takes_keys_from_headers_and_grpc_metadata_and_says_unavailable(api_alone):
+    """v2 over HTTP and gRPC: keys from headers and metadata; with no worker, 503 and UNAVAILABLE."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    _, client, _ = api_alone
+    redis_url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+    grpc_port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "api.grpc_server"], cwd=ROOT, env={
+        **os.environ, "REDIS_URL": redis_url, "MODEL": MODEL, "API_KEYS": ",".join(KEYS), "HOST": "127.0.0.1",
+        "GRPC_PORT": str(grpc_port), "CUDA_VISIBLE_DEVICES": ""})
+    api, keyed = start_api(redis_url, {"API_KEYS": ",".join(KEYS)})
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+
+    def grpc_live() -> bool:
+        try:
+            return grpc.is_server_live()
+        except InferenceServerException:
+            return False
+
+    try:
+        assert wait_until(grpc_live, 30), "the gRPC server did not start"
+        assert not grpc.is_server_ready()  # no worker: not ready (health needs no key)
+        with pytest.raises(InferenceServerException) as err:
+            grpc.get_model_metadata(MODEL)
+        assert err.value.status() == "StatusCode.UNAUTHENTICATED"
+        with pytest.raises(InferenceServerException) as err:
+            grpc.get_model_metadata(MODEL, headers={"authorization": f"Bearer {KEYS[0]}"})
+        assert err.value.status() == "StatusCode.UNAVAILABLE" and MODEL in err.value.message()
+
+        assert httpx.get(keyed + "/v2/health/live", timeout=10).status_code == 200
+        assert httpx.get(keyed + "/v2/health/ready", timeout=10).status_code == 400
+        request = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 1, 1, 3], "data": [0, 0, 0]}]}
+        infer = keyed + f"/v2/models/{MODEL}/infer"
+        assert httpx.post(infer, json=request, timeout=10).status_code == 401
+        refused = httpx.post(infer, json=request, headers={"X-API-Key": KEYS[1]}, timeout=10)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] and set(refused.json()) == {"error"}
+    finally:
+        grpc.close()
+        for process in (server, api):
+            process.terminate()
+            process.wait(20)
