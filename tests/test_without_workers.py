@@ -124,8 +124,9 @@ def test_api_keys_guard_every_endpoint_and_keep_results_private(api_alone):
         api.wait(20)
 
 
-def test_open_inference_takes_keys_from_headers_and_grpc_metadata_and_says_unavailable(api_alone):
-    """v2 over HTTP and gRPC: keys from headers and metadata; with no worker, 503 and UNAVAILABLE."""
+def test_open_inference_takes_keys_from_headers_and_grpc_metadata_and_refuses_past_the_depth(api_alone):
+    """v2 over HTTP and gRPC: keys from headers and from metadata; a full queue is 503 and UNAVAILABLE."""
+    import numpy as np
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
@@ -134,9 +135,10 @@ def test_open_inference_takes_keys_from_headers_and_grpc_metadata_and_says_unava
     grpc_port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "api.grpc_server"], cwd=ROOT, env={
         **os.environ, "REDIS_URL": redis_url, "MODEL": MODEL, "API_KEYS": ",".join(KEYS), "HOST": "127.0.0.1",
-        "GRPC_PORT": str(grpc_port), "CUDA_VISIBLE_DEVICES": ""})
-    api, keyed = start_api(redis_url, {"API_KEYS": ",".join(KEYS)})
+        "GRPC_PORT": str(grpc_port), "MAX_QUEUE_DEPTH": str(DEPTH), "CUDA_VISIBLE_DEVICES": ""})
+    api, keyed = start_api(redis_url, {"API_KEYS": ",".join(KEYS), "MAX_QUEUE_DEPTH": str(DEPTH)})
     grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    key = {"authorization": f"Bearer {KEYS[0]}"}
 
     def grpc_live() -> bool:
         try:
@@ -150,18 +152,28 @@ def test_open_inference_takes_keys_from_headers_and_grpc_metadata_and_says_unava
         with pytest.raises(InferenceServerException) as err:
             grpc.get_model_metadata(MODEL)
         assert err.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert grpc.get_model_metadata(MODEL, headers=key, as_json=True)["name"] == MODEL
+
+        client.delete(QUEUE)
+        client.rpush(QUEUE, *[b"placeholder"] * DEPTH)  # a full queue, as if workers could not keep up
+        stored = set(client.keys(PIXELS_PREFIX + "*"))
+        pixels = grpcclient.InferInput("pixels", [1, 224, 224, 3], "UINT8")
+        pixels.set_data_from_numpy(np.zeros((1, 224, 224, 3), np.uint8))
         with pytest.raises(InferenceServerException) as err:
-            grpc.get_model_metadata(MODEL, headers={"authorization": f"Bearer {KEYS[0]}"})
-        assert err.value.status() == "StatusCode.UNAVAILABLE" and MODEL in err.value.message()
+            grpc.infer(MODEL, [pixels], headers=key)
+        assert err.value.status() == "StatusCode.UNAVAILABLE" and "MAX_QUEUE_DEPTH" in err.value.message()
 
         assert httpx.get(keyed + "/v2/health/live", timeout=10).status_code == 200
         assert httpx.get(keyed + "/v2/health/ready", timeout=10).status_code == 400
-        request = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 1, 1, 3], "data": [0, 0, 0]}]}
+        request = {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 224, 224, 3],
+                               "data": [0] * (224 * 224 * 3)}]}
         infer = keyed + f"/v2/models/{MODEL}/infer"
         assert httpx.post(infer, json=request, timeout=10).status_code == 401
         refused = httpx.post(infer, json=request, headers={"X-API-Key": KEYS[1]}, timeout=10)
         assert refused.status_code == 503 and refused.headers["Retry-After"] and set(refused.json()) == {"error"}
+        assert client.llen(QUEUE) == DEPTH and set(client.keys(PIXELS_PREFIX + "*")) == stored, "refused work stored"
     finally:
+        client.delete(QUEUE)
         grpc.close()
         for process in (server, api):
             process.terminate()
