@@ -43,10 +43,12 @@ def test_resnet50_random_weights_serves_1000_class_probabilities_and_stops_clean
         assert httpx.get(svc.flower_url + "/api/workers", timeout=10).status_code == 401
         assert httpx.get(svc.flower_url + "/api/workers", auth=("ops", "wrong"), timeout=10).status_code == 401
         assert httpx.get(svc.flower_url + "/api/workers", auth=("ops", "s3cret-pw"), timeout=10).status_code == 200
-        listening = {(c.laddr.ip, c.laddr.port) for proc in psutil.Process(svc.proc.pid).children(recursive=True)
+        # gRPC listens on a dual-stack socket: 127.0.0.1 shows as its IPv4-mapped form, still loopback only.
+        listening = {(c.laddr.ip.removeprefix("::ffff:"), c.laddr.port)
+                     for proc in psutil.Process(svc.proc.pid).children(recursive=True)
                      for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN}
         ports = {int(redis_url.rsplit(":", 1)[1].split("/")[0]), int(svc.url.rsplit(":", 1)[1]),
-                 int(svc.flower_url.rsplit(":", 1)[1])}
+                 int(svc.flower_url.rsplit(":", 1)[1]), int(svc.grpc_url.rsplit(":", 1)[1])}
         assert ports <= {port for _, port in listening}, listening
         assert {ip for ip, _ in listening} == {"127.0.0.1"}, f"something listens beyond 127.0.0.1: {listening}"
     finally:
