@@ -45,5 +45,9 @@ broker_transport_options = {
     "unacked_restore_throttle": 1,
 }
 result_backend_transport_options = {"visibility_timeout": settings.VISIBILITY_TIMEOUT_S}
+# REDIS_URL=sentinel://h:p;sentinel://h:p;... : both ask those Sentinels for the master REDIS_SENTINEL_MASTER.
+if broker_url.startswith("sentinel://"):
+    broker_transport_options["master_name"] = settings.REDIS_SENTINEL_MASTER
+    result_backend_transport_options["master_name"] = settings.REDIS_SENTINEL_MASTER
 result_expires = settings.RESULT_TTL_S
 broker_connection_retry_on_startup = True

@@ -33,6 +33,8 @@ def _float(name: str, default: float) -> float:
 
 #: Where Redis (broker and result backend) lives. Empty: `make run` starts an embedded one.
 REDIS_URL: str = _str("REDIS_URL", "")
+#: With REDIS_URL=sentinel://host:port;sentinel://host:port;...: the name of the master the Sentinels watch.
+REDIS_SENTINEL_MASTER: str = _str("REDIS_SENTINEL_MASTER", "")
 #: Where the embedded Redis keeps its append-only file (only when REDIS_URL is unset).
 REDIS_DATA_DIR: str = _str("REDIS_DATA_DIR", os.path.join("var", "redis"))
 #: Address and port of the HTTP API.

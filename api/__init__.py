@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
 from celery import Celery
 from flask import Flask
 
@@ -21,6 +20,7 @@ from api.metrics import init_metrics
 from api.waiter import ResultWaiter
 from models.decode_budget import DecodeBudget
 from tasks.model_records import InputLookup
+from tasks.redis_clients import connect
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -37,7 +37,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     celery = celery_init_app(app)
     broker_url = celery.conf.broker_url
-    app.extensions["redis"] = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=2)
+    app.extensions["redis"] = connect(broker_url, socket_timeout=5, socket_connect_timeout=2)
     app.extensions["result_waiter"] = ResultWaiter(broker_url)
     app.extensions["model_inputs"] = InputLookup(app.extensions["redis"])
     app.extensions["decode_budget"] = DecodeBudget(int(settings.DECODE_BUDGET_MB * 2**20))

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from tasks.redis_clients import connect
 from tasks.result_store import READY_STATES, RESULT_KEY_PREFIX
 
 _FALLBACK_POLL_S = 0.5
@@ -37,7 +38,7 @@ class ResultWaiter:
     def _listen(self) -> None:
         while True:
             try:
-                pubsub = redis.Redis.from_url(self._redis_url).pubsub(ignore_subscribe_messages=True)
+                pubsub = connect(self._redis_url).pubsub(ignore_subscribe_messages=True)
                 pubsub.psubscribe(RESULT_KEY_PREFIX + "*")
                 for message in pubsub.listen():
                     task_id = message["channel"].decode()[len(RESULT_KEY_PREFIX):]

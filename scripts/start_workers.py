@@ -28,6 +28,7 @@ import redis
 import settings
 from scripts.supervise import ProcessGroup, Stop, install_stop_handlers, log, returning_malloc
 from tasks.model_records import read_failure
+from tasks.redis_clients import connect
 from tasks.worker import model_of_queues
 
 _RESTART_DELAY_S = 2.0
@@ -90,7 +91,7 @@ def _failure_since(client: redis.Redis, model: str | None, started: float) -> st
 
 def supervise_workers(group: ProcessGroup, commands: list[tuple[str, list[str], dict[str, str]]]) -> int:
     """Run the workers until Stop, restarting any that exits; 1 once no model worker is left to run."""
-    client = redis.Redis.from_url(settings.REDIS_URL or "redis://127.0.0.1:6379/0", socket_timeout=5)
+    client = connect(settings.REDIS_URL or "redis://127.0.0.1:6379/0", socket_timeout=5)
     by_name = {name: (argv, env) for name, argv, env in commands}
     started: dict[str, float] = {}
     for name, argv, env in commands:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import redis
 from celery.utils.log import get_logger
 
+from tasks.redis_clients import connect
+
 #: Key prefix of the heartbeats; one key per serving pool process.
 READY_KEY_PREFIX = "imageclf:worker:"
 HEARTBEAT_S = 5.0
@@ -25,7 +27,7 @@ _wake = threading.Event()
 
 
 def _beat(redis_url: str, key: str, info: Callable[[], dict]) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     while not _stop.is_set():
         _wake.clear()
         try:

@@ -31,6 +31,7 @@ from tasks.job_store import sweep_orphans
 from tasks.model_records import clear_failure, record_failure, record_served
 from tasks.model_versions import ServedModel
 from tasks.readiness import beat_now, start_heartbeat, stop_heartbeat
+from tasks.redis_clients import connect
 
 if TYPE_CHECKING:
     from models.keras_model import Classifier
@@ -57,7 +58,7 @@ def pixel_store() -> redis.Redis:
     """This process's Redis client for request pixels (made after the fork, never shared)."""
     global _pixel_store
     if _pixel_store is None:
-        _pixel_store = redis.Redis.from_url(celery_app.conf.broker_url, socket_timeout=30)
+        _pixel_store = connect(celery_app.conf.broker_url, socket_timeout=30)
     return _pixel_store
 
 

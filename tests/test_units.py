@@ -295,3 +295,15 @@ def test_the_batch_size_is_the_smallest_within_5_percent_of_the_best_throughput(
     # A model whose cost per call is fixed (10 ms whatever the batch): larger batches are faster.
     curve = throughput_curve(lambda x: time.sleep(0.01) or x, (2, 2, 3), 8)
     assert list(curve) == [1, 2, 4, 8] and curve[8] > 4 * curve[1] and pick(curve) == 8
+
+
+def test_sentinel_urls_name_every_sentinel_the_db_and_the_password():
+    from tasks.redis_clients import connect, is_sentinel, sentinel_nodes
+
+    url = "sentinel://:s3cret@10.0.0.1:26379/2;sentinel://10.0.0.2:26380;sentinel://redis-sentinel-2"
+    assert is_sentinel(url) and not is_sentinel("redis://127.0.0.1:6379/0")
+    assert sentinel_nodes(url) == ([("10.0.0.1", 26379), ("10.0.0.2", 26380), ("redis-sentinel-2", 26379)], 2, "s3cret")
+    with pytest.raises(ValueError, match="sentinel://"):
+        sentinel_nodes("sentinel://a:1;redis://b:2")
+    with pytest.raises(ValueError, match="REDIS_SENTINEL_MASTER"):
+        connect("sentinel://127.0.0.1:26379", master="")

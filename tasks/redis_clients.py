@@ -1,0 +1,57 @@
+"""Redis clients for every process, from REDIS_URL: a plain Redis or the master a set of Sentinels names.
+
+    REDIS_URL=redis://host:6379/0
+    REDIS_URL=sentinel://host1:26379;sentinel://host2:26379;sentinel://host3:26379  REDIS_SENTINEL_MASTER=mymaster
+
+The sentinel form is the one Celery's broker and result backend read (celeryconfig.py passes
+the master name to both); this module gives the API, the workers' own keys, the result
+waiter and the readiness heartbeats the same view. A Sentinel client asks the Sentinels for
+the master on every new connection, so after a failover the next command reaches the new master.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.sentinel import Sentinel
+
+import settings
+
+SENTINEL_SCHEME = "sentinel://"
+
+
+def is_sentinel(url: str) -> bool:
+    return url.startswith(SENTINEL_SCHEME)
+
+
+def sentinel_nodes(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
+    """((host, port) of each Sentinel, db, password) from `sentinel://[:pw@]h:p[/db];sentinel://h:p;...`."""
+    nodes, db, password = [], 0, None
+    for part in filter(None, (p.strip() for p in url.split(";"))):
+        if not part.startswith(SENTINEL_SCHEME):
+            raise ValueError(f"REDIS_URL: every part of a Sentinel URL must start with {SENTINEL_SCHEME}, got {part!r}")
+        parsed = urlsplit(part)
+        if not parsed.hostname:
+            raise ValueError(f"REDIS_URL: no host in {part!r}")
+        nodes.append((parsed.hostname, parsed.port or 26379))
+        if parsed.path.strip("/"):
+            db = int(parsed.path.strip("/"))
+        if parsed.password:
+            password = unquote(parsed.password)
+    if not nodes:
+        raise ValueError("REDIS_URL names no Sentinel")
+    return nodes, db, password
+
+
+def connect(url: str, master: str | None = None, **options: Any) -> redis.Redis:
+    """A client for `url`; for a Sentinel URL, of the master named `master` (default REDIS_SENTINEL_MASTER)."""
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **options)
+    master = master or settings.REDIS_SENTINEL_MASTER
+    if not master:
+        raise ValueError("REDIS_URL names Sentinels: set REDIS_SENTINEL_MASTER to the master's name")
+    nodes, db, password = sentinel_nodes(url)
+    sentinel = Sentinel(nodes, sentinel_kwargs={"socket_timeout": 2, "socket_connect_timeout": 2})
+    return sentinel.master_for(master, db=db, password=password, **options)
