@@ -35,6 +35,11 @@ def _float(name: str, default: float) -> float:
 REDIS_URL: str = _str("REDIS_URL", "")
 #: With REDIS_URL=sentinel://host:port;sentinel://host:port;...: the name of the master the Sentinels watch.
 REDIS_SENTINEL_MASTER: str = _str("REDIS_SENTINEL_MASTER", "")
+#: Replicas that must hold an accepted request (Redis WAIT) before the API answers 202 or starts waiting
+#: for it, at most REDIS_WAIT_MS; else 503 + Retry-After. Replication is asynchronous: without it a
+#: failover can lose work the client was told was accepted. Default 1 with Sentinels, else 0 (off).
+REDIS_WAIT_REPLICAS: int = max(0, _int("REDIS_WAIT_REPLICAS", 1 if REDIS_URL.startswith("sentinel://") else 0))
+REDIS_WAIT_MS: int = max(1, _int("REDIS_WAIT_MS", 1000))
 #: Where the embedded Redis keeps its append-only file (only when REDIS_URL is unset).
 REDIS_DATA_DIR: str = _str("REDIS_DATA_DIR", os.path.join("var", "redis"))
 #: Address and port of the HTTP API.

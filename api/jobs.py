@@ -10,10 +10,8 @@ from the archive), so their names are only labels and cannot escape the job fold
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import shutil
-import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -25,11 +23,10 @@ from werkzeug.datastructures import FileStorage
 import settings
 from api.errors import APIError
 from api.models import model_input, requested_model
-from api.submissions import issued, queue_unavailable, redis_client, refuse_when_full
+from api.submissions import issued, queue_unavailable, record_accepted, redis_client, refuse_when_full
 from api.uploads import form_number
 from models.video import VideoDecodeError, probe, sample_times
 from tasks.job_store import cancel, create_job, discard, job_dir, read_job
-from tasks.payloads import ISSUED_PREFIX
 
 bp = Blueprint("jobs", __name__)
 
@@ -186,11 +183,10 @@ def _video_spec(upload: FileStorage, folder: Path) -> dict[str, Any]:
 def _start(job_id: str, spec: dict[str, Any], total: int) -> None:
     """Record the job and its issued id, then queue its first step for the decoder workers."""
     client = redis_client()
-    record = json.dumps({"kind": "job", "model": spec["model"], "owner": g.owner, "created": time.time()})
     with queue_unavailable():
         refuse_when_full(settings.JOBS_QUEUE)
         with client.pipeline(transaction=True) as pipe:
             create_job(pipe, job_id, spec["kind"], total, spec, settings.RESULT_TTL_S)
-            pipe.set(ISSUED_PREFIX + job_id, record, ex=settings.RESULT_TTL_S)
             pipe.execute()
         current_app.extensions["celery"].send_task("job_step", args=[job_id])
+    record_accepted(job_id, {"kind": "job", "model": spec["model"]})

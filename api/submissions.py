@@ -45,18 +45,37 @@ def queue_unavailable() -> Iterator[None]:
 
 def submit_classify(pixels: bytes, size: tuple[int, int], top: int, model: str,
                     expires_at: float | None = None, probabilities: bool = False) -> str:
-    """Record a new random id and queue one image for the batched classify task (see enqueue_classify)."""
+    """Queue one image for the batched classify task (see enqueue_classify), then record its new random id."""
     task_id = str(uuid.uuid4())
-    record = json.dumps({"kind": "predict", "model": model, "owner": g.owner, "created": time.time()})
     with queue_unavailable():
         try:
             enqueue_classify(_celery(), redis_client(), task_id, pixels, size, top, settings.RESULT_TTL_S,
-                             extra_keys={ISSUED_PREFIX + task_id: record}, queue=settings.interactive_queue(model),
-                             expires_at=expires_at, max_depth=settings.MAX_QUEUE_DEPTH,
-                             probabilities=probabilities)
+                             queue=settings.interactive_queue(model), expires_at=expires_at,
+                             max_depth=settings.MAX_QUEUE_DEPTH, probabilities=probabilities)
         except QueueFull as full:
             raise overloaded(full.depth) from None
+    record_accepted(task_id, {"kind": "predict", "model": model})
     return task_id
+
+
+def record_accepted(task_id: str, record: dict[str, Any]) -> None:
+    """Record an id issued to the caller, once its work is queued, as accepted.
+
+    With REDIS_WAIT_REPLICAS, the record is written and then waited for on a replica (Redis WAIT):
+    replication keeps order, so a replica holding it holds the work queued before it too, and a
+    failover cannot lose work the client was told was accepted. Not confirmed in REDIS_WAIT_MS: 503
+    (the work may still run; a retry may run it twice, at least once is the promise).
+    """
+    value = json.dumps({**record, "owner": g.owner, "created": time.time()})
+    with queue_unavailable(), redis_client().pipeline(transaction=False) as pipe:
+        pipe.set(ISSUED_PREFIX + task_id, value, ex=settings.RESULT_TTL_S)
+        if settings.REDIS_WAIT_REPLICAS:
+            pipe.wait(settings.REDIS_WAIT_REPLICAS, settings.REDIS_WAIT_MS)
+        replies = pipe.execute()
+    if settings.REDIS_WAIT_REPLICAS and replies[-1] < settings.REDIS_WAIT_REPLICAS:
+        raise APIError(503, f"queued, but {replies[-1]} of {settings.REDIS_WAIT_REPLICAS} Redis replicas confirmed it "
+                            f"within {settings.REDIS_WAIT_MS} ms (REDIS_WAIT_REPLICAS); retry later",
+                       {"Retry-After": "2"})
 
 
 def overloaded(depth: int) -> APIError:

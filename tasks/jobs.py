@@ -17,6 +17,7 @@ round (within _POLL_S), and the job's queued pixels and files are deleted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -27,6 +28,7 @@ from typing import Any
 
 import redis
 from celery.utils.log import get_logger
+from kombu.exceptions import OperationalError
 
 import settings
 from models.decode_budget import DecodeBudget
@@ -59,19 +61,28 @@ _POLL_S = 0.1         # pause between rounds when nothing could be sent
 _LOCK_S = 60.0        # a crashed step's lock frees itself after this
 
 
-@celery_app.task(name="job_step", acks_late=True, ignore_result=True)
+#: Redis or the broker away (a restart, a Sentinel failover): the step is sent again and resumes from the
+#: job's stored cursor. A step that failed instead would be acknowledged, and its job would never go on.
+_REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError, OperationalError)
+#: Sending the next step (or a retry) waits up to a minute for the broker; kombu's default gives up in 0.6 s.
+_SEND_POLICY = {"max_retries": 60, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}
+
+
+@celery_app.task(name="job_step", acks_late=True, ignore_result=True, autoretry_for=_REDIS_AWAY, max_retries=None,
+                 retry_backoff=1, retry_backoff_max=10, retry_jitter=False, retry_kwargs={"retry_policy": _SEND_POLICY})
 def job_step(job_id: str) -> None:
     client = pixel_store()
     token = acquire_lock(client, job_id, _LOCK_S)
     if token is None:  # another step of this job is running (a redelivered duplicate): let it
-        job_step.apply_async((job_id,), countdown=1.0)
+        job_step.apply_async((job_id,), countdown=1.0, retry_policy=_SEND_POLICY)
         return
     try:
         more = _Driver(client, job_id).run(STEP_S)
     finally:
-        release_lock(client, job_id, token)
+        with contextlib.suppress(*_REDIS_AWAY):  # else the lock frees itself after _LOCK_S
+            release_lock(client, job_id, token)
     if more:
-        job_step.apply_async((job_id,))
+        job_step.apply_async((job_id,), retry_policy=_SEND_POLICY)
 
 
 _input_lookup: InputLookup | None = None
