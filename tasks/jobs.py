@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import time
 import uuid
 import zipfile
@@ -113,6 +114,13 @@ class _Driver:
         """Work on the job for about `budget_s` seconds; True if another step is needed."""
         job = read_job(self.client, self.job_id)
         if job is None or job["status"] in FINAL:
+            discard(self.client, self.job_id)
+            return False
+        if not job_dir(self.job_id).is_dir():  # the API wrote the files where this decoder cannot see them
+            error = (f"this decoder ({socket.gethostname()}) cannot read the job's files: {job_dir(self.job_id)} "
+                     f"does not exist here. UPLOAD_DIR must be one volume shared by the API and every decoder")
+            logger.error("job %s: %s", self.job_id, error)
+            update_if_active(self.client, self.job_id, self.ttl, status="FAILURE", error=error)
             discard(self.client, self.job_id)
             return False
         spec, total, cursor = job["spec"], job["total"], job["cursor"]
