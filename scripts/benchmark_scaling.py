@@ -34,9 +34,11 @@ from scripts.supervise import wait_until
 
 
 def redis_counters(client: redis.Redis) -> dict[str, float]:
-    stats = client.info("stats")
+    """Commands, network bytes and CPU seconds (user + system) Redis has spent since it started."""
+    stats, cpu = client.info("stats"), client.info("cpu")
     return {"commands": stats["total_commands_processed"], "bytes_in": stats["total_net_input_bytes"],
-            "bytes_out": stats["total_net_output_bytes"]}
+            "bytes_out": stats["total_net_output_bytes"],
+            "cpu_ms": 1000 * (cpu["used_cpu_sys"] + cpu["used_cpu_user"])}
 
 
 def wait_cost(rounds: int = 2000) -> dict[str, float]:
@@ -146,11 +148,13 @@ def main() -> int:
     lines = [f"Model `{args.model}` (random weights), {args.clients} clients, {len(image):,}-byte JPEG; "
              f"{report['machine']}; {report['date']}.", "", f"    {report['command']}", "",
              "| model workers (1 core each) | images/s | × 1 worker | p50 ms | p99 ms | Redis commands per image | "
-             "Redis bytes in per image | Redis bytes out per image |", "|---|---|---|---|---|---|---|---|"]
+             "Redis bytes in per image | Redis bytes out per image | Redis CPU ms per image |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for level in levels:
         lines.append(f"| {level['workers']} | {level['images_per_s']:.1f} | {level['images_per_s'] / base:.2f} | "
                      f"{level['p50_ms']:.0f} | {level['p99_ms']:.0f} | {level['redis_commands_per_image']:.1f} | "
-                     f"{level['redis_bytes_in_per_image']:,.0f} | {level['redis_bytes_out_per_image']:,.0f} |")
+                     f"{level['redis_bytes_in_per_image']:,.0f} | {level['redis_bytes_out_per_image']:,.0f} | "
+                     f"{level['redis_cpu_ms_per_image']:.2f} |")
     lines += ["", "Accepting a request with `REDIS_WAIT_REPLICAS=1` (the record write, then `WAIT` for one replica; "
               "master and replica on this host): "
               f"p50 {waits['without_wait_p50_ms']:.3f} → {waits['with_wait_p50_ms']:.3f} ms, "
