@@ -95,6 +95,12 @@ def service_counters(url: str) -> dict[str, float]:
     return totals
 
 
+#: Process roles by a piece of their command line, first match wins.
+_ROLES = (("gunicorn", "API (gunicorn)"), ("api.grpc_server", "gRPC server"), ("flower", "Flower"),
+          ("--queues jobs", "decoders"), ("redis-server", "Redis"), ("celery", "model worker's consumer"),
+          ("scripts.benchmark", "load client"), ("scripts.", "supervisors"))
+
+
 class CpuMeter:
     """CPU seconds of the model process and of everything else on the host that serves or loads it.
 
@@ -127,6 +133,18 @@ class CpuMeter:
 
     def read(self) -> tuple[float, float]:
         return self._seconds([self.model]), self._seconds(self._others())
+
+    def by_role(self) -> dict[str, float]:
+        """CPU seconds of everything else, by what each process is (its command line)."""
+        roles: dict[str, float] = {}
+        for process in self._others():
+            try:
+                line = " ".join(process.cmdline())
+            except Exception:  # exited meanwhile
+                continue
+            role = next((name for key, name in _ROLES if key in line), "other")
+            roles[role] = roles.get(role, 0.0) + self._seconds([process])
+        return roles
 
 
 def e2e(url: str, image: bytes, concurrency: int, requests: int, bar: tqdm, meter: CpuMeter | None = None) -> dict:
@@ -161,11 +179,13 @@ def e2e(url: str, image: bytes, concurrency: int, requests: int, bar: tqdm, mete
             one(False)
         before = service_counters(url)
         cpu_before = meter.read() if meter else (0.0, 0.0)
+        roles_before = meter.by_role() if meter else {}
         start = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(lambda _: one(True), range(requests)))
         elapsed = time.perf_counter() - start
         cpu_after = meter.read() if meter else (0.0, 0.0)
+        roles_after = meter.by_role() if meter else {}
         after = service_counters(url)
     q = statistics.quantiles(latencies, n=100)
     return {
@@ -182,6 +202,8 @@ def e2e(url: str, image: bytes, concurrency: int, requests: int, bar: tqdm, mete
         # Cores in use on average: the model process, and the rest (API, Redis, Celery consumer, this client).
         "model_cores": (cpu_after[0] - cpu_before[0]) / elapsed if meter else None,
         "other_cores": (cpu_after[1] - cpu_before[1]) / elapsed if meter else None,
+        "other_cores_by_role": {role: round((roles_after[role] - roles_before.get(role, 0.0)) / elapsed, 3)
+                                for role in roles_after},
     }
 
 
