@@ -16,6 +16,7 @@ APIErrors with the HTTP status; the gRPC server maps them to its status codes.
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from dataclasses import dataclass, field
@@ -220,8 +221,6 @@ def _pixels_from_json(data: Any, shape: list[int]) -> np.ndarray:
 
 def _images_from_json(data: Any, count: int) -> list[bytes]:
     """JSON BYTES elements are strings (Latin-1 code points carry the bytes) or {"b64": "..."} objects."""
-    import base64
-
     items = data if isinstance(data, list) else [data]
     if len(items) != count:
         raise APIError(400, f"input 'image' has {len(items)} elements; its shape says {count}")
