@@ -56,7 +56,7 @@ class SentinelCluster:
     replica; `url` is the REDIS_URL that names them, with REDIS_SENTINEL_MASTER = `name`.
     """
 
-    def __init__(self, data_dir: str, name: str = "imageclf", down_after_ms: int = 1000) -> None:
+    def __init__(self, data_dir: str, name: str = "imageclf", down_after_ms: int = 2000) -> None:
         self.name, self.dir = name, os.path.abspath(data_dir)
         self.master_port, self.replica_port = free_port(), free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
@@ -124,8 +124,15 @@ class SentinelCluster:
         return key
 
     def restart(self, key: str) -> None:
-        """Start a killed Redis again with its files, as a supervisor would: the Sentinels make it a replica."""
-        self._spawn(key, self.processes[key].args)
+        """Start a killed Redis again with its files, as a replica of the master the Sentinels name now.
+
+        Restarted as a master instead, it would hold its stale data as a candidate until the Sentinels
+        reconfigure it, and a second failover in that window (seen here with a 1 s down-after on a busy
+        host) promotes it and loses what the new master took meanwhile.
+        """
+        port = self.master_port if key == "master" else self.replica_port
+        host, master_port = self.master_address() or ("127.0.0.1", self.replica_port)
+        self._spawn(key, redis_argv(port, os.path.join(self.dir, key)) + ["--replicaof", host, str(master_port)])
 
     def stop(self) -> None:
         for process in self.processes.values():
