@@ -25,11 +25,17 @@ def owner_of(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def _presented_key() -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return request.headers.get("X-API-Key")
+def presented_key(authorization: str, api_key: str | None) -> str | None:
+    """The key from an `Authorization: Bearer <key>` value, else from `X-API-Key` (HTTP headers or gRPC metadata)."""
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return api_key
+
+
+def known_owner(key: str | None, owners: list[str]) -> str | None:
+    """The owner id of `key` when it is one of `owners` (compared in constant time), else None."""
+    owner = owner_of(key) if key else ""
+    return owner if any(hmac.compare_digest(owner, known) for known in owners) else None
 
 
 def init_auth(app: Flask, keys: list[str]) -> None:
@@ -41,9 +47,9 @@ def init_auth(app: Flask, keys: list[str]) -> None:
         g.owner = ANONYMOUS
         if not owners or request.endpoint in _OPEN_ENDPOINTS:
             return
-        key = _presented_key()
-        owner = owner_of(key) if key else ""
-        if not any(hmac.compare_digest(owner, known) for known in owners):
+        owner = known_owner(presented_key(request.headers.get("Authorization", ""), request.headers.get("X-API-Key")),
+                            owners)
+        if owner is None:
             raise APIError(401, "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
                            {"WWW-Authenticate": "Bearer"})
         g.owner = owner

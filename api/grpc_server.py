@@ -10,7 +10,6 @@ v2 endpoints. API keys come from the `authorization: Bearer <key>` or `x-api-key
 
 from __future__ import annotations
 
-import hmac
 import logging
 import signal
 import threading
@@ -19,13 +18,12 @@ from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 from flask import Flask, g
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 import settings
 from api import create_app
-from api.auth import ANONYMOUS, owner_of
+from api.auth import ANONYMOUS, known_owner, owner_of, presented_key
 from api.errors import APIError
 from api.inference_protocol import (
     IMAGE,
@@ -34,12 +32,14 @@ from api.inference_protocol import (
     RequestedOutput,
     check_input,
     check_output,
-    classification_entries,
-    join_bytes,
+    output_tensors,
+    pixels_from_bytes,
+    pixels_from_values,
     split_bytes,
 )
 from api.v2 import model_config, model_metadata, model_ready, server_metadata, server_ready
 from api.v2_inference import run, served_input
+from tasks.model_records import ModelInput
 
 logger = logging.getLogger("api.grpc")
 
@@ -85,10 +85,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         if not self.owners:
             return ANONYMOUS
         metadata = dict(context.invocation_metadata())
-        bearer = metadata.get("authorization", "")
-        key = bearer[7:].strip() if bearer.lower().startswith("bearer ") else metadata.get("x-api-key")
-        owner = owner_of(key) if key else ""
-        if not any(hmac.compare_digest(owner, known) for known in self.owners):
+        owner = known_owner(presented_key(metadata.get("authorization", ""), metadata.get("x-api-key")), self.owners)
+        if owner is None:
             raise APIError(401, "a valid API key is required (metadata authorization: Bearer <key>, or x-api-key)")
         return owner
 
@@ -127,16 +125,15 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ModelInfer(self, request, context):  # noqa: N802
         def body():
-            parsed = _parse_infer(request)
-            return _encode_infer(parsed, run(parsed, context.time_remaining()))
+            size = served_input(request.model_name, request.model_version or None)
+            parsed = _parse_infer(request, size)
+            return _encode_infer(parsed, run(parsed, size, context.time_remaining()))
         return self._call(context, body)
 
 
-def _parse_infer(request: service_pb2.ModelInferRequest) -> InferRequest:
-    """An InferRequest from a ModelInferRequest (raw_input_contents or typed contents)."""
-    version = request.model_version or None
-    size = served_input(request.model_name, version)
-    parsed = InferRequest(request.model_name, version, id=request.id)
+def _parse_infer(request: service_pb2.ModelInferRequest, size: ModelInput) -> InferRequest:
+    """An InferRequest from a ModelInferRequest (raw_input_contents or typed contents) for the model's `size`."""
+    parsed = InferRequest(request.model_name, request.model_version or None, id=request.id)
     if len(request.inputs) != 1:
         raise APIError(400, "send exactly one input: 'image' (encoded files) or 'pixels' (resized RGB)")
     if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
@@ -150,13 +147,8 @@ def _parse_infer(request: service_pb2.ModelInferRequest) -> InferRequest:
             if len(parsed.images) != shape[0]:
                 raise APIError(400, f"input 'image' has {len(parsed.images)} elements; its shape says {shape[0]}")
         else:
-            values = np.frombuffer(raw, np.uint8) if raw is not None else np.asarray(tensor.contents.uint_contents)
-            if values.size != int(np.prod(shape)):
-                raise APIError(400, f"input 'pixels' has {values.size} values; shape {shape} needs "
-                                    f"{int(np.prod(shape))}")
-            if values.size and values.max() > 255:
-                raise APIError(400, "input 'pixels': UINT8 values must be from 0 to 255")
-            parsed.pixels = values.astype(np.uint8).reshape(shape)
+            parsed.pixels = pixels_from_bytes(raw, shape) if raw is not None else \
+                pixels_from_values(list(tensor.contents.uint_contents), shape)
     for spec in request.outputs:
         params = {k: _parameter(v) for k, v in spec.parameters.items()}
         output = RequestedOutput(spec.name, True, int(params.get("classification", 0) or 0))
@@ -168,18 +160,10 @@ def _parse_infer(request: service_pb2.ModelInferRequest) -> InferRequest:
 def _encode_infer(request: InferRequest, answer: InferAnswer) -> service_pb2.ModelInferResponse:
     """Every output as raw_output_contents (what Triton's gRPC clients read)."""
     response = service_pb2.ModelInferResponse(model_name=answer.model, model_version=answer.version, id=answer.id)
-    for wanted in request.wanted():
-        if wanted.classification:
-            rows = [classification_entries(p, wanted.classification) for p in answer.predictions]
-            shape = [len(rows), len(rows[0]) if rows else 0]
-            raw, datatype = join_bytes([e for row in rows for e in row]), "BYTES"
-        else:
-            assert answer.probabilities is not None
-            shape, datatype = list(answer.probabilities.shape), "FP32"
-            raw = answer.probabilities.astype("<f4").tobytes()
+    for tensor in output_tensors(request, answer):
         response.outputs.append(service_pb2.ModelInferResponse.InferOutputTensor(
-            name=wanted.name, datatype=datatype, shape=shape))
-        response.raw_output_contents.append(raw)
+            name=tensor.name, datatype=tensor.datatype, shape=tensor.shape))
+        response.raw_output_contents.append(tensor.raw())
     return response
 
 

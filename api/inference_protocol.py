@@ -176,12 +176,12 @@ def parse_http(body: bytes, header_length: int | None, model: str, version: str 
             if name == IMAGE:
                 request.images = split_bytes(raw, shape[0])
             else:
-                request.pixels = _pixels_from(raw, shape)
+                request.pixels = pixels_from_bytes(raw, shape)
         elif "data" in spec:
             if name == IMAGE:
                 request.images = _images_from_json(spec["data"], shape[0])
             else:
-                request.pixels = _pixels_from_json(spec["data"], shape)
+                request.pixels = pixels_from_values(spec["data"], shape)
         else:
             raise APIError(400, f"input {name!r} has neither 'data' nor a 'binary_data_size' parameter")
     if offset != len(tail):
@@ -200,14 +200,16 @@ def parse_http(body: bytes, header_length: int | None, model: str, version: str 
     return request
 
 
-def _pixels_from(raw: bytes, shape: list[int]) -> np.ndarray:
+def pixels_from_bytes(raw: bytes, shape: list[int]) -> np.ndarray:
+    """The `pixels` input from its binary form (HTTP's binary data, gRPC's raw_input_contents)."""
     expected = int(np.prod(shape))
     if len(raw) != expected:
         raise APIError(400, f"input 'pixels' has {len(raw)} bytes of data; shape {shape} needs {expected}")
     return np.frombuffer(raw, np.uint8).reshape(shape)
 
 
-def _pixels_from_json(data: Any, shape: list[int]) -> np.ndarray:
+def pixels_from_values(data: Any, shape: list[int]) -> np.ndarray:
+    """The `pixels` input from numbers (HTTP's JSON `data`, gRPC's uint_contents), each checked to be 0-255."""
     try:
         array = np.asarray(data, dtype=np.int64).reshape(-1)
     except (ValueError, TypeError):
@@ -242,27 +244,50 @@ def _images_from_json(data: Any, count: int) -> list[bytes]:
     return out
 
 
+@dataclass
+class OutputTensor:
+    """One output of an answer, for either transport: Triton's classification entries or the probabilities."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    entries: list[bytes] | None = None  # BYTES, row-major
+    array: np.ndarray | None = None  # FP32
+
+    def raw(self) -> bytes:
+        """The binary form (HTTP's binary data extension, gRPC's raw_output_contents)."""
+        return join_bytes(self.entries) if self.entries is not None else self.array.astype("<f4").tobytes()
+
+    def json_data(self) -> list:
+        return [e.decode() for e in self.entries] if self.entries is not None else self.array.reshape(-1).tolist()
+
+
+def output_tensors(request: InferRequest, answer: InferAnswer) -> list[OutputTensor]:
+    """The outputs the request wants, in its order."""
+    tensors = []
+    for wanted in request.wanted():
+        if wanted.classification:
+            rows = [classification_entries(p, wanted.classification) for p in answer.predictions]
+            tensors.append(OutputTensor(wanted.name, "BYTES", [len(rows), len(rows[0]) if rows else 0],
+                                        entries=[e for row in rows for e in row]))
+        else:
+            assert answer.probabilities is not None
+            tensors.append(OutputTensor(wanted.name, "FP32", list(answer.probabilities.shape),
+                                        array=answer.probabilities))
+    return tensors
+
+
 def encode_http(request: InferRequest, answer: InferAnswer) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header's length (else None)."""
     outputs, tail = [], []
-    count = len(answer.predictions)
-    for wanted in request.wanted():
-        out: dict[str, Any] = {"name": wanted.name}
-        if wanted.classification:
-            entries = [classification_entries(p, wanted.classification) for p in answer.predictions]
-            k = len(entries[0]) if entries else 0
-            out.update(datatype="BYTES", shape=[count, k])
-            flat = [e for row in entries for e in row]
-            raw, data = join_bytes(flat), [e.decode() for e in flat]
-        else:
-            assert answer.probabilities is not None
-            out.update(datatype="FP32", shape=list(answer.probabilities.shape))
-            raw, data = answer.probabilities.astype("<f4").tobytes(), None
+    for wanted, tensor in zip(request.wanted(), output_tensors(request, answer)):
+        out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
         if wanted.binary:
+            raw = tensor.raw()
             out["parameters"] = {"binary_data_size": len(raw)}
             tail.append(raw)
         else:
-            out["data"] = data if data is not None else answer.probabilities.reshape(-1).tolist()
+            out["data"] = tensor.json_data()
         outputs.append(out)
     doc = {"model_name": answer.model, "model_version": answer.version, "outputs": outputs}
     if answer.id:

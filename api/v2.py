@@ -16,9 +16,9 @@ from flask import Blueprint, Response, jsonify, request
 
 from api.errors import APIError
 from api.inference_protocol import EXTENSIONS, encode_http, parse_http
-from api.models import describe_models, served
+from api.models import served
 from api.submissions import queue_unavailable, redis_client
-from api.v2_inference import model_versions, run, served_input
+from api.v2_inference import described, known_model, model_versions, run, served_input
 from tasks.readiness import live_workers
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
@@ -46,11 +46,11 @@ def model_metadata(model: str, version: str | None) -> dict[str, Any]:
     """Names, datatypes and shapes of the model's inputs and output (-1: any number of images)."""
     size = served_input(model, version)
     with queue_unavailable():
-        classes = next((m.get("labels") for m in describe_models() if m["name"] == model), None)
-        versions = model_versions(model)
+        entry = described(model)
+    classes = entry.get("labels")
     return {
         "name": model,
-        "versions": versions,
+        "versions": model_versions(entry),
         "platform": SERVER_NAME,
         "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]},
                    {"name": "pixels", "datatype": "UINT8", "shape": [-1, size.height, size.width, 3]}],
@@ -85,8 +85,7 @@ def server_ready() -> tuple[bool, str]:
 
 def model_ready(model: str, version: str | None) -> bool:
     """Whether a live worker serves `model` (at `version`, when given); 404 for a model not served at all."""
-    if model not in served():
-        raise APIError(404, f"unknown model {model!r}; this service serves: {', '.join(served())}")
+    known_model(model)
     with queue_unavailable():
         workers = [w for w in live_workers(redis_client()) if w.get("model") == model]
     return any(version is None or str(w.get("served_version", 1)) == version for w in workers)
@@ -140,7 +139,7 @@ def infer(model: str, version: str | None = None):
         raise APIError(400, f"{HEADER_LENGTH} is {header_length}; the body has {len(body)} bytes")
     size = served_input(model, version)
     parsed = parse_http(body, header_length, model, version, (size.height, size.width))
-    payload, json_length = encode_http(parsed, run(parsed))
+    payload, json_length = encode_http(parsed, run(parsed, size))
     if json_length is None:
         return Response(payload, mimetype="application/json")
     response = Response(payload, mimetype="application/octet-stream")

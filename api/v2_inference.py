@@ -24,30 +24,38 @@ from tasks.payloads import PROBABILITIES_PREFIX
 from tasks.result_store import failure_message
 
 
-def served_input(model: str, version: str | None) -> ModelInput:
-    """The served input of `model`; 404 for a model or version this service does not serve now."""
+def known_model(model: str) -> None:
+    """404 for a model this service does not serve."""
     if model not in served():
         raise APIError(404, f"unknown model {model!r}; this service serves: {', '.join(served())}")
+
+
+def served_input(model: str, version: str | None) -> ModelInput:
+    """The served input of `model`; 404 for a model or version this service does not serve now."""
+    known_model(model)
     size = model_input(model)
     if version is not None and version != str(size.version):
         raise APIError(404, f"model {model!r} version {version!r} is not served; it serves version {size.version}")
     return size
 
 
-def model_versions(model: str) -> list[str]:
-    """The versions of `model` its workers know (ready or not), or the served one."""
-    entry = next((m for m in describe_models() if m["name"] == model), {})
+def described(model: str) -> dict[str, Any]:
+    """GET /models' entry of `model` (its versions, labels, workers)."""
+    return next((m for m in describe_models() if m["name"] == model), {})
+
+
+def model_versions(entry: dict[str, Any]) -> list[str]:
+    """The versions a model's workers know (ready or not), or the served one, from its `described` entry."""
     versions = sorted(entry.get("versions") or {}, key=lambda v: int(v) if str(v).isdigit() else 0)
     return [str(v) for v in versions] or [str(entry.get("served_version") or 1)]
 
 
-def run(request: InferRequest, timeout_s: float | None = None) -> InferAnswer:
-    """Queue each image, wait for every answer, gather the outputs.
+def run(request: InferRequest, size: ModelInput, timeout_s: float | None = None) -> InferAnswer:
+    """Queue each image, sized for `size` (the request's served_input), wait for every answer, gather the outputs.
 
     `timeout_s` (a gRPC client's deadline) bounds the wait and, like /predict's `deadline`, makes
     workers skip images still queued when it passes; without it the wait is PREDICT_TIMEOUT_S.
     """
-    size = served_input(request.model, request.version)
     shape = (size.height, size.width)
     if request.images is not None:
         pixels = [decode_upload(data, f"image[{i}]", shape, size.resize) for i, data in enumerate(request.images)]

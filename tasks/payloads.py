@@ -31,21 +31,21 @@ class QueueFull(Exception):
         self.depth = depth
 
 
-# KEYS: the queue, then the keys to set; ARGV: the depth limit, the TTL, then the values. One round trip
-# checks the queue's depth and stores the request's keys only when there is room.
+# KEYS: the queue, the pixels' key; ARGV: the depth limit, the TTL, the pixels. One round trip checks the
+# queue's depth and stores the pixels only when there is room.
 _STORE_UNLESS_FULL = """
 local depth = redis.call('LLEN', KEYS[1])
 if depth >= tonumber(ARGV[1]) then return depth end
-for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[2]) end
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2])
 return -1
 """
 
 
 def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: bytes, size: tuple[int, int],
-                     top: int, ttl_s: int, extra_keys: dict[str, str] | None = None, queue: str | None = None,
+                     top: int, ttl_s: int, queue: str | None = None,
                      expires_at: float | None = None, max_depth: int | None = None,
                      probabilities: bool = False) -> None:
-    """Store the pixels ((height, width) = `size`, RGB) and any `extra_keys` with a TTL, then queue the classify task.
+    """Store the pixels ((height, width) = `size`, RGB) with a TTL, then queue the classify task.
 
     With `max_depth`, raises QueueFull instead, storing nothing, when `queue` already holds that many
     messages (checked in the same round trip). A request still waiting at `expires_at` (epoch seconds)
@@ -53,17 +53,13 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
     With `probabilities`, the worker also stores the whole probability row (PROBABILITIES_PREFIX).
     """
     key = PIXELS_PREFIX + task_id
-    keys = {key: pixels, **(extra_keys or {})}
     if max_depth is not None:
         target = queue or celery.conf.task_default_queue
-        depth = client.eval(_STORE_UNLESS_FULL, 1 + len(keys), target, *keys, max_depth, ttl_s, *keys.values())
+        depth = client.eval(_STORE_UNLESS_FULL, 2, target, key, max_depth, ttl_s, pixels)
         if depth >= 0:
             raise QueueFull(target, depth)
     else:
-        with client.pipeline(transaction=False) as pipe:
-            for name, value in keys.items():
-                pipe.set(name, value, ex=ttl_s)
-            pipe.execute()
+        client.set(key, pixels, ex=ttl_s)
     options = {"queue": queue} if queue else {}
     kwargs = {"pixels_key": key, "size": list(size), "top": top, "sent_at": time.time()}
     if expires_at is not None:

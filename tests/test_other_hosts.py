@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from celery import Celery
 
 from scripts.redis_server import free_port, ping, redis_argv
@@ -51,14 +50,14 @@ def on_other_host(home: Path, redis_url: str, queues: str, node: str) -> subproc
 
 
 @pytest.fixture()
-def api_without_workers(tmp_path) -> Iterator[tuple[str, str, redis.Redis]]:
+def api_without_workers(tmp_path) -> Iterator[tuple[str, str]]:
     port = free_port()
     redis_url = f"redis://127.0.0.1:{port}/0"
     server = subprocess.Popen(redis_argv(port, str(tmp_path / "redis"), durable=False), stdout=subprocess.DEVNULL)
     assert wait_until(lambda: ping(redis_url), 15)
     api, url = start_api(redis_url, {"UPLOAD_DIR": str(tmp_path / "api-uploads")})
     try:
-        yield url, redis_url, redis.Redis.from_url(redis_url)
+        yield url, redis_url
     finally:
         api.terminate()
         api.wait(20)
@@ -77,7 +76,7 @@ def stop(process: subprocess.Popen) -> None:
 
 def test_a_model_worker_elsewhere_serves_and_a_decoder_without_the_files_fails_the_job_clearly(
         api_without_workers, tmp_path):
-    url, redis_url, _ = api_without_workers
+    url, redis_url = api_without_workers
     worker = on_other_host(tmp_path / "host-b", redis_url, f"interactive.{MODEL},bulk.{MODEL}", MODEL)
     local_decoder = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--queues", "jobs", "--concurrency", "1",
