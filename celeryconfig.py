@@ -7,6 +7,8 @@ import settings
 
 broker_url = settings.REDIS_URL or "redis://127.0.0.1:6379/0"
 result_backend = broker_url
+# kombu's Redis transport with one client per channel (see tasks/broker.py for why).
+broker_transport = "tasks.broker:" + ("SentinelTransport" if broker_url.startswith("sentinel://") else "Transport")
 
 # Pixels travel as raw bytes (msgpack); results are JSON so anything can read them. Never pickle.
 task_serializer = "msgpack"

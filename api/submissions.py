@@ -47,14 +47,20 @@ def submit_classify(pixels: bytes, size: tuple[int, int], top: int, model: str,
                     expires_at: float | None = None, probabilities: bool = False) -> str:
     """Queue one image for the batched classify task (see enqueue_classify), then record its new random id."""
     task_id = str(uuid.uuid4())
-    with queue_unavailable():
-        try:
-            enqueue_classify(_celery(), redis_client(), task_id, pixels, size, top, settings.RESULT_TTL_S,
-                             queue=settings.interactive_queue(model), expires_at=expires_at,
-                             max_depth=settings.MAX_QUEUE_DEPTH, probabilities=probabilities)
-        except QueueFull as full:
-            raise overloaded(full.depth) from None
-    record_accepted(task_id, {"kind": "predict", "model": model})
+    waiter = _waiter()
+    waiter.expect(task_id)
+    try:
+        with queue_unavailable():
+            try:
+                enqueue_classify(_celery(), redis_client(), task_id, pixels, size, top, settings.RESULT_TTL_S,
+                                 queue=settings.interactive_queue(model), expires_at=expires_at,
+                                 max_depth=settings.MAX_QUEUE_DEPTH, probabilities=probabilities)
+            except QueueFull as full:
+                raise overloaded(full.depth) from None
+        record_accepted(task_id, {"kind": "predict", "model": model})
+    except APIError:
+        waiter.forget(task_id)
+        raise
     return task_id
 
 
@@ -109,9 +115,12 @@ def fetch_meta(task_id: str) -> dict[str, Any]:
         raise APIError(503, "the result store is unavailable, try again later", {"Retry-After": "5"}) from None
 
 
+def _waiter() -> ResultWaiter:
+    return current_app.extensions["result_waiter"]
+
+
 def wait_for(task_id: str, timeout: float) -> dict[str, Any]:
-    waiter: ResultWaiter = current_app.extensions["result_waiter"]
-    return waiter.wait(task_id, timeout, lambda: fetch_meta(task_id))
+    return _waiter().wait(task_id, timeout, lambda: fetch_meta(task_id))
 
 
 def prediction_body(task_id: str, result: dict[str, Any]) -> dict[str, Any]:

@@ -66,8 +66,10 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
         kwargs["expires_at"] = expires_at
     if probabilities:
         kwargs["probabilities"] = True
-    # Flower shows kwargsrepr; Celery's own saferepr of these few plain values costs 0.1 ms a request.
-    celery.send_task("classify", kwargs=kwargs, task_id=task_id, argsrepr="()", kwargsrepr=repr(kwargs), **options)
+    # Flower shows kwargsrepr and parses it again (ast.literal_eval) on every event it indexes: only what
+    # a person reads there, not the pixels' key or timestamps.
+    shown = {"top": top, "size": list(size), **({"expires_at": expires_at} if expires_at is not None else {})}
+    celery.send_task("classify", kwargs=kwargs, task_id=task_id, argsrepr="()", kwargsrepr=repr(shown), **options)
 
 
 def fetch_pixels(client: redis.Redis, keys: list[str]) -> list[bytes | None]:
