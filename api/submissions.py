@@ -45,23 +45,31 @@ def queue_unavailable() -> Iterator[None]:
 
 def submit_classify(pixels: bytes, size: tuple[int, int], top: int, model: str,
                     expires_at: float | None = None, probabilities: bool = False) -> str:
-    """Queue one image for the batched classify task (see enqueue_classify), then record its new random id."""
+    """Queue one image for the batched classify task under a new random id, recorded as issued in the same
+    script (see enqueue_classify); the waiter looks out for its result before it is sent."""
     task_id = str(uuid.uuid4())
     waiter = _waiter()
     waiter.expect(task_id)
     try:
         with queue_unavailable():
             try:
-                enqueue_classify(_celery(), redis_client(), task_id, pixels, size, top, settings.RESULT_TTL_S,
-                                 queue=settings.interactive_queue(model), expires_at=expires_at,
-                                 max_depth=settings.MAX_QUEUE_DEPTH, probabilities=probabilities)
+                confirmed = enqueue_classify(
+                    _celery(), redis_client(), task_id, pixels, size, top, settings.RESULT_TTL_S,
+                    queue=settings.interactive_queue(model), expires_at=expires_at,
+                    max_depth=settings.MAX_QUEUE_DEPTH, probabilities=probabilities,
+                    issued=_issued_record({"kind": "predict", "model": model}),
+                    wait_replicas=settings.REDIS_WAIT_REPLICAS, wait_ms=settings.REDIS_WAIT_MS)
             except QueueFull as full:
                 raise overloaded(full.depth) from None
-        record_accepted(task_id, {"kind": "predict", "model": model})
+        _check_replicas(confirmed)
     except APIError:
         waiter.forget(task_id)
         raise
     return task_id
+
+
+def _issued_record(record: dict[str, Any]) -> str:
+    return json.dumps({**record, "owner": g.owner, "created": time.time()})
 
 
 def record_accepted(task_id: str, record: dict[str, Any]) -> None:
@@ -72,14 +80,18 @@ def record_accepted(task_id: str, record: dict[str, Any]) -> None:
     failover cannot lose work the client was told was accepted. Not confirmed in REDIS_WAIT_MS: 503
     (the work may still run; a retry may run it twice, at least once is the promise).
     """
-    value = json.dumps({**record, "owner": g.owner, "created": time.time()})
     with queue_unavailable(), redis_client().pipeline(transaction=False) as pipe:
-        pipe.set(ISSUED_PREFIX + task_id, value, ex=settings.RESULT_TTL_S)
+        pipe.set(ISSUED_PREFIX + task_id, _issued_record(record), ex=settings.RESULT_TTL_S)
         if settings.REDIS_WAIT_REPLICAS:
             pipe.wait(settings.REDIS_WAIT_REPLICAS, settings.REDIS_WAIT_MS)
         replies = pipe.execute()
-    if settings.REDIS_WAIT_REPLICAS and replies[-1] < settings.REDIS_WAIT_REPLICAS:
-        raise APIError(503, f"queued, but {replies[-1]} of {settings.REDIS_WAIT_REPLICAS} Redis replicas confirmed it "
+    _check_replicas(replies[-1] if settings.REDIS_WAIT_REPLICAS else 0)
+
+
+def _check_replicas(confirmed: int) -> None:
+    """503 when fewer than REDIS_WAIT_REPLICAS replicas confirmed what was just written."""
+    if confirmed < settings.REDIS_WAIT_REPLICAS:
+        raise APIError(503, f"queued, but {confirmed} of {settings.REDIS_WAIT_REPLICAS} Redis replicas confirmed it "
                             f"within {settings.REDIS_WAIT_MS} ms (REDIS_WAIT_REPLICAS); retry later",
                        {"Retry-After": "2"})
 

@@ -9,10 +9,16 @@ one MGET per batch; the worker deletes it once the request's result is stored.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
+import uuid
+from typing import Any
 
 import redis
 from celery import Celery
+from celery.utils.nodenames import anon_nodename
+from kombu import serialization
 
 PIXELS_PREFIX = "imageclf:pixels:"
 #: A request sent with `probabilities=True` gets its whole class-probability row stored here too, as
@@ -20,6 +26,8 @@ PIXELS_PREFIX = "imageclf:pixels:"
 PROBABILITIES_PREFIX = "imageclf:probabilities:"
 #: Every id the API hands out (requests and jobs) is recorded under this prefix with its owner.
 ISSUED_PREFIX = "imageclf:issued:"
+#: The sender named in each task message's headers, as Celery names an anonymous sender.
+_ORIGIN = anon_nodename()
 
 
 class QueueFull(Exception):
@@ -31,37 +39,57 @@ class QueueFull(Exception):
         self.depth = depth
 
 
-# KEYS: the queue, the pixels' key; ARGV: the depth limit, the TTL, the pixels. One round trip checks the
-# queue's depth and stores the pixels only when there is room.
-_STORE_UNLESS_FULL = """
-local depth = redis.call('LLEN', KEYS[1])
-if depth >= tonumber(ARGV[1]) then return depth end
+# KEYS: the queue, the pixels' key, the issued id's key; ARGV: the depth limit (-1: none), the TTL, the pixels,
+# the task message, the issued record ("": none). One round trip, atomic: a refused request stores nothing, and
+# a replica that holds the issued record holds the queued work too (scripts replicate as one transaction).
+_ENQUEUE = """
+local limit = tonumber(ARGV[1])
+if limit >= 0 then
+  local depth = redis.call('LLEN', KEYS[1])
+  if depth >= limit then return depth end
+end
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2])
+redis.call('LPUSH', KEYS[1], ARGV[4])
+if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[2]) end
 return -1
 """
+
+
+def task_message(celery: Celery, task_id: str, kwargs: dict[str, Any], queue: str, kwargsrepr: str) -> str:
+    """The `classify` task as kombu's Redis transport stores it in `queue`: what `send_task` would push.
+
+    Celery's own protocol-2 headers and msgpack body, in kombu's JSON envelope (base64 body,
+    delivery tag, the default exchange). Built here so the API can push it in the same script
+    that stores its pixels: `send_task` through kombu's producer cost the API 0.8 ms a request
+    and a round trip of its own (docs/BENCHMARKS-PIPELINE.md).
+    """
+    headers, properties, body, _ = celery.amqp.as_task_v2(
+        task_id, "classify", (), kwargs, reply_to=celery.thread_oid, origin=_ORIGIN, argsrepr="()",
+        kwargsrepr=kwargsrepr)
+    content_type, encoding, data = serialization.dumps(body, serializer=celery.conf.task_serializer)
+    properties.update(delivery_mode=2, delivery_info={"exchange": "", "routing_key": queue}, priority=0,
+                      body_encoding="base64", delivery_tag=str(uuid.uuid4()))
+    return json.dumps({"body": base64.b64encode(data).decode(), "content-encoding": encoding,
+                       "content-type": content_type, "headers": headers, "properties": properties})
 
 
 def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: bytes, size: tuple[int, int],
                      top: int, ttl_s: int, queue: str | None = None,
                      expires_at: float | None = None, max_depth: int | None = None,
-                     probabilities: bool = False) -> None:
-    """Store the pixels ((height, width) = `size`, RGB) with a TTL, then queue the classify task.
+                     probabilities: bool = False, issued: str | None = None,
+                     wait_replicas: int = 0, wait_ms: int = 1000) -> int:
+    """Store the pixels ((height, width) = `size`, RGB) with a TTL and queue the classify task, in one script.
 
     With `max_depth`, raises QueueFull instead, storing nothing, when `queue` already holds that many
-    messages (checked in the same round trip). A request still waiting at `expires_at` (epoch seconds)
-    is skipped by the worker, not computed: celery-batches does not apply Celery's own `expires`.
-    With `probabilities`, the worker also stores the whole probability row (PROBABILITIES_PREFIX).
+    messages. A request still waiting at `expires_at` (epoch seconds) is skipped by the worker, not
+    computed: celery-batches does not apply Celery's own `expires`. With `probabilities`, the worker
+    also stores the whole probability row (PROBABILITIES_PREFIX). `issued` is stored under the id's
+    ISSUED_PREFIX key in the same script; with `wait_replicas`, Redis WAITs for that many replicas
+    (at most `wait_ms`) in the same round trip. Returns the replicas that confirmed (0 without WAIT).
     """
-    key = PIXELS_PREFIX + task_id
-    if max_depth is not None:
-        target = queue or celery.conf.task_default_queue
-        depth = client.eval(_STORE_UNLESS_FULL, 2, target, key, max_depth, ttl_s, pixels)
-        if depth >= 0:
-            raise QueueFull(target, depth)
-    else:
-        client.set(key, pixels, ex=ttl_s)
-    options = {"queue": queue} if queue else {}
-    kwargs = {"pixels_key": key, "size": list(size), "top": top, "sent_at": time.time()}
+    queue = queue or celery.conf.task_default_queue
+    kwargs: dict[str, Any] = {"pixels_key": PIXELS_PREFIX + task_id, "size": list(size), "top": top,
+                              "sent_at": time.time()}
     if expires_at is not None:
         kwargs["expires_at"] = expires_at
     if probabilities:
@@ -69,7 +97,17 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
     # Flower shows kwargsrepr and parses it again (ast.literal_eval) on every event it indexes: only what
     # a person reads there, not the pixels' key or timestamps.
     shown = {"top": top, "size": list(size), **({"expires_at": expires_at} if expires_at is not None else {})}
-    celery.send_task("classify", kwargs=kwargs, task_id=task_id, argsrepr="()", kwargsrepr=repr(shown), **options)
+    message = task_message(celery, task_id, kwargs, queue, repr(shown))
+    script = (_ENQUEUE, 3, queue, kwargs["pixels_key"], ISSUED_PREFIX + task_id,
+              -1 if max_depth is None else max_depth, ttl_s, pixels, message, issued or "")
+    if wait_replicas:
+        with client.pipeline(transaction=False) as pipe:
+            depth, confirmed = pipe.eval(*script).wait(wait_replicas, wait_ms).execute()
+    else:
+        depth, confirmed = client.eval(*script), 0
+    if depth >= 0:
+        raise QueueFull(queue, depth)
+    return confirmed
 
 
 def fetch_pixels(client: redis.Redis, keys: list[str]) -> list[bytes | None]:

@@ -96,3 +96,35 @@ def test_a_request_past_its_deadline_is_skipped_not_computed(client_app, redis_c
     assert metas[-2]["status"] == "REVOKED" and "deadline" in failure_message(metas[-2])
     assert metas[-1]["status"] == "SUCCESS"
     assert all(m["status"] == "SUCCESS" for m in metas[:-2])
+
+
+def test_the_apis_own_task_message_is_the_one_send_task_writes(client_app, redis_client):
+    """The API pushes its classify message from a script (tasks.payloads.task_message): it must be exactly
+    what Celery's send_task through kombu would push, apart from the ids it makes fresh."""
+    import base64
+    import json
+
+    from kombu import serialization
+
+    from tasks.payloads import task_message
+
+    queue, task_id = f"test-message-{uuid.uuid4().hex}", str(uuid.uuid4())
+    kwargs = {"pixels_key": PIXELS_PREFIX + task_id, "size": [224, 224], "top": 3, "sent_at": 1.5}
+    client_app.send_task("classify", kwargs=kwargs, task_id=task_id, argsrepr="()", kwargsrepr="{'top': 3}",
+                         queue=queue)
+    theirs = json.loads(redis_client.rpop(queue))
+    ours = json.loads(task_message(client_app, task_id, kwargs, queue, "{'top': 3}"))
+    redis_client.delete(f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+
+    def body(message: dict) -> object:
+        return serialization.loads(base64.b64decode(message["body"]), message["content-type"],
+                                   message["content-encoding"], accept={"application/x-msgpack"})
+
+    assert body(ours) == body(theirs) and body(ours)[1] == kwargs
+    for message in (ours, theirs):
+        message.pop("body")
+        message["headers"].pop("origin")
+        message["properties"].pop("delivery_tag")
+        for extra in ("argsrepr", "kwargsrepr"):  # kombu copies them into the properties too; nothing reads them
+            message["properties"].pop(extra, None)
+    assert ours == theirs
