@@ -23,11 +23,13 @@ import numpy as np
 TOLERANCE = 0.05
 #: Each size is timed for at least this long (and at least two calls).
 SECONDS_PER_SIZE = 0.3
-#: Rounds over all sizes; each size keeps its best.
-ROUNDS = 2
+#: Rounds over all sizes: at least two, more until two in a row pick the same size, at most MAX_ROUNDS.
+MAX_ROUNDS = 6
 
 #: The size the pool process chose (0: none yet, use the configured maximum).
 chosen = multiprocessing.Value("i", 0, lock=False)
+
+Measure = Callable[[Callable[[np.ndarray], np.ndarray], np.ndarray], float]
 
 
 def candidates(max_batch: int) -> list[int]:
@@ -38,27 +40,41 @@ def candidates(max_batch: int) -> list[int]:
     return sorted({*sizes, max_batch})
 
 
+def images_per_s(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> float:
+    """`predict(batch)` timed for SECONDS_PER_SIZE (and at least two calls), in images per second."""
+    calls, start = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - start < SECONDS_PER_SIZE:
+        predict(batch)
+        calls += 1
+    return round(len(batch) * calls / (time.perf_counter() - start), 2)
+
+
 def throughput_curve(predict: Callable[[np.ndarray], np.ndarray], input_shape: tuple[int, int, int],
-                     max_batch: int) -> dict[int, float]:
-    """Images per second of `predict` at each candidate batch size (zeros as input), best of ROUNDS.
+                     max_batch: int, measure: Measure = images_per_s,
+                     on_change: Callable[[int, int, int], None] | None = None) -> tuple[dict[int, float], int]:
+    """(images per second of `predict` at each candidate batch size, best over the rounds; rounds run).
 
     Each size is called once untimed first (oneDNN builds its kernels for a new shape on the first
-    call, as a GPU autotunes). The worker times its curve while the rest of the service is still
-    starting on the same host: the best of two rounds keeps a burst of someone else's work from
-    bending the curve (measured: without it, batch 2 came out slower than batch 1).
+    call, as a GPU autotunes). The worker times its curve while the rest of the service may still be
+    starting, or other work may share its cores: a burst of it bends one round's curve (measured: the
+    same worker picked 4 under contention and 8 on a quiet machine). So each size keeps its best
+    rate, and rounds go on until two in a row pick the same size; `on_change(round, before, now)`
+    hears each time the pick moved.
     """
     batches = {size: np.zeros((size, *input_shape), np.uint8) for size in candidates(max_batch)}
     for batch in batches.values():
         predict(batch)
     curve: dict[int, float] = {}
-    for _ in range(ROUNDS):
+    picked: list[int] = []
+    for round_ in range(1, MAX_ROUNDS + 1):
         for size, batch in batches.items():
-            calls, start = 0, time.perf_counter()
-            while calls < 2 or time.perf_counter() - start < SECONDS_PER_SIZE:
-                predict(batch)
-                calls += 1
-            curve[size] = max(curve.get(size, 0.0), round(size * calls / (time.perf_counter() - start), 2))
-    return curve
+            curve[size] = max(curve.get(size, 0.0), measure(predict, batch))
+        picked.append(pick(curve))
+        if len(picked) >= 2 and picked[-1] != picked[-2] and on_change is not None:
+            on_change(round_, picked[-2], picked[-1])
+        if len(picked) >= 2 and picked[-1] == picked[-2]:
+            break
+    return curve, len(picked)
 
 
 def pick(curve: dict[int, float], tolerance: float = TOLERANCE) -> int:

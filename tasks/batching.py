@@ -47,6 +47,7 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from tasks import batch_size
+from tasks.broker import acknowledge_together
 
 logger = get_logger(__name__)
 
@@ -247,8 +248,7 @@ class AdaptiveBatches(Batches):
         def on_return(result: Any) -> None:
             self._last_run_s = time.monotonic() - started[0]
             self._send_outcomes(requests, result, self._last_run_s, started_at[0])
-            for req in acks_late:
-                req.acknowledge()
+            acknowledge_together(acks_late)
             self._finished()
 
         def on_error(exc: Any) -> None:

@@ -147,13 +147,17 @@ def _choose_batch_size(model: Classifier) -> None:
     if not settings.BATCH_SIZE_AUTO:
         _batch_choice = {"batch_size": settings.BATCH_SIZE, "batch_size_from": "BATCH_SIZE"}
         return
-    curve = batch_size.throughput_curve(model.predict, model.input_shape, settings.BATCH_SIZE)
+    def changed(round_: int, before: int, now: int) -> None:
+        logger.info("model %s: round %d of timing moved the batch size from %d to %d", model.name, round_, before, now)
+
+    curve, rounds = batch_size.throughput_curve(model.predict, model.input_shape, settings.BATCH_SIZE,
+                                                on_change=changed)
     batch_size.chosen.value = batch_size.pick(curve)
     _batch_choice = {"batch_size": batch_size.chosen.value, "batch_size_from": "measured",
-                     "batch_curve": {str(k): v for k, v in curve.items()}}
-    logger.info("model %s: batch size %d, the smallest within %.0f%% of the best images/s (%s)", model.name,
-                batch_size.chosen.value, 100 * batch_size.TOLERANCE,
-                ", ".join(f"{k}: {v:.1f}/s" for k, v in curve.items()))
+                     "batch_curve": {str(k): v for k, v in curve.items()}, "batch_rounds": rounds}
+    logger.info("model %s: batch size %d, the smallest within %.0f%% of the best images/s (%s; %d rounds)",
+                model.name, batch_size.chosen.value, 100 * batch_size.TOLERANCE,
+                ", ".join(f"{k}: {v:.1f}/s" for k, v in curve.items()), rounds)
 
 
 def _give_up(name: str, exc: Exception) -> None:
