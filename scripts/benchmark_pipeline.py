@@ -1,7 +1,7 @@
 """What the service itself costs per image: a near-free model served with `make run`'s defaults.
 
     python -m scripts.benchmark_pipeline                      # 32 and 64 clients, 20 s each
-    python -m scripts.benchmark_pipeline --clients 32,64 --seconds 20 --out docs/pipeline
+    python -m scripts.benchmark_pipeline --clients 32,64 --seconds 20 --out docs/benchmark-pipeline
 
 The model (224×224×3 → global average pool → Dense(10), a repository model saved as
 `.keras`) computes almost nothing, so every CPU-millisecond measured is the API, Redis,
@@ -361,7 +361,7 @@ def main() -> int:
     parser.add_argument("--clients", default="32,64")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--image", type=Path, default=DEFAULT_PHOTO)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "pipeline",
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmark-pipeline",
                         help="writes <out>.json and <out>.md")
     parser.add_argument("--env", action="append", default=[], help="extra NAME=VALUE for the service")
     args = parser.parse_args()
