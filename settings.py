@@ -33,6 +33,13 @@ def _float(name: str, default: float) -> float:
 
 #: Where Redis (broker and result backend) lives. Empty: `make run` starts an embedded one.
 REDIS_URL: str = _str("REDIS_URL", "")
+#: Redis servers for request pixels instead of REDIS_URL, comma-separated `redis://` URLs; each image goes to
+#: one by the hash of its key, so the broker carries only small messages and results (150 KB an image less).
+#: Empty: pixels live beside the queues. Every API, decoder and model worker must name the same list.
+PIXELS_REDIS_URLS: list[str] = [u.strip() for u in os.environ.get("PIXELS_REDIS_URLS", "").split(",") if u.strip()]
+for _url in PIXELS_REDIS_URLS:
+    if not _url.startswith(("redis://", "rediss://", "unix://")):
+        raise SystemExit(f"PIXELS_REDIS_URLS: {_url!r} is not a redis://, rediss:// or unix:// URL")
 #: With REDIS_URL=sentinel://host:port;sentinel://host:port;...: the name of the master the Sentinels watch.
 REDIS_SENTINEL_MASTER: str = _str("REDIS_SENTINEL_MASTER", "")
 #: Replicas that must hold an accepted request (Redis WAIT) before the API answers 202 or starts waiting

@@ -91,6 +91,17 @@ def compiled_graph(spec: ModelSpec, model: keras.Model) -> tf.types.experimental
     return infer
 
 
+def tf_runner(graph: tf.types.experimental.GenericFunction) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 pixels in, probabilities out, through the traced function's one concrete graph called directly.
+
+    A `tf.function` binds its arguments and looks up its trace on every call; its input signature
+    fixes one concrete function, so the model worker calls that (a sixth of its process' Python time
+    per batch went to the lookup around a near-free model, docs/BENCHMARKS-PIPELINE.md).
+    """
+    concrete = graph.get_concrete_function()
+    return lambda pixels: concrete(tf.constant(pixels)).numpy()
+
+
 class Classifier:
     """A compiled model version with its labels; batches are padded to a few fixed sizes when `pad` is set.
 
@@ -192,7 +203,7 @@ def load_classifier(spec: ModelSpec, weights: str, class_index: str, max_batch: 
 
         infer = onnx_infer(graph, spec.name, weights, cache_dir)
     else:
-        infer = lambda pixels: graph(tf.constant(pixels)).numpy()  # noqa: E731
+        infer = tf_runner(graph)
     return Classifier(spec.name, spec.input_shape, infer, labels, max_batch, backend,
                       gpu_visible() if pad is None else pad,
                       details={"preprocess": spec.preprocess, "weights": weights})

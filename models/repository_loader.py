@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from models.keras_model import Classifier, gpu_visible
+from models.keras_model import Classifier, gpu_visible, tf_runner
 from models.repository import ModelConfig, RepositoryError, model_file, read_config, read_labels
 
 Infer = Callable[[np.ndarray], np.ndarray]
@@ -42,7 +42,7 @@ def load_version(name: str, model_dir: Path, version: int, max_batch: int, backe
                 source = path / "saved_model.pb" if fmt == "savedmodel" else path
                 infer = onnx_infer(graph, f"{name}-v{version}", str(source), cache_dir)
             else:
-                infer = lambda pixels: graph(tf.constant(pixels)).numpy()  # noqa: E731
+                infer = tf_runner(graph)
         outputs = infer(np.zeros((1, height, width, 3), np.uint8))
     except RepositoryError:
         raise

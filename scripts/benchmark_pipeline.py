@@ -204,11 +204,13 @@ def _ms(text: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def measure(svc: LocalService, load: LoadClient, clients: int, seconds: float) -> dict:
-    """One level: img/s, CPU-ms per image by role, Redis commands/bytes/CPU per image."""
+def measure(svc: LocalService, load: LoadClient, clients: int, seconds: float, shards: list[str],
+            shard_pids: list[int]) -> dict:
+    """One level: img/s, CPU-ms per image by role, Redis commands/bytes/CPU per image (broker and pixel shards)."""
     client = redis.Redis.from_url(svc.redis_url)
+    shard_clients = [redis.Redis.from_url(url) for url in shards]
     load.run(clients, min(3.0, seconds), lambda: None)  # warm up: connections, thread pools, batch sizes
-    roots = [svc.proc.pid, svc.redis.pid]
+    roots = [svc.proc.pid, svc.redis.pid, *shard_pids]  # pixel shards count as Redis
     marks: dict = {}
 
     def start() -> None:
@@ -216,6 +218,7 @@ def measure(svc: LocalService, load: LoadClient, clients: int, seconds: float) -
         marks["processes"] = service_processes(roots)
         marks["cpu"], marks["client_cpu"] = cpu_by_role(marks["processes"]), _cpu(load.process)
         marks["redis"], marks["t"], marks["answered"] = redis_counters(client), time.monotonic(), _answered(svc.url)
+        marks["shards"] = [redis_counters(c) for c in shard_clients]
 
     children_before = _children_cpu()
     result = load.run(clients, seconds + 1.0, start)
@@ -226,8 +229,7 @@ def measure(svc: LocalService, load: LoadClient, clients: int, seconds: float) -
     images = max(1.0, answered)
     per_image = {role: round(1000 * (cpu_after.get(role, 0.0) - before) / images, 3)
                  for role, before in marks["cpu"].items()}
-    calls = {name: (n - marks["redis"]["calls"].get(name, 0)) / images
-             for name, n in redis_after["calls"].items() if n > marks["redis"]["calls"].get(name, 0)}
+    shards_after = [redis_counters(c) for c in shard_clients]
     if load.wrk:  # wrk has exited: its CPU over the whole run, per request it made
         client_ms = 1000 * (_children_cpu() - children_before) / max(1, result["requests"])
     else:
@@ -240,13 +242,21 @@ def measure(svc: LocalService, load: LoadClient, clients: int, seconds: float) -
         "cpu_ms_per_image": per_image,
         "service_cpu_ms_per_image": round(sum(service_roles.values()), 3),
         "load_client_cpu_ms_per_image": round(client_ms, 3),
-        "redis": {
-            "commands_per_image": round(sum(calls.values()), 2),
-            "commands": {k: round(v, 2) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])},
-            "bytes_in_per_image": round((redis_after["bytes_in"] - marks["redis"]["bytes_in"]) / images),
-            "bytes_out_per_image": round((redis_after["bytes_out"] - marks["redis"]["bytes_out"]) / images),
-            "cpu_ms_per_image": round(1000 * (redis_after["cpu_s"] - marks["redis"]["cpu_s"]) / images, 3),
-        },
+        "redis": _per_image(marks["redis"], redis_after, images),
+        "pixel_shards": [_per_image(before, after, images) for before, after in zip(marks["shards"], shards_after)],
+    }
+
+
+def _per_image(before: dict, after: dict, images: float) -> dict:
+    """One Redis server's commands, bytes and CPU per image between two readings."""
+    calls = {name: (n - before["calls"].get(name, 0)) / images
+             for name, n in after["calls"].items() if n > before["calls"].get(name, 0)}
+    return {
+        "commands_per_image": round(sum(calls.values()), 2),
+        "commands": {k: round(v, 2) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])},
+        "bytes_in_per_image": round((after["bytes_in"] - before["bytes_in"]) / images),
+        "bytes_out_per_image": round((after["bytes_out"] - before["bytes_out"]) / images),
+        "cpu_ms_per_image": round(1000 * (after["cpu_s"] - before["cpu_s"]) / images, 3),
     }
 
 
@@ -335,6 +345,10 @@ def markdown(report: dict) -> str:
         "| Redis bytes in / out | " + " | ".join(f"{lv['redis']['bytes_in_per_image'] / 1024:.0f} KB / "
                                                 f"{lv['redis']['bytes_out_per_image'] / 1024:.0f} KB"
                                                 for lv in report["levels"]) + " |",
+        *(f"| pixel shard {i + 1}: commands / CPU-ms / bytes in | " + " | ".join(
+            f"{lv['pixel_shards'][i]['commands_per_image']:.1f} / {lv['pixel_shards'][i]['cpu_ms_per_image']:.3f} / "
+            f"{lv['pixel_shards'][i]['bytes_in_per_image'] / 1024:.0f} KB" for lv in report["levels"]) + " |"
+          for i in range(len(report["levels"][0]["pixel_shards"]))),
         "", "Redis commands per image: " + "; ".join(
             f"{lv['clients']} clients: " + ", ".join(f"{k} {v:g}" for k, v in lv["redis"]["commands"].items())
             for lv in report["levels"]), "",
@@ -364,6 +378,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmark-pipeline",
                         help="writes <out>.json and <out>.md")
     parser.add_argument("--env", action="append", default=[], help="extra NAME=VALUE for the service")
+    parser.add_argument("--pixel-shards", type=int, default=0,
+                        help="also start this many Redis servers for the pixels (PIXELS_REDIS_URLS)")
     args = parser.parse_args()
 
     image = _jpeg_1024x768(args.image)
@@ -374,12 +390,19 @@ def main() -> int:
            **dict(item.split("=", 1) for item in args.env)}
     decode_ms = decode_floor_ms(image)
     levels = []
-    with LocalService(env, work / "service.log") as svc:
-        load = LoadClient(svc.url, image, work)
-        for clients in (int(c) for c in args.clients.split(",")):
-            level = measure(svc, load, clients, args.seconds)
-            print(json.dumps(level), file=sys.stderr)
-            levels.append(level)
+    shard_procs, shards = start_redis_servers(args.pixel_shards, work)
+    if shards:
+        env["PIXELS_REDIS_URLS"] = ",".join(shards)
+    try:
+        with LocalService(env, work / "service.log") as svc:
+            load = LoadClient(svc.url, image, work)
+            for clients in (int(c) for c in args.clients.split(",")):
+                level = measure(svc, load, clients, args.seconds, shards, [p.pid for p in shard_procs])
+                print(json.dumps(level), file=sys.stderr)
+                levels.append(level)
+    finally:
+        for proc in shard_procs:
+            proc.terminate()
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "image_bytes": len(image),
               "decode_floor_ms": round(decode_ms, 3), "env": env, "levels": levels,
               "projection": projection(levels, decode_ms)}
@@ -388,6 +411,22 @@ def main() -> int:
     args.out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
     return 0
+
+
+def start_redis_servers(n: int, work: Path) -> tuple[list[subprocess.Popen], list[str]]:
+    """`n` throwaway Redis servers (the pixel shards) and their URLs."""
+    from scripts.redis_server import free_port, ping, redis_argv
+    from scripts.supervise import wait_until
+
+    procs, urls = [], []
+    for i in range(n):
+        port = free_port()
+        procs.append(subprocess.Popen(redis_argv(port, str(work / f"shard-{i}"), durable=False),
+                                      stdout=subprocess.DEVNULL))
+        urls.append(f"redis://127.0.0.1:{port}/0")
+        if not wait_until(lambda url=urls[-1]: ping(url), 15):
+            raise SystemExit("a pixel shard did not start")
+    return procs, urls
 
 
 def _jpeg_1024x768(photo: Path) -> bytes:

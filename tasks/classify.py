@@ -112,8 +112,9 @@ def classify(requests: list) -> dict:
             if row is not None:  # before the answer's publish, so whoever it wakes finds the row
                 pipe.set(PROBABILITIES_PREFIX + task_id, row, ex=settings.RESULT_TTL_S)
             store_success(pipe, task_id, result, settings.RESULT_TTL_S)
-        drop_pixels(pipe, keys)
+        drop_on_shards = drop_pixels(pipe, keys)
         pipe.execute()
+    drop_on_shards()
     return summary
 
 

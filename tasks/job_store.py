@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 import settings
-from tasks.payloads import PIXELS_PREFIX
+from tasks.payloads import PIXELS_PREFIX, drop_pixels
 
 JOB_PREFIX = "imageclf:job:"
 BULK_IN_FLIGHT_PREFIX = "imageclf:bulk:in-flight:"
@@ -125,7 +125,8 @@ def discard(client: redis.Redis, job_id: str) -> None:
     Classify requests whose pixels are gone fail at once without running the model.
     """
     sent = [tid.decode() for tid in client.hkeys(pending_key(job_id))]
-    client.delete(pending_key(job_id), items_key(job_id), *(PIXELS_PREFIX + tid for tid in sent))
+    client.delete(pending_key(job_id), items_key(job_id))
+    drop_pixels(client, [PIXELS_PREFIX + tid for tid in sent])()
     if sent:
         for key in client.scan_iter(match=BULK_IN_FLIGHT_PREFIX + "*"):
             client.zrem(key, *sent)

@@ -13,12 +13,16 @@ import base64
 import json
 import time
 import uuid
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
 from kombu import serialization
+
+import settings
 
 PIXELS_PREFIX = "imageclf:pixels:"
 #: A request sent with `probabilities=True` gets its whole class-probability row stored here too, as
@@ -39,16 +43,17 @@ class QueueFull(Exception):
         self.depth = depth
 
 
-# KEYS: the queue, the pixels' key, the issued id's key; ARGV: the depth limit (-1: none), the TTL, the pixels,
-# the task message, the issued record ("": none). One round trip, atomic: a refused request stores nothing, and
-# a replica that holds the issued record holds the queued work too (scripts replicate as one transaction).
+# KEYS: the queue, the pixels' key, the issued id's key; ARGV: the depth limit (-1: none), the TTL, the pixels
+# ("": on a pixel shard), the task message, the issued record ("": none). One round trip, atomic: a refused
+# request stores nothing, and a replica that holds the issued record holds the queued work too (scripts
+# replicate as one transaction).
 _ENQUEUE = """
 local limit = tonumber(ARGV[1])
 if limit >= 0 then
   local depth = redis.call('LLEN', KEYS[1])
   if depth >= limit then return depth end
 end
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2])
+if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2]) end
 redis.call('LPUSH', KEYS[1], ARGV[4])
 if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[2]) end
 return -1
@@ -98,23 +103,82 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
     # a person reads there, not the pixels' key or timestamps.
     shown = {"top": top, "size": list(size), **({"expires_at": expires_at} if expires_at is not None else {})}
     message = task_message(celery, task_id, kwargs, queue, repr(shown))
-    script = (_ENQUEUE, 3, queue, kwargs["pixels_key"], ISSUED_PREFIX + task_id,
-              -1 if max_depth is None else max_depth, ttl_s, pixels, message, issued or "")
+    key, shards = kwargs["pixels_key"], pixel_shards()
+    if shards:  # before the message exists, so no worker can look for pixels that are not there yet
+        shards.for_key(key).set(key, pixels, ex=ttl_s)
+    script = (_ENQUEUE, 3, queue, key, ISSUED_PREFIX + task_id, -1 if max_depth is None else max_depth, ttl_s,
+              b"" if shards else pixels, message, issued or "")
     if wait_replicas:
         with client.pipeline(transaction=False) as pipe:
             depth, confirmed = pipe.eval(*script).wait(wait_replicas, wait_ms).execute()
     else:
         depth, confirmed = client.eval(*script), 0
     if depth >= 0:
+        if shards:
+            shards.for_key(key).delete(key)  # refused: nothing of it stays
         raise QueueFull(queue, depth)
     return confirmed
 
 
+class PixelShards:
+    """The Redis servers that hold request pixels instead of the broker (PIXELS_REDIS_URLS), one per key.
+
+    One Redis carries a few thousand images a second, most of its work being the 150 KB of pixels
+    each image brings in and out (docs/BENCHMARKS-PIPELINE.md). With shards the broker carries only
+    task messages, results and events, and each shard a share of the pixels.
+    """
+
+    def __init__(self, urls: list[str]) -> None:
+        self._clients = [redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5) for url in urls]
+
+    def __bool__(self) -> bool:
+        return bool(self._clients)
+
+    def for_key(self, key: str) -> redis.Redis:
+        return self._clients[zlib.crc32(key.encode()) % len(self._clients)]
+
+    def by_shard(self, keys: list[str]) -> list[tuple[redis.Redis, list[int]]]:
+        """(shard, positions in `keys`) for every shard that holds some of them."""
+        groups: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(zlib.crc32(key.encode()) % len(self._clients), []).append(i)
+        return [(self._clients[shard], positions) for shard, positions in groups.items()]
+
+
+_shards: PixelShards | None = None
+
+
+def pixel_shards() -> PixelShards:
+    """This process' PixelShards from PIXELS_REDIS_URLS (empty: pixels live on the broker's Redis)."""
+    global _shards
+    if _shards is None:
+        _shards = PixelShards(settings.PIXELS_REDIS_URLS)
+    return _shards
+
+
 def fetch_pixels(client: redis.Redis, keys: list[str]) -> list[bytes | None]:
-    """The pixels under each key (None where missing), in one round trip."""
-    return client.mget(keys) if keys else []
+    """The pixels under each key (None where missing): one MGET on the broker, or one per shard."""
+    shards = pixel_shards()
+    if not keys or not shards:
+        return client.mget(keys) if keys else []
+    found: list[bytes | None] = [None] * len(keys)
+    for shard, positions in shards.by_shard(keys):
+        for i, blob in zip(positions, shard.mget([keys[i] for i in positions])):
+            found[i] = blob
+    return found
 
 
-def drop_pixels(client: redis.Redis, keys: list[str]) -> None:
-    if keys:
-        client.delete(*keys)
+def drop_pixels(client: redis.Redis | redis.client.Pipeline, keys: list[str]) -> Callable[[], None]:
+    """Delete answered requests' pixels. On the broker the DEL goes on `client` (a pipeline: sent with the
+    answers); on shards it is left to the returned function, to call once the answers are stored."""
+    shards = pixel_shards()
+    if not shards:
+        if keys:
+            client.delete(*keys)
+        return lambda: None
+
+    def on_shards() -> None:
+        for shard, positions in shards.by_shard(keys):
+            shard.delete(*(keys[i] for i in positions))
+
+    return on_shards
