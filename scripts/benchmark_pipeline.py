@@ -340,9 +340,11 @@ def markdown(report: dict) -> str:
             f"**{lv['service_cpu_ms_per_image'] - report['decode_floor_ms']:.2f}**" for lv in report["levels"]) + " |",
         "| CPU-ms: load client (apart) | " + " | ".join(f"{lv['load_client_cpu_ms_per_image']:.2f}"
                                                       for lv in report["levels"]) + " |",
-        "| Redis commands | " + " | ".join(f"{lv['redis']['commands_per_image']:.1f}"
+        "| broker Redis: CPU-ms (`INFO cpu`) | " + " | ".join(f"{lv['redis']['cpu_ms_per_image']:.3f}"
+                                                             for lv in report["levels"]) + " |",
+        "| broker Redis: commands | " + " | ".join(f"{lv['redis']['commands_per_image']:.1f}"
                                          for lv in report["levels"]) + " |",
-        "| Redis bytes in / out | " + " | ".join(f"{lv['redis']['bytes_in_per_image'] / 1024:.0f} KB / "
+        "| broker Redis: bytes in / out | " + " | ".join(f"{lv['redis']['bytes_in_per_image'] / 1024:.0f} KB / "
                                                 f"{lv['redis']['bytes_out_per_image'] / 1024:.0f} KB"
                                                 for lv in report["levels"]) + " |",
         *(f"| pixel shard {i + 1}: commands / CPU-ms / bytes in | " + " | ".join(
