@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -292,6 +293,38 @@ def _answered(url: str) -> tuple[float, float]:
     return images, batches
 
 
+def worker_intake(svc: LocalService, images: int, pixels: bytes) -> dict:
+    """What one model worker takes in when its queue never runs dry: `images` requests queued straight into
+    Redis (no API) faster than it answers them; its img/s and CPU-ms per image by role.
+
+    On this host the API caps what reaches the worker; a GPU host's worker sees its queue full. This is
+    that worker's own ceiling: its Celery main process is single-threaded.
+    """
+    from celery import Celery
+
+    import settings
+    from tasks.payloads import enqueue_classify
+
+    app = Celery("intake")
+    app.config_from_object("celeryconfig")
+    app.conf.update(broker_url=svc.redis_url, result_backend=None)
+    client = redis.Redis.from_url(svc.redis_url)
+    processes = service_processes([svc.proc.pid, svc.redis.pid])
+    start_answered, start_cpu, started = _answered(svc.url)[0], cpu_by_role(processes), time.monotonic()
+    queue = settings.interactive_queue(MODEL_NAME)
+    for _ in range(images):
+        enqueue_classify(app, client, str(uuid.uuid4()), pixels, (224, 224), 5, 600, queue=queue)
+    deadline = time.monotonic() + 300
+    while (answered := _answered(svc.url)[0] - start_answered) < images and time.monotonic() < deadline:
+        time.sleep(0.2)
+    elapsed = time.monotonic() - started
+    after = cpu_by_role(processes)
+    roles = ("model worker main", "model worker child", "Redis", "Flower")
+    return {"images": answered, "seconds": round(elapsed, 2), "images_per_s": round(answered / elapsed, 1),
+            "cpu_ms_per_image": {r: round(1000 * (after.get(r, 0.0) - start_cpu.get(r, 0.0)) / max(1, answered), 3)
+                                 for r in roles}}
+
+
 def projection(levels: list[dict], decode_ms: float) -> dict:
     """What the busiest measured level implies for one Redis, one 16-core host and one GPU's API cores."""
     level = max(levels, key=lambda lv: lv["images_per_s"])
@@ -355,6 +388,12 @@ def markdown(report: dict) -> str:
             f"{lv['clients']} clients: " + ", ".join(f"{k} {v:g}" for k, v in lv["redis"]["commands"].items())
             for lv in report["levels"]), "",
     ]
+    intake = report.get("worker_intake")
+    if intake:
+        cpu = intake["cpu_ms_per_image"]
+        lines += [f"One worker's intake, {intake['images']:.0f} requests queued straight into Redis: "
+                  f"**{intake['images_per_s']:.0f} img/s**; CPU-ms per image: "
+                  + ", ".join(f"{role} {ms:.2f}" for role, ms in cpu.items()) + ".", ""]
     p = report["projection"]
     lines += [
         f"Projection (from {p['from_clients']} clients):",
@@ -380,6 +419,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmark-pipeline",
                         help="writes <out>.json and <out>.md")
     parser.add_argument("--env", action="append", default=[], help="extra NAME=VALUE for the service")
+    parser.add_argument("--intake", type=int, default=2000,
+                        help="requests queued straight into Redis to measure one worker's intake (0: skip)")
     parser.add_argument("--pixel-shards", type=int, default=0,
                         help="also start this many Redis servers for the pixels (PIXELS_REDIS_URLS)")
     args = parser.parse_args()
@@ -402,12 +443,14 @@ def main() -> int:
                 level = measure(svc, load, clients, args.seconds, shards, [p.pid for p in shard_procs])
                 print(json.dumps(level), file=sys.stderr)
                 levels.append(level)
+            intake = worker_intake(svc, args.intake, bytes(224 * 224 * 3)) if args.intake else None
+            print(json.dumps({"worker_intake": intake}), file=sys.stderr)
     finally:
         for proc in shard_procs:
             proc.terminate()
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "image_bytes": len(image),
               "decode_floor_ms": round(decode_ms, 3), "env": env, "levels": levels,
-              "projection": projection(levels, decode_ms)}
+              "projection": projection(levels, decode_ms), "worker_intake": intake}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))

@@ -128,11 +128,24 @@ class AdaptiveBatches(Batches):
         handler = super().Strategy(task, app, consumer)
         if not self.flush_when_idle:
             return handler
+        hub = getattr(consumer, "hub", None)
+        flush_pending = [False]
 
-        def handle_and_flush_when_idle(*args: Any, **kwargs: Any) -> None:
-            handler(*args, **kwargs)
+        def flush_if_idle() -> None:
+            flush_pending[0] = False
             if self._in_flight == 0:
                 self._do_flush()
+
+        def handle_and_flush_when_idle(*args: Any, **kwargs: Any) -> None:
+            # The broker hands over every message one BRPOP took (tasks/broker.py) before the event
+            # loop turns: flushing at its next turn sends them as one batch instead of 1 + the rest.
+            handler(*args, **kwargs)
+            if self._in_flight == 0 and not flush_pending[0]:
+                if hub is None:
+                    self._do_flush()
+                else:
+                    flush_pending[0] = True
+                    hub.call_soon(flush_if_idle)
 
         return handle_and_flush_when_idle
 

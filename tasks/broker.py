@@ -6,14 +6,20 @@ of ~200 response callbacks each time: measured under load, a quarter of a model 
 Celery main process went there (py-spy, docs/BENCHMARKS-PIPELINE.md). A client over the
 channel's own connection pool is safe to reuse: it holds no connection between commands.
 
-kombu also acknowledges each message in a transaction of its own (MULTI, ZREM, HDEL, EXEC);
-`acknowledge_together` sends a whole batch's in one.
+kombu also fetches one message per round trip (BRPOP) and records it as delivered in a second
+(MULTI, ZADD, HSET, EXEC), and acknowledges each in a transaction of its own. Here a BRPOP's
+answer is followed by one script that records it and takes the messages queued behind it (up to
+the prefetch window), recorded the same way, atomically; and `acknowledge_together` sends a whole
+batch's acknowledgements in one transaction. What a worker that dies leaves behind is exactly
+what kombu leaves: entries of its unacknowledged hash, restored after the visibility timeout.
+The channel subclasses kombu 5.7's (pinned in requirements/api.txt).
 
 celeryconfig.py names these as `broker_transport`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -22,6 +28,8 @@ import redis
 from celery.utils.log import get_logger
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 logger = get_logger(__name__)
 
@@ -42,10 +50,45 @@ class _OneClient:
         yield shared
 
 
+# KEYS: the list BRPOP answered from, the unacknowledged hash, its index; ARGV: the message BRPOP returned,
+# how many more to take, the time. Each message is recorded as kombu's QoS.append records it (ZADD tag,
+# HSET tag [message, exchange, routing key]); the ones taken here are returned.
+_TAKE_MORE = """
+local function record(raw)
+  local properties = cjson.decode(raw).properties
+  local info = properties.delivery_info or {}
+  redis.call('ZADD', KEYS[3], ARGV[3], properties.delivery_tag)
+  local where = cjson.encode(info.exchange or '') .. ',' .. cjson.encode(info.routing_key or '')
+  redis.call('HSET', KEYS[2], properties.delivery_tag, '[' .. raw .. ',' .. where .. ']')
+end
+record(ARGV[1])
+local taken = {}
+for _ = 1, tonumber(ARGV[2]) do
+  local raw = redis.call('RPOP', KEYS[1])
+  if not raw then break end
+  record(raw)
+  taken[#taken + 1] = raw
+end
+return taken
+"""
+
+
 class QoS(kombu_redis.QoS):
-    """kombu's Redis QoS whose acknowledgements can be collected and sent in one transaction."""
+    """kombu's Redis QoS whose acknowledgements can be collected and sent in one transaction, and which
+    knows the messages `_TAKE_MORE` already recorded as delivered."""
 
     _collecting: list[str] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recorded: set[str] = set()
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag in self.recorded:
+            self.recorded.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)  # in Redis already: only this process' bookkeeping
+            return
+        super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
         if self._collecting is None:
@@ -92,7 +135,54 @@ def acknowledge_together(requests: list[Any]) -> None:
             request.acknowledged = True
 
 
-class Channel(_OneClient, kombu_redis.Channel):
+class _TakesMany:
+    """BRPOP, then one script that records the message and takes those queued behind it (see _TAKE_MORE)."""
+
+    #: Most messages taken after one BRPOP, within the prefetch window.
+    take_at_most = 64
+
+    def _brpop_read(self, **options: Any) -> bool:
+        # kombu 5.7's Channel._brpop_read, delivering every message the script took.
+        try:
+            try:
+                answer = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not answer:
+                raise kombu_redis.Empty()
+            key, item = answer
+            dest = bytes_to_str(key).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            taken, recorded = self._take_more(key, item)
+            for raw in [item, *taken]:
+                message = loads(bytes_to_str(raw))
+                if recorded:
+                    self.qos.recorded.add(message["properties"]["delivery_tag"])
+                self.connection._deliver(message, dest)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _take_more(self, key: bytes, first: bytes) -> tuple[list[bytes], bool]:
+        """(more messages from `key`, whether they and `first` are recorded as delivered). On any error
+        none, and `first` goes kombu's usual way (QoS.append records it)."""
+        qos = self.qos
+        if not isinstance(qos, QoS) or self.global_keyprefix:
+            return [], False
+        room = qos.can_consume_max_estimate()
+        more = self.take_at_most if room is None else max(0, min(self.take_at_most, room - 1))
+        try:
+            with self.conn_or_acquire() as client:
+                return client.eval(_TAKE_MORE, 3, key, qos.unacked_key, qos.unacked_index_key, first, more,
+                                   time.time()), True
+        except Exception:
+            logger.warning("could not take more messages after a BRPOP", exc_info=True)
+            return [], False
+
+
+class Channel(_TakesMany, _OneClient, kombu_redis.Channel):
     QoS = QoS
 
 
@@ -100,7 +190,7 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-class SentinelChannel(_OneClient, kombu_redis.SentinelChannel):
+class SentinelChannel(_TakesMany, _OneClient, kombu_redis.SentinelChannel):
     QoS = QoS
 
 

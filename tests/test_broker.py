@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import redis
@@ -41,3 +42,56 @@ def test_a_batch_is_acknowledged_in_one_transaction_and_nothing_stays_unacked(re
         assert not any(client.hexists(unacked, tag) for tag in tags)
         assert all(m.acknowledged for m in messages) and set(channel.qos._delivered) <= channel.qos._dirty
         client.delete(queue)
+
+
+def test_one_brpop_takes_the_queued_messages_recorded_as_kombu_would_and_restorable(redis_url):
+    """After a BRPOP, one script records the message and takes those behind it; each lands in the
+    unacknowledged hash exactly as kombu's QoS.append writes it, so kombu restores them after a crash."""
+    from kombu import Queue
+
+    client = redis.Redis.from_url(redis_url)
+    name = f"test-take-{uuid.uuid4().hex}"
+    with Connection(redis_url, transport="tasks.broker:Transport") as conn:
+        queue = Queue(name, routing_key=name)
+        producer = conn.Producer()
+        for i in range(10):
+            producer.publish({"i": i}, routing_key=name, declare=[queue])
+        got = []
+        before = _calls(client, "brpop"), _calls(client, "eval")
+        with conn.Consumer(queue, callbacks=[lambda body, message: got.append(message)], accept=["json"]):
+            conn.drain_events(timeout=5)
+        assert [m.payload["i"] for m in got] == list(range(10))  # all of them, in order, from one BRPOP
+        assert (_calls(client, "brpop") - before[0], _calls(client, "eval") - before[1]) == (1, 1)
+        channel = got[0].channel
+        unacked = {k.decode(): json.loads(v) for k, v in client.hgetall(channel.unacked_key).items()}
+        for message in got:
+            raw, exchange, routing_key = unacked[message.delivery_tag]
+            assert raw["properties"]["delivery_tag"] == message.delivery_tag and routing_key == name
+            assert client.zscore(channel.unacked_index_key, message.delivery_tag) is not None
+        assert not channel.qos.recorded  # every recorded message was handed to the consumer
+        # As if the worker died: kombu's own restore puts them back on the queue.
+        for message in got[:4]:
+            channel.qos.restore_by_tag(message.delivery_tag, client=client)
+        assert client.llen(name) == 4 and not any(client.hexists(channel.unacked_key, m.delivery_tag)
+                                                   for m in got[:4])
+        acknowledge_together([_Request(m) for m in got[4:]])
+        assert not any(client.hexists(channel.unacked_key, m.delivery_tag) for m in got[4:])
+        client.delete(name)
+
+
+def test_taking_more_stays_inside_the_prefetch_window(redis_url):
+    from kombu import Queue
+
+    client = redis.Redis.from_url(redis_url)
+    name = f"test-window-{uuid.uuid4().hex}"
+    with Connection(redis_url, transport="tasks.broker:Transport") as conn:
+        queue = Queue(name, routing_key=name)
+        producer = conn.Producer()
+        for i in range(10):
+            producer.publish({"i": i}, routing_key=name, declare=[queue])
+        got = []
+        with conn.Consumer(queue, callbacks=[lambda body, message: got.append(message)], accept=["json"]) as c:
+            c.qos(prefetch_count=3)
+            conn.drain_events(timeout=5)
+            assert len(got) == 3 and client.llen(name) == 7
+        client.delete(name)
