@@ -6,7 +6,7 @@ import json
 import uuid
 
 import redis
-from kombu import Connection
+from kombu import Connection, Queue
 
 from tasks.broker import acknowledge_together
 
@@ -44,18 +44,22 @@ def test_a_batch_is_acknowledged_in_one_transaction_and_nothing_stays_unacked(re
         client.delete(queue)
 
 
+def _queued(conn: Connection, name: str, n: int) -> Queue:
+    """A queue `name` holding `n` messages {"i": 0..n-1}."""
+    queue = Queue(name, routing_key=name)
+    producer = conn.Producer()
+    for i in range(n):
+        producer.publish({"i": i}, routing_key=name, declare=[queue])
+    return queue
+
+
 def test_one_brpop_takes_the_queued_messages_recorded_as_kombu_would_and_restorable(redis_url):
     """After a BRPOP, one script records the message and takes those behind it; each lands in the
     unacknowledged hash exactly as kombu's QoS.append writes it, so kombu restores them after a crash."""
-    from kombu import Queue
-
     client = redis.Redis.from_url(redis_url)
     name = f"test-take-{uuid.uuid4().hex}"
     with Connection(redis_url, transport="tasks.broker:Transport") as conn:
-        queue = Queue(name, routing_key=name)
-        producer = conn.Producer()
-        for i in range(10):
-            producer.publish({"i": i}, routing_key=name, declare=[queue])
+        queue = _queued(conn, name, 10)
         got = []
         before = _calls(client, "brpop"), _calls(client, "eval")
         with conn.Consumer(queue, callbacks=[lambda body, message: got.append(message)], accept=["json"]):
@@ -80,18 +84,13 @@ def test_one_brpop_takes_the_queued_messages_recorded_as_kombu_would_and_restora
 
 
 def test_taking_more_stays_inside_the_prefetch_window(redis_url):
-    from kombu import Queue
-
     client = redis.Redis.from_url(redis_url)
     name = f"test-window-{uuid.uuid4().hex}"
     with Connection(redis_url, transport="tasks.broker:Transport") as conn:
-        queue = Queue(name, routing_key=name)
-        producer = conn.Producer()
-        for i in range(10):
-            producer.publish({"i": i}, routing_key=name, declare=[queue])
         got = []
-        with conn.Consumer(queue, callbacks=[lambda body, message: got.append(message)], accept=["json"]) as c:
-            c.qos(prefetch_count=3)
+        with conn.Consumer(_queued(conn, name, 10), callbacks=[lambda body, message: got.append(message)],
+                           accept=["json"]) as consumer:
+            consumer.qos(prefetch_count=3)
             conn.drain_events(timeout=5)
             assert len(got) == 3 and client.llen(name) == 7
         client.delete(name)
