@@ -23,7 +23,7 @@ import numpy as np
 TOLERANCE = 0.05
 #: Each size is timed for at least this long (and at least two calls).
 SECONDS_PER_SIZE = 0.3
-#: Rounds over all sizes: at least two, more until two in a row pick the same size, at most MAX_ROUNDS.
+#: Rounds over all sizes: at least two, more until two in a row pick the same size, at most this many.
 MAX_ROUNDS = 6
 
 #: The size the pool process chose (0: none yet, use the configured maximum).
@@ -52,29 +52,31 @@ def images_per_s(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray)
 def throughput_curve(predict: Callable[[np.ndarray], np.ndarray], input_shape: tuple[int, int, int],
                      max_batch: int, measure: Measure = images_per_s,
                      on_change: Callable[[int, int, int], None] | None = None) -> tuple[dict[int, float], int]:
-    """(images per second of `predict` at each candidate batch size, best over the rounds; rounds run).
+    """(images per second of `predict` at each candidate batch size, from the round the pick rests on;
+    rounds run).
 
     Each size is called once untimed first (oneDNN builds its kernels for a new shape on the first
     call, as a GPU autotunes). The worker times its curve while the rest of the service may still be
-    starting, or other work may share its cores: a burst of it bends one round's curve (measured: the
-    same worker picked 4 under contention and 8 on a quiet machine). So each size keeps its best
-    rate, and rounds go on until two in a row pick the same size; `on_change(round, before, now)`
-    hears each time the pick moved.
+    starting, or other work may share its cores: a burst of it bends a round's curve (measured: the
+    same worker picked 4 under contention and 8 on a quiet machine, and 1 once when a lucky quiet
+    moment favoured the shortest calls). So rounds are timed until two in a row, each on its own
+    figures, pick the same size; `on_change(round, before, now)` hears each time the pick moved.
+    After MAX_ROUNDS without two agreeing, the size picked most often wins (the latest on a tie).
     """
     batches = {size: np.zeros((size, *input_shape), np.uint8) for size in candidates(max_batch)}
     for batch in batches.values():
         predict(batch)
-    curve: dict[int, float] = {}
+    curves: list[dict[int, float]] = []
     picked: list[int] = []
     for round_ in range(1, MAX_ROUNDS + 1):
-        for size, batch in batches.items():
-            curve[size] = max(curve.get(size, 0.0), measure(predict, batch))
-        picked.append(pick(curve))
+        curves.append({size: measure(predict, batch) for size, batch in batches.items()})
+        picked.append(pick(curves[-1]))
         if len(picked) >= 2 and picked[-1] != picked[-2] and on_change is not None:
             on_change(round_, picked[-2], picked[-1])
         if len(picked) >= 2 and picked[-1] == picked[-2]:
-            break
-    return curve, len(picked)
+            return curves[-1], len(picked)
+    winner = max(reversed(range(len(picked))), key=lambda i: picked.count(picked[i]))
+    return curves[winner], len(picked)
 
 
 def pick(curve: dict[int, float], tolerance: float = TOLERANCE) -> int:
