@@ -40,6 +40,15 @@ class _Slot:
         self.created = time.monotonic()
 
 
+def _meta(data: bytes) -> dict[str, Any] | None:
+    """A published result meta; None for anything else on the channel (its waiter then reads the key)."""
+    try:
+        meta = json.loads(data)
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) and "status" in meta else None
+
+
 class ResultWaiter:
     def __init__(self, redis_url: str) -> None:
         self._redis_url = redis_url
@@ -71,9 +80,9 @@ class ResultWaiter:
                     with self._lock:
                         slot = self._slots.get(task_id)
                     if slot is not None:
-                        slot.meta = json.loads(message["data"])
+                        slot.meta = _meta(message["data"])
                         slot.event.set()
-            except (redis.RedisError, ValueError):
+            except redis.RedisError:
                 self._subscribed.clear()  # waiters poll until the subscription is back
                 time.sleep(1.0)
 
@@ -111,9 +120,9 @@ class ResultWaiter:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return meta if meta is not None else fetch()
-                woke = slot.event.wait(min(remaining, _FALLBACK_POLL_S))
+                slot.event.wait(min(remaining, _FALLBACK_POLL_S))
                 slot.event.clear()
-                if not woke and slot.meta is None:
+                if slot.meta is None:  # no publish within the fallback poll (or not a result's): read it
                     meta = fetch()
         finally:
             with self._lock:
