@@ -249,18 +249,16 @@ class AdaptiveBatches(Batches):
         acks_late = [r for r in requests if r.task.acks_late]
         acks_early = [r for r in requests if not r.task.acks_late]
         self._in_flight += 1
-        started = [time.monotonic()]
-
-        started_at = [time.time()]
+        started = [time.monotonic(), time.time()]  # when the pool took the batch: for its runtime, for events
 
         def on_accepted(pid: int, time_accepted: float) -> None:
-            started[0], started_at[0] = time.monotonic(), time.time()
+            started[:] = time.monotonic(), time.time()
             for req in acks_early:
                 req.acknowledge()
 
         def on_return(result: Any) -> None:
             self._last_run_s = time.monotonic() - started[0]
-            self._send_outcomes(requests, result, self._last_run_s, started_at[0])
+            self._send_outcomes(requests, result, self._last_run_s, started[1])
             acknowledge_together(acks_late)
             self._finished()
 

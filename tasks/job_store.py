@@ -125,8 +125,11 @@ def discard(client: redis.Redis, job_id: str) -> None:
     Classify requests whose pixels are gone fail at once without running the model.
     """
     sent = [tid.decode() for tid in client.hkeys(pending_key(job_id))]
-    client.delete(pending_key(job_id), items_key(job_id))
-    drop_pixels(client, [PIXELS_PREFIX + tid for tid in sent])()
+    with client.pipeline(transaction=False) as pipe:  # one round trip when the pixels live on the broker
+        pipe.delete(pending_key(job_id), items_key(job_id))
+        drop_on_shards = drop_pixels(pipe, [PIXELS_PREFIX + tid for tid in sent])
+        pipe.execute()
+    drop_on_shards()
     if sent:
         for key in client.scan_iter(match=BULK_IN_FLIGHT_PREFIX + "*"):
             client.zrem(key, *sent)

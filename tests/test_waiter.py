@@ -15,16 +15,19 @@ from scripts.supervise import wait_until
 from tasks.result_store import RESULT_KEY_PREFIX, read_meta
 
 
-def _subscribed(waiter: ResultWaiter, client: redis.Redis) -> None:
+@pytest.fixture
+def subscribed(redis_url: str) -> tuple[ResultWaiter, redis.Redis]:
+    """A waiter whose listener is subscribed, and a client of the same Redis."""
+    client = redis.Redis.from_url(redis_url)
+    waiter = ResultWaiter(redis_url)
     waiter.expect("warm-up")  # starts the listener
     waiter.forget("warm-up")
     assert wait_until(lambda: client.pubsub_numpat() >= 1 and waiter._subscribed.is_set(), 10)
+    return waiter, client
 
 
-def test_a_published_result_reaches_its_waiter_without_a_read(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    waiter = ResultWaiter(redis_url)
-    _subscribed(waiter, client)
+def test_a_published_result_reaches_its_waiter_without_a_read(subscribed):
+    waiter, client = subscribed
     task_id = str(uuid.uuid4())
     waiter.expect(task_id)
     meta = {"status": "SUCCESS", "result": {"answer": 42}, "task_id": task_id}
@@ -32,10 +35,8 @@ def test_a_published_result_reaches_its_waiter_without_a_read(redis_url):
     assert waiter.wait(task_id, 10, fetch=lambda: pytest.fail("read Redis although the result was published")) == meta
 
 
-def test_something_else_on_the_channel_falls_back_to_the_stored_result(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    waiter = ResultWaiter(redis_url)
-    _subscribed(waiter, client)
+def test_something_else_on_the_channel_falls_back_to_the_stored_result(subscribed):
+    waiter, client = subscribed
     task_id = str(uuid.uuid4())
     waiter.expect(task_id)
     key = RESULT_KEY_PREFIX + task_id
