@@ -108,6 +108,12 @@ PREDICT_TIMEOUT_S: float = _float("PREDICT_TIMEOUT_S", 30.0)
 MAX_PREDICT_TIMEOUT_S: float = _float("MAX_PREDICT_TIMEOUT_S", 300.0)
 #: Comma-separated API keys; empty (default): no authentication.
 API_KEYS: list[str] = [k.strip() for k in os.environ.get("API_KEYS", "").split(",") if k.strip()]
+#: Comma-separated keys for the control API (POST /v2/repository/..., PUT /models/<m>/policy, POST
+#: /models/<m>/versions); API_KEYS do not open it. Empty (default): those routes answer 403.
+ADMIN_API_KEYS: list[str] = [k.strip() for k in os.environ.get("ADMIN_API_KEYS", "").split(",") if k.strip()]
+#: Shadow copies of requests (config.json's `shadow`) are skipped, and counted, while a model's bulk queue
+#: holds this many messages: a slow shadow version never piles work up.
+SHADOW_MAX_QUEUED: int = max(1, _int("SHADOW_MAX_QUEUED", 256))
 #: Backpressure: above this many waiting tasks in a queue, new submissions get 503 + Retry-After.
 MAX_QUEUE_DEPTH: int = _int("MAX_QUEUE_DEPTH", 2000)
 #: Seconds before Redis hands a delivered, unacknowledged task (its worker died) to a worker again.

@@ -12,7 +12,7 @@ from celery import Celery
 from flask import Flask
 
 import settings
-from api import health, jobs, models, openapi, predict, results, v2, web
+from api import admin, health, jobs, models, openapi, predict, results, v2, web
 from api.auth import init_auth
 from api.errors import register_error_handlers
 from api.forms import UploadRequest
@@ -45,7 +45,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     init_auth(app, settings.API_KEYS)
     init_metrics(app)
-    for blueprint in (predict.bp, jobs.bp, results.bp, models.bp, health.bp, openapi.bp, web.bp, v2.bp):
+    admin.init_change_log()
+    for blueprint in (predict.bp, jobs.bp, results.bp, models.bp, health.bp, openapi.bp, web.bp, v2.bp, admin.bp):
         app.register_blueprint(blueprint)
     return app
 

@@ -1,5 +1,7 @@
 """Optional API keys: with API_KEYS set, every endpoint but health, metrics and docs needs one.
 
+The control API (api.admin) takes only ADMIN_API_KEYS, and checks them itself.
+
 A key is sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Work is recorded
 under a hash of the key that submitted it, so one key cannot read another's results.
 """
@@ -45,8 +47,8 @@ def init_auth(app: Flask, keys: list[str]) -> None:
     @app.before_request
     def _authenticate() -> None:
         g.owner = ANONYMOUS
-        if not owners or request.endpoint in _OPEN_ENDPOINTS:
-            return
+        if not owners or request.endpoint in _OPEN_ENDPOINTS or (request.endpoint or "").startswith("admin."):
+            return  # the control API checks its own keys (api.admin)
         owner = known_owner(presented_key(request.headers.get("Authorization", ""), request.headers.get("X-API-Key")),
                             owners)
         if owner is None:

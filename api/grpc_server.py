@@ -37,9 +37,9 @@ from api.inference_protocol import (
     pixels_from_values,
     split_bytes,
 )
+from api.models import Route
 from api.v2 import model_config, model_metadata, model_ready, server_metadata, server_ready
 from api.v2_inference import run, served_input
-from tasks.model_records import ModelInput
 
 logger = logging.getLogger("api.grpc")
 
@@ -131,7 +131,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return self._call(context, body)
 
 
-def _parse_infer(request: service_pb2.ModelInferRequest, size: ModelInput) -> InferRequest:
+def _parse_infer(request: service_pb2.ModelInferRequest, size: Route) -> InferRequest:
     """An InferRequest from a ModelInferRequest (raw_input_contents or typed contents) for the model's `size`."""
     parsed = InferRequest(request.model_name, request.model_version or None, id=request.id)
     if len(request.inputs) != 1:

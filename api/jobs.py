@@ -22,7 +22,7 @@ from werkzeug.datastructures import FileStorage
 
 import settings
 from api.errors import APIError
-from api.models import model_input, requested_model
+from api.models import requested_model, requested_version, route
 from api.submissions import issued, queue_unavailable, record_accepted, redis_client, refuse_when_full
 from api.uploads import form_number
 from models.video import VideoDecodeError, probe, sample_times
@@ -42,14 +42,15 @@ def submit_job():
     g.upload_limit_setting = "MAX_JOB_UPLOAD_MB"
     images, videos = _files()
     model = g.model = requested_model()
-    model_input(model)  # refuse now (503) what no worker can serve
+    chosen = route(model, requested_version(), interactive=False)  # refuse now (503, 404) what cannot be served
+    g.model_version = chosen.version
     top = int(form_number("top", default=5, low=1, high=1000, integer=True))
     job_id = g.task_id = str(uuid.uuid4())
     folder = job_dir(job_id)
     folder.mkdir(parents=True)
     try:
         spec = _video_spec(videos[0], folder) if videos else _images_spec(images, folder)
-        spec.update(model=model, top=top)
+        spec.update(model=model, top=top, version=chosen.version, pinned=chosen.pinned)
         total = len(spec["items"]) if spec["kind"] == "images" else spec["frames"]
         _start(job_id, spec, total)
     except BaseException:

@@ -25,13 +25,15 @@ from prometheus_client.multiprocess import MultiProcessCollector
 import settings
 from tasks.job_store import bulk_in_flight_key
 from tasks.readiness import live_workers
-from tasks.stats import BATCH_SIZE_BUCKETS, INFERENCE_BUCKETS_S, cumulative, read_stats
+from tasks.shadow import read_comparisons
+from tasks.stats import BATCH_SIZE_BUCKETS, INFERENCE_BUCKETS_S, by_version, cumulative, read_stats
 
 bp = Blueprint("metrics", __name__)
 
-REQUESTS = Counter("imageclf_http_requests", "HTTP requests answered, by route, method and status",
-                   ["route", "method", "status"])
-LATENCY = Histogram("imageclf_http_request_seconds", "Time to answer an HTTP request, by route", ["route"],
+REQUESTS = Counter("imageclf_http_requests", "HTTP requests answered, by route, method, status and the model "
+                   "version the request went to ('' where none)", ["route", "method", "status", "version"])
+LATENCY = Histogram("imageclf_http_request_seconds", "Time to answer an HTTP request, by route and model version",
+                    ["route", "version"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
 #: CPU the request's own thread spent (parsing, decoding, queueing, encoding): what an API process pays per
 #: request, apart from the time it waits for the model.
@@ -60,14 +62,15 @@ def init_metrics(app: Flask) -> None:
         seconds = time.perf_counter() - g.get("started", time.perf_counter())
         cpu_seconds = time.thread_time() - g.get("cpu_started", time.thread_time())
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        LATENCY.labels(route).observe(seconds)
+        version = str(g.get("model_version") or "")
+        REQUESTS.labels(route, request.method, str(response.status_code), version).inc()
+        LATENCY.labels(route, version).observe(seconds)
         CPU.labels(route).observe(cpu_seconds)
         if route not in ("/metrics", "/healthz", "/readyz"):
             request_log.info(json.dumps({
                 "event": "request", "method": request.method, "route": route, "status": response.status_code,
                 "latency_ms": round(seconds * 1000, 1), "cpu_ms": round(cpu_seconds * 1000, 2), "id": g.get("task_id"),
-                "model": g.get("model"),
+                "model": g.get("model"), "model_version": g.get("model_version"),
             }))
         return response
 
@@ -121,28 +124,38 @@ class _ServiceCollector:
             for (model, version), n in sorted(serving.items()):
                 versions.add_metric([model, version], n)
             stats = read_stats(self.client)
+            agreement = GaugeMetricFamily("imageclf_shadow_agreement_ratio", "Share of shadow requests on which "
+                                          "`version` gave the same top-1 class as the default version `against`",
+                                          labels=["model", "version", "against"])
+            for model in settings.MODELS:
+                for pair in read_comparisons(self.client, model):
+                    if pair["top1_agreement"] is not None:
+                        agreement.add_metric([model, str(pair["version"]), str(pair["against"])],
+                                             pair["top1_agreement"])
         except redis.RedisError:
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
-        yield from (up, depth, in_flight, workers, versions)
+        yield from (up, depth, in_flight, workers, versions, agreement)
         yield from _worker_stats(stats)
 
 
 def _worker_stats(stats: dict[str, dict[str, float]]) -> Iterator[Metric]:
-    images = CounterMetricFamily("imageclf_images_classified", "Images and frames run through the model",
-                                 labels=["model"])
-    sizes = HistogramMetricFamily("imageclf_batch_size", "Requests per model call", labels=["model"])
-    inference = HistogramMetricFamily("imageclf_inference_seconds", "Seconds per model call", labels=["model"])
+    images = CounterMetricFamily("imageclf_images_classified", "Images and frames run through the model (shadow "
+                                 "copies included)", labels=["model", "version"])
+    sizes = HistogramMetricFamily("imageclf_batch_size", "Requests per model call", labels=["model", "version"])
+    inference = HistogramMetricFamily("imageclf_inference_seconds", "Seconds per model call",
+                                      labels=["model", "version"])
     busy = CounterMetricFamily("imageclf_model_busy_seconds", "Seconds model processes spent on batches (fetch "
                                "pixels, model call, store answers); its rate over the model workers is their busy "
                                "ratio", labels=["model"])
     for model, fields in sorted(stats.items()):
-        images.add_metric([model], fields.get("images", 0.0))
         busy.add_metric([model], fields.get("busy_seconds_sum", 0.0))
-        sizes.add_metric([model], cumulative(fields, "batch_size_le:", BATCH_SIZE_BUCKETS),
-                         fields.get("batch_size_sum", 0.0))
-        inference.add_metric([model], cumulative(fields, "inference_le:", INFERENCE_BUCKETS_S),
-                             fields.get("inference_seconds_sum", 0.0))
+        for version, counts in sorted(by_version(fields).items()):
+            images.add_metric([model, version], counts.get("images", 0.0))
+            sizes.add_metric([model, version], cumulative(counts, "batch_size_le:", BATCH_SIZE_BUCKETS),
+                             counts.get("batch_size_sum", 0.0))
+            inference.add_metric([model, version], cumulative(counts, "inference_le:", INFERENCE_BUCKETS_S),
+                                 counts.get("inference_seconds_sum", 0.0))
     yield from (images, sizes, inference, busy)

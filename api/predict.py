@@ -1,4 +1,8 @@
-"""POST /predict: one image, answered synchronously (or 202 + result URL after the timeout)."""
+"""POST /predict: one image, answered synchronously (or 202 + result URL after the timeout).
+
+`?version=N` (or the form field `version`) asks for that version of the model; without it
+the model's traffic shares pick one (api.models.route).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from flask import Blueprint, g, jsonify, url_for
 
 import settings
 from api.errors import APIError
-from api.models import model_input, requested_model
+from api.models import requested_model, requested_version, route
 from api.submissions import prediction_body, submit_classify, wait_for
 from api.uploads import image_pixels, query_number
 from tasks.result_store import failure_message
@@ -23,16 +27,19 @@ def predict():
     timeout = query_number("timeout", default=settings.PREDICT_TIMEOUT_S, low=0, high=settings.MAX_PREDICT_TIMEOUT_S)
     deadline = query_number("deadline", default=0, low=0, high=settings.RESULT_TTL_S)
     model = g.model = requested_model()
-    size = model_input(model)
+    size = route(model, requested_version())
+    g.model_version = size.version
     pixels = image_pixels("image", (size.height, size.width), size.resize)
     decoded = time.time()
     task_id = g.task_id = submit_classify(pixels, (size.height, size.width), top, model,
-                                          received + deadline if deadline else None)
+                                          received + deadline if deadline else None,
+                                          version=size.version, pinned=size.pinned, shadow=size.shadow)
 
     meta = wait_for(task_id, timeout)
     if meta["status"] == "SUCCESS":
         seen = time.time()
         body = prediction_body(task_id, meta["result"])
+        g.model_version = body["model_version"]
         body["timings"].update(
             decode_ms=round((decoded - received) * 1000, 2),
             result_ms=round((seen - meta["result"]["done_at"]) * 1000, 2),

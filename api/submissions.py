@@ -44,9 +44,11 @@ def queue_unavailable() -> Iterator[None]:
 
 
 def submit_classify(pixels: bytes, size: tuple[int, int], top: int, model: str,
-                    expires_at: float | None = None, probabilities: bool = False) -> str:
+                    expires_at: float | None = None, probabilities: bool = False,
+                    version: int | None = None, pinned: bool = False, shadow: int | None = None) -> str:
     """Queue one image for the batched classify task under a new random id, recorded as issued in the same
-    script (see enqueue_classify); the waiter looks out for its result before it is sent."""
+    script (see enqueue_classify); the waiter looks out for its result before it is sent. `version`,
+    `pinned` and `shadow` are the request's route (api.models.route)."""
     task_id = str(uuid.uuid4())
     waiter = _waiter()
     waiter.expect(task_id)
@@ -58,7 +60,8 @@ def submit_classify(pixels: bytes, size: tuple[int, int], top: int, model: str,
                     queue=settings.interactive_queue(model), expires_at=expires_at,
                     max_depth=settings.MAX_QUEUE_DEPTH, probabilities=probabilities,
                     issued=_issued_record({"kind": "predict", "model": model}),
-                    wait_replicas=settings.REDIS_WAIT_REPLICAS, wait_ms=settings.REDIS_WAIT_MS)
+                    wait_replicas=settings.REDIS_WAIT_REPLICAS, wait_ms=settings.REDIS_WAIT_MS,
+                    version=version, pinned=pinned, shadow=shadow)
             except QueueFull as full:
                 raise overloaded(full.depth) from None
         _check_replicas(confirmed)

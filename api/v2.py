@@ -44,7 +44,7 @@ def server_metadata() -> dict[str, Any]:
 
 def model_metadata(model: str, version: str | None) -> dict[str, Any]:
     """Names, datatypes and shapes of the model's inputs and output (-1: any number of images)."""
-    size = served_input(model, version)
+    size = served_input(model, version, split=False)
     with queue_unavailable():
         entry = described(model)
     classes = entry.get("labels")
@@ -88,7 +88,8 @@ def model_ready(model: str, version: str | None) -> bool:
     known_model(model)
     with queue_unavailable():
         workers = [w for w in live_workers(redis_client()) if w.get("model") == model]
-    return any(version is None or str(w.get("served_version", 1)) == version for w in workers)
+    return any(w.get("served_version") is not None if version is None else
+               (w.get("versions") or {}).get(version, {}).get("state") == "ready" for w in workers)
 
 
 @bp.get("/health/live")

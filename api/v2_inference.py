@@ -16,10 +16,9 @@ import numpy as np
 import settings
 from api.errors import APIError
 from api.inference_protocol import InferAnswer, InferRequest
-from api.models import describe_models, model_input, served
+from api.models import Route, describe_models, route, served
 from api.submissions import queue_unavailable, redis_client, submit_classify, wait_for
 from api.uploads import decode_upload
-from tasks.model_records import ModelInput
 from tasks.payloads import PROBABILITIES_PREFIX
 from tasks.result_store import failure_message
 
@@ -30,13 +29,11 @@ def known_model(model: str) -> None:
         raise APIError(404, f"unknown model {model!r}; this service serves: {', '.join(served())}")
 
 
-def served_input(model: str, version: str | None) -> ModelInput:
-    """The served input of `model`; 404 for a model or version this service does not serve now."""
+def served_input(model: str, version: str | None, split: bool = True) -> Route:
+    """The route of a request to `model` (at `version` when given); 404 for a model or version this service does
+    not serve now, 400 for a version that is not a number. Without `split`: the default version's."""
     known_model(model)
-    size = model_input(model)
-    if version is not None and version != str(size.version):
-        raise APIError(404, f"model {model!r} version {version!r} is not served; it serves version {size.version}")
-    return size
+    return route(model, version, split=split)
 
 
 def described(model: str) -> dict[str, Any]:
@@ -50,7 +47,7 @@ def model_versions(entry: dict[str, Any]) -> list[str]:
     return [str(v) for v in versions] or [str(entry.get("served_version") or 1)]
 
 
-def run(request: InferRequest, size: ModelInput, timeout_s: float | None = None) -> InferAnswer:
+def run(request: InferRequest, size: Route, timeout_s: float | None = None) -> InferAnswer:
     """Queue each image, sized for `size` (the request's served_input), wait for every answer, gather the outputs.
 
     `timeout_s` (a gRPC client's deadline) bounds the wait and, like /predict's `deadline`, makes
@@ -63,7 +60,8 @@ def run(request: InferRequest, size: ModelInput, timeout_s: float | None = None)
         pixels = [np.ascontiguousarray(row).tobytes() for row in request.pixels]
     top, wants_rows = request.top_k(), request.needs_probabilities()
     expires_at = time.time() + timeout_s if timeout_s is not None else None
-    ids = [submit_classify(p, shape, top, request.model, expires_at, probabilities=wants_rows) for p in pixels]
+    ids = [submit_classify(p, shape, top, request.model, expires_at, probabilities=wants_rows, version=size.version,
+                           pinned=size.pinned, shadow=size.shadow) for p in pixels]
     wait_s = settings.PREDICT_TIMEOUT_S if timeout_s is None else timeout_s
     deadline = time.monotonic() + wait_s
     results: list[dict[str, Any]] = []

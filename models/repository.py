@@ -42,6 +42,8 @@ _CHOICES = {
     "output": ("softmax", "logits", "sigmoid"),
 }
 _KEYS = ("preprocess", "scale", "mean", "std", "channels", "layout", "input_size", "resize", "output")
+#: The keys that say which versions serve and who gets which (models.serving_policy), not how to preprocess.
+POLICY_KEYS = ("version_policy", "traffic", "shadow")
 
 
 class RepositoryError(ValueError):
@@ -85,7 +87,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> ModelConfig:
     """Validate a config.json's content; RepositoryError names `path` and the key at fault."""
     if not isinstance(raw, dict):
         raise RepositoryError(f"{path}: must hold a JSON object, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(_KEYS))
+    unknown = sorted(set(raw) - set(_KEYS) - set(POLICY_KEYS))
     if unknown:
         raise RepositoryError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; "
                               f"known keys: {', '.join(_KEYS)}")
@@ -115,18 +117,33 @@ def parse_config(raw: dict[str, Any], path: Path) -> ModelConfig:
     return ModelConfig(**fields)
 
 
-def read_config(model_dir: Path) -> ModelConfig:
-    """The model's config.json (all defaults when the file does not exist)."""
+def read_raw_config(model_dir: Path) -> dict[str, Any]:
+    """The model's config.json as JSON ({} when the file does not exist)."""
     path = model_dir / "config.json"
     if not path.exists():
-        return ModelConfig()
+        return {}
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise RepositoryError(f"{path}: cannot be read ({exc})") from None
     except json.JSONDecodeError as exc:
         raise RepositoryError(f"{path}: not valid JSON ({exc})") from None
-    return parse_config(raw, path)
+    if not isinstance(raw, dict):
+        raise RepositoryError(f"{path}: must hold a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def read_config(model_dir: Path) -> ModelConfig:
+    """The model's config.json (all defaults when the file does not exist)."""
+    return parse_config(read_raw_config(model_dir), model_dir / "config.json")
+
+
+def write_config(model_dir: Path, raw: dict[str, Any]) -> None:
+    """Replace config.json atomically: a worker polling it reads the old file or the new one, never half."""
+    path = model_dir / "config.json"
+    staging = model_dir / f".config.json.{os.getpid()}.tmp"
+    staging.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+    os.replace(staging, path)
 
 
 def read_labels(model_dir: Path) -> list[str]:

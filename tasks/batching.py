@@ -23,10 +23,11 @@ batch of its own, so it cannot take innocent requests down with it again, and af
 
 Every request gets Celery's task events, which celery-batches does not send, so Flower
 and other event consumers see the batched task like any other: task-received when it
-reaches the worker, and task-succeeded/failed/revoked with its runtime, its batch's size
-and the time its batch started (`started`, which event consumers such as Flower store
-like any other field). A separate task-started event per request would cost the worker,
-Redis and Flower a third more per image for a state that lasts one model call.
+reaches the worker, and task-succeeded/failed/revoked with its runtime, the version that
+computed it and its batch's size (the result Flower shows), and the time its batch started
+(`started`, which event consumers such as Flower store like any other field). A separate
+task-started event per request would cost the worker, Redis and Flower a third more per
+image for a state that lasts one model call.
 
 Requests from the bulk queue (job images, video frames) come second: a batch takes
 every waiting interactive request first and is topped up with bulk requests only
@@ -281,16 +282,16 @@ class AdaptiveBatches(Batches):
         """task-succeeded/failed/revoked per request, from the summary the batch function returned."""
         summary = summary if isinstance(summary, dict) else {}
         failed, revoked = summary.get("failed", {}), set(summary.get("revoked", []))
-        size, inference_ms = summary.get("batch_size", len(requests)), summary.get("inference_ms", 0.0)
-        outcome = f"batch of {size}, inference {inference_ms:.0f} ms"
+        outcomes = {task_id: f"version {version}: batch of {size}, inference {inference_ms:.0f} ms"
+                    for version, size, inference_ms, ids in summary.get("groups", []) for task_id in ids}
         for req in requests:
             if req.id in failed:
                 req.send_event("task-failed", exception=failed[req.id], traceback="", runtime=runtime,
                                started=started)
             elif req.id in revoked:
                 req.send_event("task-revoked", terminated=False, signum=None, expired=True)
-            elif summary:
-                req.send_event("task-succeeded", result=outcome, runtime=runtime, started=started)
+            elif req.id in outcomes:
+                req.send_event("task-succeeded", result=outcomes[req.id], runtime=runtime, started=started)
             else:  # the batch function itself failed
                 req.send_event("task-failed", exception="the batch failed; see the worker log", traceback="",
                                runtime=runtime, started=started)

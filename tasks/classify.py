@@ -1,9 +1,13 @@
 """The batched classify task: many single-image requests, one model call.
 
 Each request carries `pixels_key` (the Redis key of uint8 H×W×3 bytes made by
-models.images, see tasks.payloads), their `size` [height, width], `top`, and `sent_at`
-(when the API queued it). Results carry the model version that answered and the
-per-stage timings.
+models.images, see tasks.payloads), their `size` [height, width], `top`, `sent_at`
+(when the API queued it), and the `version` the API routed it to (`pinned` when the
+client named it; else a version gone meanwhile falls back to the default). One model
+call never mixes versions: a batch runs one call per version it holds. Results carry
+the model version that answered and the per-stage timings. A request marked `shadow`
+is queued again for that version (tasks.shadow); a shadow copy (`compare`) is compared,
+not answered.
 Every request gets its own result or failure in the backend: celery-batches
 discards the task's return value and swallows its exceptions. The return value is
 a summary for the worker's main process, which sends each request's task event.
@@ -26,8 +30,9 @@ from tasks import celery_app
 from tasks.batching import AdaptiveBatches
 from tasks.payloads import PROBABILITIES_PREFIX, drop_pixels, fetch_pixels
 from tasks.result_store import store_success
+from tasks.shadow import queue_shadow, record_comparison
 from tasks.stats import record_batch, record_busy
-from tasks.worker import classifier, pixel_store
+from tasks.worker import pixel_store, served_model
 
 if TYPE_CHECKING:
     from models.keras_model import Classifier
@@ -93,7 +98,8 @@ def classify(requests: list) -> dict:
     scheduled on a busy host, and while it waits the model computes nothing.
     """
     busy_since = time.perf_counter()
-    model = classifier()
+    served = served_model()
+    versions, default = served.served, served.current  # read once: a rollout switches between batches
     client = pixel_store()
     keys = [str(req.kwargs.get("pixels_key", "")) for req in requests]
     try:
@@ -102,32 +108,47 @@ def classify(requests: list) -> dict:
         for req in requests:
             celery_app.backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
         return {"batch_size": 0, "failed": {req.id: repr(exc) for req in requests}}
-    summary, answers = _classify_batch(model, requests, blobs)
+    summary: dict = {"batch_size": 0, "inference_ms": 0.0, "failed": {}, "revoked": [], "groups": []}
+    groups = _by_version(requests, blobs, versions, default, summary, served.unloaded)
+    kept: set[str] = set()  # pixels a shadow copy will read
     with client.pipeline(transaction=False) as pipe:
-        # Metrics first: a client woken by its answer and scraping /metrics already sees its batch counted.
-        if answers:
-            record_batch(pipe, model.name, len(answers), summary["inference_ms"] / 1000.0)
-        record_busy(pipe, model.name, time.perf_counter() - busy_since)
-        for task_id, result, row in answers:
-            if row is not None:  # before the answer's publish, so whoever it wakes finds the row
-                pipe.set(PROBABILITIES_PREFIX + task_id, row, ex=settings.RESULT_TTL_S)
-            store_success(pipe, task_id, result, settings.RESULT_TTL_S)
-        drop_on_shards = drop_pixels(pipe, keys)
+        for model, group in groups.items():
+            answers = _classify_group(model, group, summary)
+            if not answers:
+                continue
+            inference_ms = answers[0][1]["timings"]["inference_ms"]
+            per_image_ms = inference_ms / len(answers)
+            # Metrics first: a client woken by its answer and scraping /metrics already sees its batch counted.
+            record_batch(pipe, served.name, model.version, len(answers), inference_ms / 1000.0,
+                         sum(1 for req, *_ in answers if "compare" not in req.kwargs))
+            for req, result, row in answers:
+                if "compare" in req.kwargs:
+                    record_comparison(pipe, served.name, req.kwargs["compare"], model.version, row, per_image_ms)
+                    continue
+                if req.kwargs.get("probabilities"):  # before the answer's publish, so whoever it wakes finds it
+                    pipe.set(PROBABILITIES_PREFIX + req.id, row.astype("<f4").tobytes(), ex=settings.RESULT_TTL_S)
+                store_success(pipe, req.id, result, settings.RESULT_TTL_S)
+                if req.kwargs.get("shadow") is not None:
+                    queue_shadow(pipe, celery_app, served.name, settings.bulk_queue(served.name),
+                                 settings.SHADOW_MAX_QUEUED, req.kwargs, row, model.version, per_image_ms)
+                    kept.add(str(req.kwargs.get("pixels_key", "")))
+        record_busy(pipe, served.name, time.perf_counter() - busy_since)
+        drop_on_shards = drop_pixels(pipe, [k for k in keys if k not in kept])
         pipe.execute()
     drop_on_shards()
     return summary
 
 
-def _classify_batch(model: Classifier, requests: list, blobs: list[bytes | None]) -> tuple[dict, list]:
-    """One model call for every valid request: the batch's summary and each answered request's
-    (id, result, float32 probability row when the request asked for it).
+def _by_version(requests: list, blobs: list[bytes | None], versions: dict[int, Classifier],
+                default: Classifier | None, summary: dict, unloaded: str | None) -> dict[Classifier, list]:
+    """Each valid request's (request, image, top), grouped by the version that computes it.
 
-    Requests that fail (bad payload, deadline passed, inference error) are marked at once, each on its own.
+    Requests that cannot run (deadline passed, bad payload, a pinned version not served here) are
+    marked at once, each on its own.
     """
     backend = celery_app.backend
     started = time.time()
-    valid, images, tops = [], [], []
-    summary: dict = {"batch_size": 0, "inference_ms": 0.0, "failed": {}, "revoked": []}
+    groups: dict[Classifier, list] = {}
     for req, blob in zip(requests, blobs):
         expires_at = req.kwargs.get("expires_at")
         if isinstance(expires_at, (int, float)) and started > expires_at:
@@ -135,45 +156,70 @@ def _classify_batch(model: Classifier, requests: list, blobs: list[bytes | None]
             summary["revoked"].append(req.id)
             continue
         try:
+            model = _model_for(req.kwargs, versions, default, unloaded)
             image, top = _parse(req.kwargs, blob, model.input_shape)
-            images.append(image)
-            tops.append(top)
-            valid.append(req)
+            groups.setdefault(model, []).append((req, image, top))
         except Exception as exc:  # one bad payload fails alone
             backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
             summary["failed"][req.id] = f"{type(exc).__name__}: {exc}"
-    if not valid:
-        return summary, []
+    return groups
+
+
+def _model_for(kwargs: dict, versions: dict[int, Classifier], default: Classifier | None,
+               unloaded: str | None) -> Classifier:
+    """The version a request runs on: the one it was routed to, or the default when that one left and the
+    client did not name it; LookupError when neither can run it."""
+    version = kwargs.get("version")
+    model = versions.get(version) if version is not None else default
+    if model is None and not kwargs.get("pinned"):
+        model = default
+    if model is None:
+        why = unloaded or f"served here: {', '.join(map(str, versions)) or 'none'}"
+        raise LookupError(f"version {version} is not served ({why})" if version is not None else
+                          f"no version is served ({why})")
+    return model
+
+
+def _classify_group(model: Classifier, group: list, summary: dict) -> list:
+    """One model call for a version's requests: each answered request's (request, result, probability row).
+
+    On an inference error every request of the group is marked failed.
+    """
+    backend = celery_app.backend
+    requests = [req for req, _, _ in group]
+    started = time.time()
     try:
         t0 = time.perf_counter()
-        probabilities = model.predict(np.stack(images))
+        probabilities = model.predict(np.stack([image for _, image, _ in group]))
         inference_ms = (time.perf_counter() - t0) * 1000.0
     except Exception as exc:
-        logger.exception("inference failed for a batch of %d", len(valid))
-        for req in valid:
+        logger.exception("inference failed for a batch of %d (version %s)", len(requests), model.version)
+        for req in requests:
             backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
             summary["failed"][req.id] = f"{type(exc).__name__}: {exc}"
-        return summary, []
+        return []
     batch_id = uuid.uuid4().hex
     logger.info(json.dumps({"event": "batch", "batch_id": batch_id, "model": model.name,
-                            "model_version": model.version, "size": len(valid),
-                            "padded": model.bucket_for(len(valid)), "inference_ms": round(inference_ms, 1)}))
+                            "model_version": model.version, "size": len(requests),
+                            "padded": model.bucket_for(len(requests)), "inference_ms": round(inference_ms, 1)}))
     done_at = time.time()
     answers = []
-    for req, row, top in zip(valid, probabilities, tops):
+    for (req, _, top), row in zip(group, probabilities):
         result = {
             "model": model.name,
             "model_version": model.version,
             "predictions": model.top(row, top),
             "batch_id": batch_id,
-            "batch_size": len(valid),
+            "batch_size": len(requests),
             "timings": _timings(req, started, inference_ms),
             "deliveries": getattr(req, "deliveries", 1),
             "done_at": done_at,
         }
-        answers.append((req.id, result, row.astype("<f4").tobytes() if req.kwargs.get("probabilities") else None))
-    summary.update(batch_size=len(valid), inference_ms=round(inference_ms, 2))
-    return summary, answers
+        answers.append((req, result, row))
+    summary["batch_size"] += len(requests)
+    summary["inference_ms"] = round(summary["inference_ms"] + inference_ms, 2)
+    summary["groups"].append([model.version, len(requests), round(inference_ms, 2), [r.id for r in requests]])
+    return answers
 
 
 def _timings(req: object, batch_started: float, inference_ms: float) -> dict[str, float]:

@@ -167,11 +167,18 @@ class _Driver:
     def _items(self, spec: dict[str, Any], start: int) -> Iterator[tuple[int, dict[str, Any], bytes | str]]:
         """(index, record, pixels or an error message) for each item from `start` on.
 
-        Items are sized for the version the model's workers serve now; when the model cannot
-        be served at all (its workers failed to load it), every item fails with that reason.
+        Items are sized for the job's version (chosen at submit: named, or by the traffic shares);
+        when the model cannot be served at all (its workers failed to load it), or the version the
+        job named is no longer served, every item fails with that reason.
         """
         try:
-            self.input = _inputs(self.client).input_of(spec["model"])
+            routes = _inputs(self.client).routes_of(spec["model"])
+            version = spec.get("version")
+            self.input = routes.inputs.get(version) if version is not None else routes.default
+            if self.input is None and spec.get("pinned"):
+                raise ModelUnavailable(f"model {spec['model']!r} version {version} is not served now; served "
+                                       f"versions: {', '.join(map(str, routes.versions()))}")
+            self.input = self.input or routes.default
         except ModelUnavailable as exc:
             return ((i, {"i": i}, str(exc)) for i in range(start, spec.get("frames") or len(spec["items"])))
         if spec["kind"] == "video":
@@ -229,8 +236,8 @@ class _Driver:
             return
         task_id = str(uuid.uuid4())
         enqueue_classify(celery_app, self.client, task_id, pixels, (self.input.height, self.input.width),
-                         spec["top"], self.ttl,
-                         queue=settings.bulk_queue(spec["model"]))
+                         spec["top"], self.ttl, queue=settings.bulk_queue(spec["model"]),
+                         version=spec.get("version"), pinned=bool(spec.get("pinned")))
         # Recorded after sending: a crash in between re-sends the item from the stored cursor.
         now = time.time()
         with self.client.pipeline(transaction=False) as pipe:

@@ -19,9 +19,12 @@ from typing import Any
 import redis
 
 from models.registry import MODELS as BUILT_IN
+from models.serving_policy import Routing
 
 SERVED_PREFIX = "imageclf:served:"
 FAILED_PREFIX = "imageclf:model-failed:"
+#: Set by the control API's unload (who, when); the model's workers drop every version while it exists.
+UNLOADED_PREFIX = "imageclf:model-unloaded:"
 #: How long the API and decoders reuse what they read (a rollout reaches them within this).
 CACHE_S = 1.0
 
@@ -36,8 +39,38 @@ class ModelInput:
     version: int | None
 
 
+@dataclass(frozen=True)
+class ModelRoutes:
+    """What the model's workers announced: each ready version's input, and how requests are split."""
+
+    inputs: dict[int, ModelInput]
+    routing: Routing
+
+    @property
+    def default(self) -> ModelInput:
+        return self.inputs[self.routing.default]
+
+    def versions(self) -> list[int]:
+        return sorted(self.inputs)
+
+
 class ModelUnavailable(Exception):
     """No worker can serve this model now; the message says why."""
+
+
+def record_unloaded(client: redis.Redis, name: str, by: str) -> None:
+    client.set(UNLOADED_PREFIX + name, json.dumps({"by": by, "at": time.time()}))
+
+
+def clear_unloaded(client: redis.Redis, name: str) -> bool:
+    """Whether the model had been unloaded."""
+    return bool(client.delete(UNLOADED_PREFIX + name))
+
+
+def read_unloaded(client: redis.Redis, name: str) -> dict[str, Any] | None:
+    """{"by", "at"} while an operator has the model unloaded, else None."""
+    raw = client.get(UNLOADED_PREFIX + name)
+    return json.loads(raw) if raw else None
 
 
 def record_served(client: redis.Redis, name: str, description: dict[str, Any]) -> None:
@@ -71,18 +104,21 @@ def read_served(client: redis.Redis, names: list[str]) -> dict[str, dict[str, An
 
 
 class InputLookup:
-    """Each model's current input, read from Redis at most once per CACHE_S per model (thread-safe)."""
+    """Each model's ready versions and routing, read from Redis at most once per CACHE_S per model
+    (thread-safe)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, ModelInput | str]] = {}
+        self._cache: dict[str, tuple[float, ModelRoutes | str]] = {}
 
     def input_of(self, name: str) -> ModelInput:
-        """The model's input; ModelUnavailable if it failed to load or was never loaded and is not built in.
+        """The default version's input; ModelUnavailable if the model failed to load, is unloaded, or was
+        never loaded and is not built in. Raises redis.RedisError when Redis is unreachable."""
+        return self.routes_of(name).default
 
-        Raises redis.RedisError when Redis is unreachable.
-        """
+    def routes_of(self, name: str) -> ModelRoutes:
+        """The ready versions and the routing; ModelUnavailable as for `input_of`."""
         with self._lock:
             cached = self._cache.get(name)
         if cached is None or time.monotonic() - cached[0] > CACHE_S:
@@ -93,15 +129,32 @@ class InputLookup:
             raise ModelUnavailable(cached[1])
         return cached[1]
 
-    def _read(self, name: str) -> ModelInput | str:
-        failed, served = self._client.mget([FAILED_PREFIX + name, SERVED_PREFIX + name])
+    def _read(self, name: str) -> ModelRoutes | str:
+        failed, served, unloaded = self._client.mget([FAILED_PREFIX + name, SERVED_PREFIX + name,
+                                                      UNLOADED_PREFIX + name])
         if failed:
             return f"model {name!r} cannot be served: {json.loads(failed)['error']}"
+        if unloaded:
+            by = json.loads(unloaded)["by"]
+            return (f"model {name!r} was unloaded by {by} (POST /v2/repository/models/{name}/load with an admin key "
+                    "serves it again)")
         if served:
-            info = json.loads(served)
-            height, width = info["input_size"]
-            return ModelInput(height, width, info.get("resize", "squash"), info.get("version"))
+            return routes(json.loads(served)) or f"model {name!r} has no ready version now; retry shortly"
         if name in BUILT_IN:
             size = BUILT_IN[name].input_size
-            return ModelInput(size, size, "squash", 1)
+            return ModelRoutes({1: ModelInput(size, size, "squash", 1)}, Routing(1, {1: 100.0}, None, []))
         return f"model {name!r} is not loaded yet: no worker has announced its input size; retry shortly"
+
+
+def routes(info: dict[str, Any]) -> ModelRoutes | None:
+    """The routes in a served-model record (None: no version ready, e.g. unloaded)."""
+    if "inputs" not in info:  # a record written before several versions could serve: its one version
+        height, width = info["input_size"]
+        version = info.get("version") or 1
+        return ModelRoutes({version: ModelInput(height, width, info.get("resize", "squash"), version)},
+                           Routing(version, {version: 100.0}, None, []))
+    inputs = {int(v): ModelInput(*i["input_size"], i["resize"], int(v)) for v, i in info["inputs"].items()}
+    routing = Routing.from_description(info["routing"]) if info.get("routing") else None
+    if not inputs or routing is None or routing.default not in inputs:
+        return None
+    return ModelRoutes(inputs, routing)

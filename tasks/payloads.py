@@ -82,7 +82,8 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
                      top: int, ttl_s: int, queue: str | None = None,
                      expires_at: float | None = None, max_depth: int | None = None,
                      probabilities: bool = False, issued: str | None = None,
-                     wait_replicas: int = 0, wait_ms: int = 1000) -> int:
+                     wait_replicas: int = 0, wait_ms: int = 1000, version: int | None = None,
+                     pinned: bool = False, shadow: int | None = None) -> int:
     """Store the pixels ((height, width) = `size`, RGB) with a TTL and queue the classify task, in one script.
 
     With `max_depth`, raises QueueFull instead, storing nothing, when `queue` already holds that many
@@ -90,7 +91,9 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
     computed: celery-batches does not apply Celery's own `expires`. With `probabilities`, the worker
     also stores the whole probability row (PROBABILITIES_PREFIX). `issued` is stored under the id's
     ISSUED_PREFIX key in the same script; with `wait_replicas`, Redis WAITs for that many replicas
-    (at most `wait_ms`) in the same round trip. Returns the replicas that confirmed (0 without WAIT).
+    (at most `wait_ms`) in the same round trip. `version` is the model version to compute it (None: the
+    default), `pinned` when the client named it, `shadow` a version to compute it again in the bulk lane
+    (tasks.shadow). Returns the replicas that confirmed (0 without WAIT).
     """
     queue = queue or celery.conf.task_default_queue
     kwargs: dict[str, Any] = {"pixels_key": PIXELS_PREFIX + task_id, "size": list(size), "top": top,
@@ -99,9 +102,16 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
         kwargs["expires_at"] = expires_at
     if probabilities:
         kwargs["probabilities"] = True
+    if version is not None:
+        kwargs["version"] = version
+    if pinned:
+        kwargs["pinned"] = True
+    if shadow is not None:
+        kwargs["shadow"] = shadow
     # Flower shows kwargsrepr and parses it again (ast.literal_eval) on every event it indexes: only what
     # a person reads there, not the pixels' key or timestamps.
-    shown = {"top": top, "size": list(size), **({"expires_at": expires_at} if expires_at is not None else {})}
+    shown = {"top": top, "size": list(size), **({"version": version} if version is not None else {}),
+             **({"expires_at": expires_at} if expires_at is not None else {})}
     message = task_message(celery, task_id, kwargs, queue, repr(shown))
     key, shards = kwargs["pixels_key"], pixel_shards()
     if shards:  # before the message exists, so no worker can look for pixels that are not there yet

@@ -1,8 +1,9 @@
 """Model workers' counters, kept in Redis so one scrape of the API's /metrics sees every worker.
 
 Workers may run on other hosts, restart, or be scaled; their totals live in one Redis
-hash per model (`imageclf:stats:<model>`): images, batches, and histogram bucket counts
-of batch sizes and inference seconds. api/metrics.py turns them into Prometheus series.
+hash per model (`imageclf:stats:<model>`), per version (fields `<version>|<name>`): images,
+answered requests, batches, and histogram bucket counts of batch sizes and inference
+seconds; and the model's busy time. api/metrics.py turns them into Prometheus series.
 """
 
 from __future__ import annotations
@@ -22,15 +23,18 @@ def _bucket(bounds: tuple[float, ...], value: float) -> str:
     return repr(float(bounds[index])) if index < len(bounds) else "+Inf"
 
 
-def record_batch(pipe: redis.client.Pipeline, model: str, size: int, inference_s: float) -> None:
-    """Count one model call of `size` images (queued on `pipe`, sent with the batch's answers)."""
-    key = STATS_PREFIX + model
-    pipe.hincrby(key, "images", size)
-    pipe.hincrby(key, "batches", 1)
-    pipe.hincrby(key, "batch_size_sum", size)
-    pipe.hincrby(key, "batch_size_le:" + _bucket(BATCH_SIZE_BUCKETS, size), 1)
-    pipe.hincrbyfloat(key, "inference_seconds_sum", inference_s)
-    pipe.hincrby(key, "inference_le:" + _bucket(INFERENCE_BUCKETS_S, inference_s), 1)
+def record_batch(pipe: redis.client.Pipeline, model: str, version: int, size: int, inference_s: float,
+                 answered: int) -> None:
+    """Count one model call of `size` images by `version`, `answered` of them for clients (the others are
+    shadow copies); queued on `pipe`, sent with the batch's answers."""
+    key, v = STATS_PREFIX + model, f"{version}|"
+    pipe.hincrby(key, v + "images", size)
+    pipe.hincrby(key, v + "requests", answered)
+    pipe.hincrby(key, v + "batches", 1)
+    pipe.hincrby(key, v + "batch_size_sum", size)
+    pipe.hincrby(key, v + "batch_size_le:" + _bucket(BATCH_SIZE_BUCKETS, size), 1)
+    pipe.hincrbyfloat(key, v + "inference_seconds_sum", inference_s)
+    pipe.hincrby(key, v + "inference_le:" + _bucket(INFERENCE_BUCKETS_S, inference_s), 1)
 
 
 def record_busy(pipe: redis.client.Pipeline, model: str, seconds: float) -> None:
@@ -45,6 +49,16 @@ def read_stats(client: redis.Redis) -> dict[str, dict[str, float]]:
         fields = client.hgetall(key)
         stats[key.decode()[len(STATS_PREFIX):]] = {k.decode(): float(v) for k, v in fields.items()}
     return stats
+
+
+def by_version(fields: dict[str, float]) -> dict[str, dict[str, float]]:
+    """A model's fields split per version: {version: {name: value}}."""
+    versions: dict[str, dict[str, float]] = {}
+    for name, value in fields.items():
+        if "|" in name:
+            version, field = name.split("|", 1)
+            versions.setdefault(version, {})[field] = value
+    return versions
 
 
 def cumulative(fields: dict[str, float], prefix: str, bounds: tuple[float, ...]) -> list[tuple[str, float]]:

@@ -28,7 +28,7 @@ from models.registry import MODELS as BUILT_IN
 from models.repository import RepositoryError, model_dir
 from tasks import batch_size, celery_app
 from tasks.job_store import sweep_orphans
-from tasks.model_records import clear_failure, record_failure, record_served
+from tasks.model_records import clear_failure, read_unloaded, record_failure, record_served
 from tasks.model_versions import ServedModel
 from tasks.readiness import beat_now, start_heartbeat, stop_heartbeat
 from tasks.redis_clients import connect
@@ -47,11 +47,12 @@ _pixel_store: redis.Redis | None = None
 _served_model: str | None = settings.MODELS[0]
 
 
-def classifier() -> Classifier:
-    """The version this pool process serves now (read once per batch: a rollout switches between batches)."""
-    if _served is None or _served.current is None:
+def served_model() -> ServedModel:
+    """The model this pool process serves: its ready versions (read once per batch: a rollout switches
+    between batches) and their routing."""
+    if _served is None:
         raise RuntimeError("the model is not loaded in this process")
-    return _served.current
+    return _served
 
 
 def pixel_store() -> redis.Redis:
@@ -90,7 +91,7 @@ def _open(name: str) -> ServedModel:
 
         return ServedModel(name, lambda version: load_version(
             name, folder, version, settings.BATCH_SIZE, settings.BACKEND, settings.MODEL_CACHE_DIR, pad),
-            folder, settings.MODEL_POLL_S, on_change=_announce)
+            folder, settings.MODEL_POLL_S, on_change=_announce, unloaded_by=lambda: _unloaded_by(name))
     if name not in BUILT_IN:
         raise RepositoryError(f"unknown model {name!r}: no folder {os.path.join(settings.MODEL_REPOSITORY, name)} "
                               f"(MODEL_REPOSITORY) and not a built-in model ({', '.join(sorted(BUILT_IN))})")
@@ -99,7 +100,14 @@ def _open(name: str) -> ServedModel:
     weights = settings.weights_for(name)
     return ServedModel(name, lambda _: load_classifier(
         BUILT_IN[name], weights, settings.CLASS_INDEX, settings.BATCH_SIZE, settings.BACKEND,
-        settings.MODEL_CACHE_DIR, pad), on_change=_announce)
+        settings.MODEL_CACHE_DIR, pad), poll_s=settings.MODEL_POLL_S, on_change=_announce,
+        unloaded_by=lambda: _unloaded_by(name))
+
+
+def _unloaded_by(name: str) -> str | None:
+    """Who unloaded the model through the control API (None: it serves); read by the version watcher."""
+    record = read_unloaded(pixel_store(), name)
+    return f"unloaded by {record['by']}" if record else None
 
 
 def _status() -> dict:
@@ -110,11 +118,15 @@ def _status() -> dict:
 
 
 def _announce() -> None:
-    """Publish a version change at once: the served version's input for the API, the states for /models."""
-    if _served is None or _served.current is None:
+    """Publish a version change at once: the ready versions' inputs and routing for the API, the states for
+    /models."""
+    if _served is None:
         return
     try:
-        record_served(pixel_store(), _served.name, _served.current.describe())
+        current = _served.current
+        record_served(pixel_store(), _served.name, {
+            **(current.describe() if current is not None else {"version": None}),
+            "inputs": _served.inputs(), "routing": _served.routing.describe(), "unloaded": _served.unloaded})
     except redis.RedisError:
         logger.warning("could not record the served version of %s", _served.name, exc_info=True)
     beat_now()

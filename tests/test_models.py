@@ -25,9 +25,9 @@ def two_models(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 def test_models_lists_both_with_their_workers_and_readyz_needs_both(two_models):
     body = httpx.get(two_models.url + "/models", timeout=10).json()
     assert body["default"] == "mobilenet_v1_0.75"
-    assert [(m["name"], m["input_size"], m["served_version"], m["versions"]) for m in body["models"]] == [
-        ("mobilenet_v1_0.75", [224, 224], 1, {"1": {"state": "ready"}}),
-        ("resnet50", [224, 224], 1, {"1": {"state": "ready"}})]
+    assert [(m["name"], m["input_size"], m["served_version"], {v: s["state"] for v, s in m["versions"].items()})
+            for m in body["models"]] == [("mobilenet_v1_0.75", [224, 224], 1, {"1": "ready"}),
+                                         ("resnet50", [224, 224], 1, {"1": "ready"})]
     assert body["models"][0]["labels"] == 1000
     assert body["models"][0]["preprocess"].endswith("mobilenet.preprocess_input")
     assert all(len(m["workers"]) == 1 and m["workers"][0]["model"] == m["name"] for m in body["models"])

@@ -37,7 +37,7 @@ def test_flower_shows_each_batched_request_with_its_runtime_and_batch(service):
         assert task["name"] == "classify" and task["state"] == "SUCCESS", task
         assert None not in (task["received"], task["started"], task["succeeded"]), task
         assert task["runtime"] > 0 and task["received"] <= task["started"] <= task["succeeded"]
-        assert task["result"] == f"batch of {answer['batch_size']}, inference " \
+        assert task["result"] == f"version 1: batch of {answer['batch_size']}, inference " \
                                  f"{answer['timings']['inference_ms']:.0f} ms"
         assert task["worker"].startswith("mobilenet_v1_0.75@")
 
@@ -66,18 +66,20 @@ def test_metrics_count_requests_batches_and_queues(service):
         return value(after, family, sample, **labels) - value(before, family, sample, **labels)
 
     assert delta("imageclf_http_requests", "imageclf_http_requests_total",
-                 route="/predict", method="POST", status="200") == 8
+                 route="/predict", method="POST", status="200", version="1") == 8
     assert delta("imageclf_http_requests", "imageclf_http_requests_total",
-                 route="/predict", method="POST", status="415") == 1
-    assert delta("imageclf_http_request_seconds", "imageclf_http_request_seconds_count", route="/predict") == 9
+                 route="/predict", method="POST", status="415", version="1") == 1
+    assert delta("imageclf_http_request_seconds", "imageclf_http_request_seconds_count", route="/predict",
+                 version="1") == 9
     model = answers[0]["model"]
-    assert delta("imageclf_images_classified", "imageclf_images_classified_total", model=model) == 8
+    assert delta("imageclf_images_classified", "imageclf_images_classified_total", model=model, version="1") == 8
     batches = {a["batch_id"]: a["batch_size"] for a in answers}
-    assert delta("imageclf_batch_size", "imageclf_batch_size_count", model=model) == len(batches)
-    assert delta("imageclf_batch_size", "imageclf_batch_size_sum", model=model) == sum(batches.values())
-    assert delta("imageclf_inference_seconds", "imageclf_inference_seconds_count", model=model) == len(batches)
+    assert delta("imageclf_batch_size", "imageclf_batch_size_count", model=model, version="1") == len(batches)
+    assert delta("imageclf_batch_size", "imageclf_batch_size_sum", model=model, version="1") == sum(batches.values())
+    assert delta("imageclf_inference_seconds", "imageclf_inference_seconds_count", model=model,
+                 version="1") == len(batches)
     # Busy time covers each batch's model call and its bookkeeping; request CPU is counted per request.
-    inference_s = delta("imageclf_inference_seconds", "imageclf_inference_seconds_sum", model=model)
+    inference_s = delta("imageclf_inference_seconds", "imageclf_inference_seconds_sum", model=model, version="1")
     assert inference_s > 0
     assert delta("imageclf_model_busy_seconds", "imageclf_model_busy_seconds_total", model=model) >= inference_s
     assert delta("imageclf_http_request_cpu_seconds", "imageclf_http_request_cpu_seconds_count", route="/predict") == 9

@@ -126,8 +126,9 @@ def test_models_lists_versions_labels_input_and_preprocessing(users_service):
     assert body["default"] == "plants_h5"
     models = {m["name"]: m for m in body["models"]}
     onnx = models["parts_onnx"]
-    assert (onnx["served_version"], onnx["versions"], onnx["labels"], onnx["input_size"]) == (
-        1, {"1": {"state": "ready"}}, 4, [128, 96])
+    assert (onnx["served_version"], onnx["versions"]["1"]["state"], list(onnx["versions"]), onnx["labels"],
+            onnx["input_size"]) == (1, "ready", ["1"], 4, [128, 96])
+    assert onnx["versions"]["1"]["share"] == 100 and onnx["versions"]["1"]["rss_mb"] >= 0
     assert (onnx["preprocess"], onnx["layout"], onnx["output"], onnx["resize"], onnx["format"]) == (
         "torch", "NCHW", "logits", "center_crop", "onnx")
     assert models["plants_h5"]["format"] == "h5" and models["plants_keras"]["format"] == "keras"

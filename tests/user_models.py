@@ -74,3 +74,35 @@ def write_model(repository: Path, name: str, version: int, model_path_writer, co
         (model_dir / "config.json").write_text(json.dumps(config))
     model_path_writer(version_dir)
     return version_dir
+
+
+def colour_classifier(seed: int, size: tuple[int, int] = (160, 160), classes: int = len(LABELS)):
+    """A classifier of an image's mean colour (pool, then a softmax layer with strong random weights): unlike
+    a random CNN, which says one class for nearly every image, it spreads coloured images over its classes,
+    so two seeds agree on some images and not on others."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    model = keras.Sequential([keras.Input((*size, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(classes, activation="softmax")])
+    weights = rng.normal(0, 6.0, (3, classes)).astype(np.float32)
+    model.layers[-1].set_weights([weights, -weights.mean(axis=0) / 2])
+    return model
+
+
+def coloured_images(count: int, seed: int = 0, size: tuple[int, int] = (160, 160)) -> list[bytes]:
+    """PNGs of two-coloured images, different for each index."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        pixels = np.empty((*size, 3), np.uint8)
+        pixels[...] = rng.integers(0, 256, 3)
+        pixels[rng.integers(0, size[0] // 2):, rng.integers(0, size[1] // 2):] = rng.integers(0, 256, 3)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "PNG")
+        images.append(buffer.getvalue())
+    return images
