@@ -115,12 +115,12 @@ def test_each_served_version_answers_with_exactly_its_own_probabilities(svc, exp
                            (grpcclient, grpcclient.InferenceServerClient(svc.grpc_url))):
         tensor = module.InferInput("image", [1], "BYTES")
         tensor.set_data_from_numpy(np.array([IMAGES[5]], dtype=np.object_))
-        answer = client.infer("plants", [tensor], model_version="1", headers=AS_PLAIN)
+        answer = client.infer("plants", [tensor], model_version="1", headers={"x-api-key": PLAIN})  # lower case: gRPC metadata
         assert str(answer.get_response()["model_version"] if module is httpclient else
                    answer.get_response().model_version) == "1"
         assert np.abs(answer.as_numpy("probabilities")[0] - expected[1][5]).max() <= 1e-5
         with pytest.raises(Exception, match="version 7 is not served"):
-            client.infer("plants", [tensor], model_version="7", headers=AS_PLAIN)
+            client.infer("plants", [tensor], model_version="7", headers={"x-api-key": PLAIN})
 
 
 def test_a_job_runs_every_item_on_the_version_it_names(svc, expected):
