@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from scripts.redis_server import free_port
 from scripts.service_process import ServiceProcess
-from tests.helpers import CLASS_INDEX, FLOWER_AUTH, MOBILENET_FILE, SHARED
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, CLASS_INDEX, FLOWER_AUTH, MOBILENET_FILE, SHARED
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -77,3 +78,17 @@ def reference_model():
         return model.predict(keras.applications.mobilenet.preprocess_input(x), verbose=0)[0]
 
     return probabilities
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's Chromium driven by Playwright (the web page's tests)."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"the browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium; "
+                    "`make test` installs it when run as root)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +19,10 @@ SHARED = ROOT.parent / "shared" / "assets"
 MOBILENET_FILE = SHARED / "models" / "mobilenet_v1_0.75_224_imagenet.keras"
 CLASS_INDEX = SHARED / "imagenet_class_index.json"
 FLOWER_AUTH = "flower:test-password"  # the test service's Flower asks for it
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As root in a container, with no network beyond localhost: no sandbox, no background fetches.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
 
 
 def labelled_photos() -> list[dict]:
@@ -54,3 +59,11 @@ def start_api(redis_url: str, env: dict[str, str]) -> tuple[subprocess.Popen, st
 
     assert wait_until(up, 30), "the API did not start"
     return api, url
+
+
+def screenshot(page, name: str) -> None:
+    """With WEB_SCREENSHOTS=docs/screenshots, save the page as <name>.png there (the README shows them)."""
+    folder = os.environ.get("WEB_SCREENSHOTS")
+    if folder:
+        (ROOT / folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ROOT / folder / f"{name}.png"), full_page=True)

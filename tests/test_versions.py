@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from models.images import decode_to_pixels
 from scripts.service_process import ServiceProcess
 from scripts.supervise import wait_until
+from tests.helpers import screenshot
 from tests.user_models import LABELS, colour_classifier, coloured_images, write_model
 
 PLAIN, ADMIN = "plain-key", "admin-key"
@@ -115,7 +116,7 @@ def test_each_served_version_answers_with_exactly_its_own_probabilities(svc, exp
                            (grpcclient, grpcclient.InferenceServerClient(svc.grpc_url))):
         tensor = module.InferInput("image", [1], "BYTES")
         tensor.set_data_from_numpy(np.array([IMAGES[5]], dtype=np.object_))
-        answer = client.infer("plants", [tensor], model_version="1", headers={"x-api-key": PLAIN})  # lower case: gRPC metadata
+        answer = client.infer("plants", [tensor], model_version="1", headers={"x-api-key": PLAIN})  # gRPC: lower case
         assert str(answer.get_response()["model_version"] if module is httpclient else
                    answer.get_response().model_version) == "1"
         assert np.abs(answer.as_numpy("probabilities")[0] - expected[1][5]).max() <= 1e-5
@@ -332,3 +333,50 @@ def test_policy_changes_under_16_clients_fail_no_request(svc, repository):
           f"versions {dict(Counter(v for *_, v in answers))}")
     assert statuses == {200: len(answers)} and len(answers) > 100
     assert {v for *_, v in answers} <= {1, 2, 3}
+
+
+def test_the_models_view_moves_a_canary_share_promotes_and_rolls_back(svc, browser):
+    """In Chromium: the versions with their states and shadow agreement; an admin key moves the share of v2,
+    promotes v3 and rolls back to v1, each after a confirmation; a plain key is refused with the reason."""
+    set_policy(svc, version_policy={"all": True}, traffic={"default": 1}, shadow=None)
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    questions: list[str] = []
+    page.on("dialog", lambda dialog: (questions.append(dialog.message), dialog.accept()))
+    page.goto(svc.url + "/#models")
+    page.fill("#api-key", PLAIN)
+    page.fill("#admin-key", ADMIN)
+
+    def row(version: int):
+        return page.locator(f'article[data-model="plants"] tr[data-version="{version}"]')
+
+    def shown(version: int, cell: str, text: str) -> None:
+        page.wait_for_function(
+            "([v, cell, text]) => { const r = document.querySelector(`article[data-model=plants] "
+            "tr[data-version='${v}']`); return r && r.querySelector(cell).textContent.includes(text); }",
+            arg=[str(version), cell, text], timeout=30_000)
+
+    shown(1, "th", "v1 (default)")
+    shown(1, "td.share", "100%")
+    assert "top-1 agreement over 40" in row(1).locator("td.shadow").text_content()  # the shadow test's record
+    page.fill("#share-plants-2", "25")
+    row(2).get_by_role("button", name="Set share").click()
+    shown(2, "td.share", "25%")
+    shown(1, "td.share", "75%")
+    assert plants(svc)["routing"]["shares"] == {"1": 75.0, "2": 25.0}
+    assert questions[-1].startswith("Send 25% of plants")
+    screenshot(page, "web-models")
+
+    row(3).get_by_role("button", name="Promote v3").click()
+    shown(3, "th", "v3 (default)")
+    shown(3, "td.share", "100%")
+    row(1).get_by_role("button", name="Roll back to v1").click()
+    shown(1, "th", "v1 (default)")
+    assert plants(svc)["routing"]["shares"] == {"1": 100.0} and len(questions) == 3
+
+    page.fill("#admin-key", PLAIN)
+    row(2).get_by_role("button", name="Set share").click()
+    page.locator("#models-error").wait_for(state="visible", timeout=10_000)
+    assert "needs an admin key" in page.locator("#models-error").text_content()
+    assert plants(svc)["routing"]["shares"] == {"1": 100.0}
+    context.close()

@@ -6,32 +6,12 @@ Set WEB_SCREENSHOTS=docs/screenshots to save a picture of each state (the README
 from __future__ import annotations
 
 import csv
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, SHARED, labelled_photos
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# As root in a container, with no network beyond localhost: no sandbox, no background fetches.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"the browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium; "
-                    "`make test` installs it when run as root)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+from tests.helpers import SHARED, labelled_photos, screenshot
 
 
 @pytest.fixture
@@ -41,13 +21,6 @@ def page(browser, service) -> Iterator[object]:
     page.goto(service.url + "/")
     yield page
     context.close()
-
-
-def screenshot(page, name: str) -> None:
-    folder = os.environ.get("WEB_SCREENSHOTS")
-    if folder:
-        (ROOT / folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ROOT / folder / f"{name}.png"), full_page=True)
 
 
 def test_a_photo_shows_its_labels_as_bars(page):

@@ -1,13 +1,18 @@
 // The imageclf page: one image -> POST /predict; several images, zips or a video -> POST /jobs,
-// polled at /result/<id> with a progress bar and a cancel button. Text from the service and from
-// file names is only ever set as textContent, never as HTML.
+// polled at /result/<id> with a progress bar and a cancel button. The Models view (#models) shows
+// GET /models per version and, with an admin key, moves a canary share, promotes or rolls back
+// through PUT /models/<m>/policy. Text from the service and from file names is only ever set as
+// textContent, never as HTML.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const KEY_STORAGE = "imageclf-api-key";
+const ADMIN_STORAGE = "imageclf-admin-key";
+const MODELS_POLL_MS = 2000;
 const POLL_MS = 300;
 const VIDEO_EXTENSIONS = /\.(mp4|m4v|mov|webm|mkv|avi|mpe?g|ts|3gp|flv|wmv|ogv)$/i;
 let currentJob = null;
+let modelsTimer = null;
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -231,5 +236,109 @@ drop.addEventListener("drop", (event) => {
   drop.classList.remove("over");
   classify([...event.dataTransfer.files]);
 });
+// --- The Models view ---------------------------------------------------------------------------
+
+function percent(value) {
+  return value === null || value === undefined ? "—" : `${Number(value).toFixed(1).replace(/\.0$/, "")}%`;
+}
+
+function shadowText(pairs) {
+  if (!pairs || !pairs.length) return "—";
+  return pairs.map((p) => p.top1_agreement === null ? `vs v${p.against}: nothing compared yet`
+    : `vs v${p.against}: ${percent(100 * p.top1_agreement)} top-1 agreement over ${p.compared}, ` +
+      `mean |Δp| ${p.mean_abs_dp.toFixed(4)}`).join("; ");
+}
+
+async function changePolicy(model, body, question) {
+  if (!window.confirm(question)) return;
+  const key = $("admin-key").value.trim();
+  sessionStorage.setItem(ADMIN_STORAGE, key);
+  $("models-error").hidden = true;
+  let response, data = {};
+  try {
+    response = await fetch(`/models/${encodeURIComponent(model)}/policy`, {method: "PUT",
+      headers: {"Content-Type": "application/json", ...(key ? {Authorization: `Bearer ${key}`} : {})},
+      body: JSON.stringify(body)});
+    data = await response.json();
+  } catch (err) {
+    data.error = data.error || "Cannot reach the service. Is it running?";
+  }
+  if (!response || !response.ok) {
+    $("models-error").textContent = `The change was not made. ${data.error || ""}`.trim();
+    $("models-error").hidden = false;
+    return;
+  }
+  loadModels();
+}
+
+function versionActions(entry, version) {
+  const routing = entry.routing || {};
+  const state = entry.versions[version];
+  if (!entry.policy || state.state !== "ready" || Number(version) === routing.default) return el("span", {text: ""});
+  const traffic = Object.fromEntries(Object.entries(entry.policy.traffic || {}).filter(([k]) => k !== "default"));
+  const share = el("input", {type: "number", min: "0", max: "100", step: "1", value: String(state.share || 0),
+    id: `share-${entry.name}-${version}`, "aria-label": `Canary share of version ${version} of ${entry.name}, percent`});
+  const set = el("button", {type: "button", text: "Set share"});
+  set.addEventListener("click", () => changePolicy(entry.name,
+    {traffic: {...traffic, [version]: Number(share.value), default: routing.default}},
+    `Send ${share.value}% of ${entry.name}'s requests that name no version to version ${version}?`));
+  const newer = Number(version) > routing.default;
+  const move = el("button", {type: "button", class: "secondary",
+    text: newer ? `Promote v${version}` : `Roll back to v${version}`});
+  move.addEventListener("click", () => changePolicy(entry.name, {traffic: {default: Number(version)}},
+    `Make version ${version} the default of ${entry.name}, with 100% of the requests that name no version?`));
+  return el("span", {class: "actions"}, share, set, move);
+}
+
+function modelTable(entry) {
+  const routing = entry.routing || {};
+  const rows = Object.entries(entry.versions).map(([version, s]) => el("tr", {"data-version": version},
+    el("th", {scope: "row", text: `v${version}${Number(version) === routing.default ? " (default)" : ""}`}),
+    el("td", {class: `state-${s.state}`, text: s.state, title: s.error || s.reason || ""}),
+    el("td", {class: "share", text: s.shadow_share ? `${percent(s.share)} · shadow ${percent(s.shadow_share)}`
+                                                   : percent(s.share)}),
+    el("td", {text: s.requests === undefined ? "—" : String(s.requests)}),
+    el("td", {text: s.mean_batch_size ? String(s.mean_batch_size) : "—"}),
+    el("td", {text: s.inference_ms_per_image ? `${s.inference_ms_per_image} ms` : "—"}),
+    el("td", {class: "shadow", text: shadowText(s.shadow)}),
+    el("td", {}, versionActions(entry, version))));
+  const head = ["Version", "State", "Share", "Requests", "Mean batch", "Per image", "Shadow", ""];
+  const notes = [...(routing.notes || []), ...(entry.policy_error ? [entry.policy_error] : []),
+                 ...Object.entries(entry.versions).filter(([, s]) => s.error).map(([v, s]) => `v${v}: ${s.error}`)];
+  return el("article", {class: "model", "data-model": entry.name},
+    el("h3", {text: entry.name}),
+    ...(notes.length ? [el("ul", {class: "notes"}, ...notes.map((n) => el("li", {text: n})))] : []),
+    el("div", {class: "scroll"}, el("table", {},
+      el("thead", {}, el("tr", {}, ...head.map((h) => el("th", {scope: "col", text: h})))),
+      el("tbody", {}, ...rows))));
+}
+
+async function loadModels() {
+  clearTimeout(modelsTimer);
+  if ($("models").hidden) return;
+  $("models-error").hidden = true;
+  try {
+    const {data} = await call("GET", "/models");
+    $("models-body").replaceChildren(...data.models.map(modelTable));
+  } catch (err) {
+    $("models-error").textContent = err.message;
+    $("models-error").hidden = false;
+  }
+  modelsTimer = setTimeout(loadModels, MODELS_POLL_MS);
+}
+
+function showView() {
+  const models = location.hash === "#models";
+  $("models").hidden = !models;
+  $("drop").hidden = models;  // the form's options stay: the API key is there
+  $("models-link").textContent = models ? "Classify" : "Models";
+  $("models-link").href = models ? "#" : "#models";
+  if (models) { clearOutput(); loadModels(); }
+}
+
+window.addEventListener("hashchange", showView);
+$("admin-key").value = sessionStorage.getItem(ADMIN_STORAGE) || "";
+showView();
+
 $("files").addEventListener("change", () => { classify([...$("files").files]); $("files").value = ""; });
 if (window.IMAGECLF.auth) $("api-key").value = sessionStorage.getItem(KEY_STORAGE) || "";
