@@ -117,8 +117,19 @@ SCHEMAS: dict[str, Any] = {
                 "versions": {"type": "object", "description": "per version number on disk (built-ins: 1)",
                              "additionalProperties": {
                                  "type": "object", "required": ["state"],
-                                 "properties": {"state": {"enum": ["loading", "ready", "failed", "available"]},
-                                                "error": {"type": "string"}}}},
+                                 "properties": {
+                                     "state": {"enum": ["loading", "ready", "draining", "failed", "available",
+                                                        "unloaded"]},
+                                     "error": {"type": "string"},
+                                     "share": {"type": "number", "description": "percent of the requests that "
+                                               "name no version"},
+                                     "rss_mb": {"type": "number", "description": "memory it took to load"},
+                                     "requests": {"type": "integer"}, "mean_batch_size": {"type": ["number", "null"]},
+                                     "inference_ms_per_image": {"type": ["number", "null"]},
+                                     "shadow": {"type": "array", "description": "its comparisons as a shadow"}}}},
+                "policy": {"type": "object", "description": "version_policy, traffic and shadow from config.json"},
+                "routing": {"type": "object", "description": "the policy applied to the ready versions: default, "
+                            "shares, shadow, notes (why a setting does not hold)"},
                 "input_size": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
                                "description": "[height, width] the served version takes"},
                 "resize": {"enum": ["squash", "center_crop"]},
@@ -138,7 +149,13 @@ _TOP = {"name": "top", "in": "query", "schema": {"type": "integer", "minimum": 1
         "description": "labels to return"}
 _MODEL = {"name": "model", "in": "query", "schema": {"type": "string"},
           "description": "name of a served model (GET /models); default: the first"}
+_VERSION_PARAM = {"name": "version", "in": "query", "schema": {"type": "integer", "minimum": 1},
+                  "description": "the model version to use (default: by the model's traffic shares)"}
 _ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": _ID}
+_MODEL_PATH = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+_ADMIN = {"401": _error("no key sent"),
+          "403": _error("ADMIN_API_KEYS is unset, or the key is not an admin key (API_KEYS do not open it)"),
+          "404": _error("not a served model")}
 _BUSY = _error("Redis is unreachable, the queue is over MAX_QUEUE_DEPTH, no worker can serve the model "
                 "(it failed to load, or is not loaded yet), or the decode budget stayed spent for DECODE_WAIT_S; "
                 "Retry-After says when to retry")
@@ -146,7 +163,7 @@ _BUSY = _error("Redis is unreachable, the queue is over MAX_QUEUE_DEPTH, no work
 PATHS: dict[str, Any] = {
     "/predict": {"post": {
         "summary": "Classify one image, answered synchronously",
-        "parameters": [_TOP, _MODEL,
+        "parameters": [_TOP, _MODEL, _VERSION_PARAM,
                        {"name": "timeout", "in": "query", "schema": {"type": "number", "minimum": 0},
                         "description": "seconds to wait before answering 202 (default PREDICT_TIMEOUT_S)"},
                        {"name": "deadline", "in": "query", "schema": {"type": "number", "minimum": 0},
@@ -159,6 +176,7 @@ PATHS: dict[str, Any] = {
             "202": _json(_ref("Accepted"), "not answered within the timeout: poll result_url"),
             "400": _error("missing field, bad parameter, unknown model, or a corrupt image"),
             "401": _error("API_KEYS is set and no valid key was sent"),
+            "404": _error("the version asked for is not served (the served ones are listed)"),
             "413": _error("body over MAX_UPLOAD_MB or image over MAX_IMAGE_PIXELS"),
             "415": _error("not an image format this service reads"),
             "503": _BUSY,
@@ -167,7 +185,7 @@ PATHS: dict[str, Any] = {
     }},
     "/jobs": {"post": {
         "summary": "Start a job: many images and zips, or one video; answered at once",
-        "parameters": [_MODEL],
+        "parameters": [_MODEL, _VERSION_PARAM],
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
             "type": "object",
             "properties": {
@@ -211,6 +229,38 @@ PATHS: dict[str, Any] = {
                       "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
     "/": {"get": {"summary": "A web page to classify images and videos",
                   "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
+    "/v2/repository/index": {"post": {
+        "summary": "Control API: every model's versions and their states (the OIP repository extension)",
+        "responses": {"200": _json({"type": "array", "items": {"type": "object", "required": ["name", "version",
+                                    "state"]}}, "the index"), **_ADMIN}}},
+    "/v2/repository/models/{model}/load": {"post": {
+        "summary": "Control API: serve a model again after an unload", "parameters": [_MODEL_PATH],
+        "responses": {"200": _json({"type": "object"}, "a version is ready"),
+                      "202": _json({"type": "object"}, "still loading"), **_ADMIN}}},
+    "/v2/repository/models/{model}/unload": {"post": {
+        "summary": "Control API: the model's workers drop every version", "parameters": [_MODEL_PATH],
+        "responses": {"200": _json({"type": "object"}, "unloaded"),
+                      "202": _json({"type": "object"}, "still unloading"), **_ADMIN}}},
+    "/models/{model}/policy": {"put": {
+        "summary": "Control API: change version_policy, traffic and shadow (written to config.json)",
+        "parameters": [_MODEL_PATH],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"version_policy": {"type": "object"}, "traffic": {"type": "object"},
+                                             "shadow": {"type": ["object", "null"]}}}}}},
+        "responses": {"200": _json({"type": "object"}, "written; workers apply it within MODEL_POLL_S"),
+                      "400": _error("a bad policy, or one naming a version not present or not served; the "
+                                    "current policy stays"),
+                      "409": _error("the model has no folder in MODEL_REPOSITORY here"), **_ADMIN}}},
+    "/models/{model}/versions": {"post": {
+        "summary": "Control API: upload a new version, checked as scripts.add_model checks it",
+        "parameters": [_MODEL_PATH],
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["model"],
+            "properties": {"model": {"type": "string", "format": "binary"},
+                           "sample": {"type": "string", "format": "binary"}}}}}},
+        "responses": {"201": _json({"type": "object"}, "added as the next version"),
+                      "400": _error("not a model file, or it does not load or answer"),
+                      "409": _error("the model has no folder in MODEL_REPOSITORY here"), **_ADMIN}}},
     "/metrics": {"get": {"summary": "Prometheus metrics",
                          "responses": {"200": {"description": "text exposition format",
                                                "content": {"text/plain": {"schema": {"type": "string"}}}}}}},

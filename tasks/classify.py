@@ -22,6 +22,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 import numpy as np
+import redis
 from celery.utils.log import get_logger
 from PIL import Image
 
@@ -94,14 +95,15 @@ def classify(requests: list) -> dict:
     """{"batch_size", "inference_ms", "failed": {id: error}, "revoked": [id]} of this batch.
 
     Two round trips to Redis per batch: one to read every request's pixels, one to store every
-    answer with the batch's metrics and delete the pixels. Each round trip waits for Redis to be
-    scheduled on a busy host, and while it waits the model computes nothing.
+    answer with the batch's metrics and delete the pixels (and a third for the comparisons when
+    the batch also holds shadow copies, which run after the answers are out). Each round trip
+    waits for Redis to be scheduled on a busy host, and while it waits the model computes nothing.
     """
     busy_since = time.perf_counter()
     served = served_model()
     versions, default = served.served, served.current  # read once: a rollout switches between batches
     client = pixel_store()
-    keys = [str(req.kwargs.get("pixels_key", "")) for req in requests]
+    keys = [_pixels_key(req) for req in requests]
     try:
         blobs = fetch_pixels(client, keys)
     except Exception as exc:  # Redis away: fail the batch visibly rather than leave it pending
@@ -110,45 +112,66 @@ def classify(requests: list) -> dict:
         return {"batch_size": 0, "failed": {req.id: repr(exc) for req in requests}}
     summary: dict = {"batch_size": 0, "inference_ms": 0.0, "failed": {}, "revoked": [], "groups": []}
     groups = _by_version(requests, blobs, versions, default, summary, served.unloaded)
+    # Clients' requests first, and their answers stored before any shadow copy runs: no answer waits for one.
+    answered = [(model, group) for (model, shadow), group in groups.items() if not shadow]
+    shadows = [(model, group) for (model, shadow), group in groups.items() if shadow]
+    shadow_keys = {_pixels_key(req) for _, group in shadows for req, _, _ in group}
     kept: set[str] = set()  # pixels a shadow copy will read
-    with client.pipeline(transaction=False) as pipe:
-        for model, group in groups.items():
-            answers = _classify_group(model, group, summary)
-            if not answers:
-                continue
-            inference_ms = answers[0][1]["timings"]["inference_ms"]
-            per_image_ms = inference_ms / len(answers)
-            # Metrics first: a client woken by its answer and scraping /metrics already sees its batch counted.
-            record_batch(pipe, served.name, model.version, len(answers), inference_ms / 1000.0,
-                         sum(1 for req, *_ in answers if "compare" not in req.kwargs))
-            for req, result, row in answers:
-                if "compare" in req.kwargs:
-                    record_comparison(pipe, served.name, req.kwargs["compare"], model.version, row, per_image_ms)
-                    continue
-                if req.kwargs.get("probabilities"):  # before the answer's publish, so whoever it wakes finds it
-                    pipe.set(PROBABILITIES_PREFIX + req.id, row.astype("<f4").tobytes(), ex=settings.RESULT_TTL_S)
-                store_success(pipe, req.id, result, settings.RESULT_TTL_S)
-                if req.kwargs.get("shadow") is not None:
-                    queue_shadow(pipe, celery_app, served.name, settings.bulk_queue(served.name),
-                                 settings.SHADOW_MAX_QUEUED, req.kwargs, row, model.version, per_image_ms)
-                    kept.add(str(req.kwargs.get("pixels_key", "")))
-        record_busy(pipe, served.name, time.perf_counter() - busy_since)
-        drop_on_shards = drop_pixels(pipe, [k for k in keys if k not in kept])
-        pipe.execute()
-    drop_on_shards()
+    drops = []
+    for part in (answered, shadows) if shadows else (answered,):
+        with client.pipeline(transaction=False) as pipe:
+            for model, group in part:
+                _store(pipe, served.name, model, _classify_group(model, group, summary), kept)
+            record_busy(pipe, served.name, time.perf_counter() - busy_since)
+            busy_since = time.perf_counter()
+            keep = kept | shadow_keys
+            done = list(shadow_keys) if part is shadows else [k for k in keys if k not in keep]
+            drops.append(drop_pixels(pipe, done))
+            pipe.execute()
+    for drop_on_shards in drops:
+        drop_on_shards()
     return summary
 
 
+def _pixels_key(req: object) -> str:
+    return str(req.kwargs.get("pixels_key", ""))
+
+
+def _store(pipe: redis.client.Pipeline, name: str, model: Classifier, answers: list, kept: set[str]) -> None:
+    """Queue on `pipe` a group's metrics, answers (or shadow comparisons) and shadow copies; a shadow copy's
+    pixels go into `kept`."""
+    if not answers:
+        return
+    inference_ms = answers[0][1]["timings"]["inference_ms"]
+    per_image_ms = inference_ms / len(answers)
+    # Metrics first: a client woken by its answer and scraping /metrics already sees its batch counted.
+    record_batch(pipe, name, model.version, len(answers), inference_ms / 1000.0,
+                 sum(1 for req, *_ in answers if "compare" not in req.kwargs))
+    for req, result, row in answers:
+        if "compare" in req.kwargs:
+            record_comparison(pipe, name, req.kwargs["compare"], model.version, row, per_image_ms)
+            continue
+        if req.kwargs.get("probabilities"):  # before the answer's publish, so whoever it wakes finds it
+            pipe.set(PROBABILITIES_PREFIX + req.id, row.astype("<f4").tobytes(), ex=settings.RESULT_TTL_S)
+        store_success(pipe, req.id, result, settings.RESULT_TTL_S)
+        if req.kwargs.get("shadow") is not None:
+            queue_shadow(pipe, celery_app, name, settings.bulk_queue(name), settings.SHADOW_MAX_QUEUED,
+                         req.kwargs, row, model.version, per_image_ms)
+            kept.add(_pixels_key(req))
+
+
 def _by_version(requests: list, blobs: list[bytes | None], versions: dict[int, Classifier],
-                default: Classifier | None, summary: dict, unloaded: str | None) -> dict[Classifier, list]:
-    """Each valid request's (request, image, top), grouped by the version that computes it.
+                default: Classifier | None, summary: dict, unloaded: str | None
+                ) -> dict[tuple[Classifier, bool], list]:
+    """Each valid request's (request, image, top), grouped by the version that computes it and by whether it
+    is a shadow copy.
 
     Requests that cannot run (deadline passed, bad payload, a pinned version not served here) are
     marked at once, each on its own.
     """
     backend = celery_app.backend
     started = time.time()
-    groups: dict[Classifier, list] = {}
+    groups: dict[tuple[Classifier, bool], list] = {}
     for req, blob in zip(requests, blobs):
         expires_at = req.kwargs.get("expires_at")
         if isinstance(expires_at, (int, float)) and started > expires_at:
@@ -158,7 +181,7 @@ def _by_version(requests: list, blobs: list[bytes | None], versions: dict[int, C
         try:
             model = _model_for(req.kwargs, versions, default, unloaded)
             image, top = _parse(req.kwargs, blob, model.input_shape)
-            groups.setdefault(model, []).append((req, image, top))
+            groups.setdefault((model, "compare" in req.kwargs), []).append((req, image, top))
         except Exception as exc:  # one bad payload fails alone
             backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
             summary["failed"][req.id] = f"{type(exc).__name__}: {exc}"

@@ -14,12 +14,14 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from models.registry import MODELS as BUILT_IN
-from models.serving_policy import Routing
+from models.serving_policy import Routing, parse_policy
+from tasks.readiness import live_workers
 
 SERVED_PREFIX = "imageclf:served:"
 FAILED_PREFIX = "imageclf:model-failed:"
@@ -139,15 +141,25 @@ class InputLookup:
             return (f"model {name!r} was unloaded by {by} (POST /v2/repository/models/{name}/load with an admin key "
                     "serves it again)")
         if served:
-            return routes(json.loads(served)) or f"model {name!r} has no ready version now; retry shortly"
+            found = routes(json.loads(served), _ready_on_every_worker(self._client, name))
+            return found or f"model {name!r} has no ready version now; retry shortly"
         if name in BUILT_IN:
             size = BUILT_IN[name].input_size
             return ModelRoutes({1: ModelInput(size, size, "squash", 1)}, Routing(1, {1: 100.0}, None, []))
         return f"model {name!r} is not loaded yet: no worker has announced its input size; retry shortly"
 
 
-def routes(info: dict[str, Any]) -> ModelRoutes | None:
-    """The routes in a served-model record (None: no version ready, e.g. unloaded)."""
+def _ready_on_every_worker(client: redis.Redis, name: str) -> set[int] | None:
+    """The versions every live worker of the model has ready (None: no worker says): while several workers
+    load a new version, each in its own time, requests go to it only once all of them can run it."""
+    sets = [{int(v) for v, state in (w.get("versions") or {}).items() if state.get("state") == "ready"}
+            for w in live_workers(client) if w.get("role") == "model" and w.get("model") == name]
+    return set.intersection(*sets) if sets else None
+
+
+def routes(info: dict[str, Any], ready: set[int] | None = None) -> ModelRoutes | None:
+    """The routes in a served-model record, limited to the `ready` versions when given (None: no version
+    ready, e.g. unloaded)."""
     if "inputs" not in info:  # a record written before several versions could serve: its one version
         height, width = info["input_size"]
         version = info.get("version") or 1
@@ -155,6 +167,9 @@ def routes(info: dict[str, Any]) -> ModelRoutes | None:
                            Routing(version, {version: 100.0}, None, []))
     inputs = {int(v): ModelInput(*i["input_size"], i["resize"], int(v)) for v, i in info["inputs"].items()}
     routing = Routing.from_description(info["routing"]) if info.get("routing") else None
+    if ready is not None and ready != set(inputs) and ready & set(inputs) and info.get("policy"):
+        inputs = {v: i for v, i in inputs.items() if v in ready}
+        routing = parse_policy(info["policy"], Path("the announced policy")).routing(sorted(inputs))
     if not inputs or routing is None or routing.default not in inputs:
         return None
     return ModelRoutes(inputs, routing)

@@ -126,7 +126,8 @@ def _announce() -> None:
         current = _served.current
         record_served(pixel_store(), _served.name, {
             **(current.describe() if current is not None else {"version": None}),
-            "inputs": _served.inputs(), "routing": _served.routing.describe(), "unloaded": _served.unloaded})
+            "inputs": _served.inputs(), "routing": _served.routing.describe(), "policy": _served.policy.describe(),
+            "unloaded": _served.unloaded})
     except redis.RedisError:
         logger.warning("could not record the served version of %s", _served.name, exc_info=True)
     beat_now()
