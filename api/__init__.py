@@ -45,7 +45,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     init_auth(app, settings.API_KEYS)
     init_metrics(app)
-    admin.init_change_log()
     for blueprint in (predict.bp, jobs.bp, results.bp, models.bp, health.bp, openapi.bp, web.bp, v2.bp, admin.bp):
         app.register_blueprint(blueprint)
     return app

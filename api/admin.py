@@ -34,6 +34,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 import settings
 from api.auth import known_owner, owner_of, presented_key
 from api.errors import APIError
+from api.metrics import line_log
 from api.models import describe_models, served
 from api.submissions import queue_unavailable, redis_client
 from models.repository import POLICY_KEYS, RepositoryError, model_dir, read_raw_config, versions, write_config
@@ -41,7 +42,8 @@ from models.serving_policy import check_against, parse_policy
 from tasks.model_records import InputLookup, ModelUnavailable, clear_unloaded, record_unloaded
 
 bp = Blueprint("admin", __name__)
-changes = logging.getLogger("imageclf.admin")
+#: Every change, as one JSON line on stderr like the request log.
+changes = line_log(logging.getLogger("imageclf.admin"))
 
 #: How long load and unload wait for the model's workers to report the change before answering 202.
 WAIT_S = 60.0
@@ -67,16 +69,6 @@ def _admin_only() -> None:
     if owner is None:
         raise APIError(403, "this route needs an admin key (ADMIN_API_KEYS); API_KEYS do not open it")
     g.admin = f"admin key {owner[:12]}"
-
-
-def init_change_log() -> None:
-    """Changes go to stderr as one JSON line each, like the request log, whatever the root logger does."""
-    if not changes.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        changes.addHandler(handler)
-        changes.setLevel(logging.INFO)
-        changes.propagate = False
 
 
 def _log(model: str, action: str, **details: Any) -> None:

@@ -43,14 +43,20 @@ CPU = Histogram("imageclf_http_request_cpu_seconds", "CPU time of the thread tha
 request_log = logging.getLogger("imageclf.requests")
 
 
-def init_metrics(app: Flask) -> None:
-    """Time every request, count it, log it as one JSON line; serve /metrics."""
-    if not request_log.handlers:
+def line_log(logger: logging.Logger) -> logging.Logger:
+    """`logger` writing each message as one line on stderr, whatever the root logger does (gunicorn's)."""
+    if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        request_log.addHandler(handler)
-        request_log.setLevel(logging.INFO)
-        request_log.propagate = False
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def init_metrics(app: Flask) -> None:
+    """Time every request, count it, log it as one JSON line; serve /metrics."""
+    line_log(request_log)
 
     @app.before_request
     def _start_clock() -> None:

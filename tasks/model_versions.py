@@ -186,6 +186,7 @@ class ServedModel:
             self._failed_files.pop(gone, None)
         for version in present:
             self._states.setdefault(version, {"state": "available"})
+        error = self.policy_error
         try:
             policy = parse_policy(read_raw_config(self.model_dir), self.model_dir / "config.json")
             self.policy_error = None
@@ -193,7 +194,7 @@ class ServedModel:
             if self.policy_error != str(exc):
                 logger.error("model %s: config.json's policy is not applied: %s", self.name, exc)
             self.policy_error, policy = str(exc), self.policy
-        changed = policy != self.policy
+        changed = policy != self.policy or self.policy_error != error
         self.policy = policy
         if self._states != known or changed:  # say so now, not at the next heartbeat
             self._publish(self.served)

@@ -8,6 +8,7 @@ in-process with Keras on the very pixels the service makes.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -240,6 +241,25 @@ def test_the_control_api_takes_admin_keys_only_and_refuses_unknown_versions(svc,
     index = httpx.post(svc.url + "/v2/repository/index", headers=AS_ADMIN, timeout=10).json()
     assert sorted((e["name"], e["version"], e["state"]) for e in index) == [
         ("plants", "1", "READY"), ("plants", "2", "READY"), ("plants", "3", "READY")]
+
+
+def test_a_hand_edit_of_config_json_is_applied_and_a_bad_one_is_reported(svc, repository):
+    """Files are the source of truth: an edit is applied within MODEL_POLL_S; a broken one is shown in GET /models
+    while the last good policy keeps serving."""
+    set_policy(svc, version_policy={"all": True}, traffic={"default": 1}, shadow=None)
+    config = repository / "plants" / "config.json"
+    good = json.loads(config.read_text())
+    config.write_text(json.dumps({**good, "traffic": {"default": 2}}))
+    assert wait_until(lambda: plants(svc)["routing"]["default"] == 2, 30, 0.1), plants(svc)["routing"]
+    config.write_text(json.dumps({**good, "traffic": {"default": 2, "3": 250}}))
+    assert wait_until(lambda: "percentage from 0 to 100" in (plants(svc).get("policy_error") or ""), 30, 0.1)
+    time.sleep(1.2)
+    entry = plants(svc)
+    assert entry["routing"]["default"] == 2 and entry["routing"]["shares"] == {"2": 100.0}
+    with httpx.Client(timeout=60) as http:
+        assert {predict(http, svc, i).json()["model_version"] for i in range(10)} == {2}
+    config.write_text(json.dumps(good))
+    assert wait_until(lambda: plants(svc)["routing"]["default"] == 1 and not plants(svc).get("policy_error"), 30)
 
 
 def test_unload_refuses_requests_and_load_serves_again(svc):
