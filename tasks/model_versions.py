@@ -96,8 +96,10 @@ class ServedModel:
             self.policy = parse_policy(read_raw_config(self.model_dir), self.model_dir / "config.json")
             self._sync(found, settle=False)
             if not self.served:
-                raise RepositoryError("; ".join(self._states[v]["error"] for v in reversed(found)
-                                                if "error" in self._states.get(v, {})))
+                errors = [self._states[v]["error"] for v in reversed(found) if "error" in self._states.get(v, {})]
+                raise RepositoryError("; ".join(errors) or (
+                    f"{self.model_dir / 'config.json'}: 'version_policy' {self.policy.describe()['version_policy']} "
+                    f"serves none of the versions present ({', '.join(map(str, found))})"))
         threading.Thread(target=self._watch, name=f"versions-{self.name}", daemon=True).start()
         assert self.current is not None
         return self.current

@@ -27,6 +27,8 @@ from tasks.payloads import task_message
 SHADOW_PREFIX = "imageclf:shadow:"
 #: Per-image inference times kept for the percentiles (the newest).
 WINDOW = 1000
+#: A pair's record is forgotten after this long without a comparison.
+RECORD_TTL_S = 7 * 86400
 
 # KEYS: the bulk queue, the pair's record; ARGV: the queue limit, the message. Queued (1) or counted as skipped (0).
 _QUEUE_SHADOW = """
@@ -69,6 +71,8 @@ def record_comparison(pipe: redis.client.Pipeline, model: str, compare: dict[str
     pipe.hset(key, "updated_at", time.time())
     pipe.lpush(key + ":times", json.dumps([round(float(compare["inference_ms"]), 3), round(per_image_ms, 3)]))
     pipe.ltrim(key + ":times", 0, WINDOW - 1)
+    pipe.expire(key, RECORD_TTL_S)
+    pipe.expire(key + ":times", RECORD_TTL_S)
 
 
 def _percentile(values: list[float], q: float) -> float | None:
