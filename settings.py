@@ -111,8 +111,13 @@ API_KEYS: list[str] = [k.strip() for k in os.environ.get("API_KEYS", "").split("
 #: Comma-separated keys for the control API (POST /v2/repository/..., PUT /models/<m>/policy, POST
 #: /models/<m>/versions); API_KEYS do not open it. Empty (default): those routes answer 403.
 ADMIN_API_KEYS: list[str] = [k.strip() for k in os.environ.get("ADMIN_API_KEYS", "").split(",") if k.strip()]
-#: Shadow copies of requests (config.json's `shadow`) are skipped, and counted, while a model's bulk queue
-#: holds this many messages: a slow shadow version never piles work up.
+#: Where shadow copies of requests (config.json's `shadow`) run. Empty: in the bulk lane of the model's own
+#: workers, on their compute (a request may wait for a copy that is running); `cpu`: in a shadow worker per
+#: model (`-Q shadow.<model>`) on the CPU at the lowest scheduling priority; a GPU id: in a shadow worker per
+#: model on that GPU, which the model workers then leave alone. scripts.start_workers starts them.
+SHADOW_DEVICE: str = _str("SHADOW_DEVICE", "")
+#: Shadow copies are skipped, and counted, while the queue they go to holds this many messages: a slow
+#: shadow version never piles work up.
 SHADOW_MAX_QUEUED: int = max(1, _int("SHADOW_MAX_QUEUED", 256))
 #: Backpressure: above this many waiting tasks in a queue, new submissions get 503 + Retry-After.
 MAX_QUEUE_DEPTH: int = _int("MAX_QUEUE_DEPTH", 2000)
@@ -158,9 +163,11 @@ API_WORKERS: int = _int("API_WORKERS", 2)
 API_THREADS: int = _int("API_THREADS", 32)
 
 #: Celery queues, per model: single images (/predict), and job images and frames (same workers, served
-#: second); and the job drivers that the decoder workers run.
+#: second), and shadow copies for a shadow worker (SHADOW_DEVICE); and the job drivers that the decoder
+#: workers run.
 INTERACTIVE_PREFIX: str = "interactive."
 BULK_PREFIX: str = "bulk."
+SHADOW_PREFIX: str = "shadow."
 JOBS_QUEUE: str = "jobs"
 
 
@@ -170,3 +177,8 @@ def interactive_queue(model: str) -> str:
 
 def bulk_queue(model: str) -> str:
     return BULK_PREFIX + model
+
+
+def shadow_copies_queue(model: str) -> str:
+    """Where a model's shadow copies go: its shadow worker's queue with SHADOW_DEVICE, else its bulk queue."""
+    return SHADOW_PREFIX + model if SHADOW_DEVICE else bulk_queue(model)

@@ -25,7 +25,7 @@ def readyz():
         failures = read_failures(client, current_app.config["MODELS"])
     except redis.RedisError as exc:
         return jsonify(ready=False, reason=f"redis unavailable: {type(exc).__name__}"), 503
-    per_model = {name: sum(w.get("model") == name for w in workers) for name in failures}
+    per_model = {name: sum(w.get("model") == name and w.get("role") == "model" for w in workers) for name in failures}
     decoders = sum(w.get("role") == "decoder" for w in workers)
     reasons = [f"model {name!r} cannot be served: {failures[name]['error']}" if failures[name]
                else f"no worker has loaded model {name!r} yet" for name, n in per_model.items() if not n]

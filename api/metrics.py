@@ -109,7 +109,8 @@ class _ServiceCollector:
             in_flight = GaugeMetricFamily("imageclf_bulk_in_flight", "Job images and frames sent to a model "
                                           "and not yet gathered", labels=["model"])
             for model in settings.MODELS:
-                for queue in (settings.interactive_queue(model), settings.bulk_queue(model)):
+                for queue in dict.fromkeys((settings.interactive_queue(model), settings.bulk_queue(model),
+                                            settings.shadow_copies_queue(model))):
                     depth.add_metric([queue], self.client.llen(queue))
                 in_flight.add_metric([model], self.client.zcard(bulk_in_flight_key(model)))
             depth.add_metric([settings.JOBS_QUEUE], self.client.llen(settings.JOBS_QUEUE))
@@ -122,7 +123,7 @@ class _ServiceCollector:
             for w in live_workers(self.client):
                 key = (w.get("role", "model"), w.get("model", ""))
                 counts[key] = counts.get(key, 0) + 1
-                if w.get("served_version") is not None:
+                if w.get("served_version") is not None and w.get("role") == "model":
                     served = (w["model"], str(w["served_version"]))
                     serving[served] = serving.get(served, 0) + 1
             for (role, model), n in sorted(counts.items()):

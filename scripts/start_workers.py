@@ -1,5 +1,5 @@
 """Start one model worker per GPU and model (pinned with CUDA_VISIBLE_DEVICES), or one per model on a CPU
-host, and a decoder worker.
+host, a decoder worker, and with SHADOW_DEVICE a shadow worker per model (shadow copies only).
 
     python -m scripts.start_workers            # every GPU nvidia-smi lists, else CPU workers
     CUDA_VISIBLE_DEVICES=0,2 python -m scripts.start_workers   # only GPUs 0 and 2
@@ -32,6 +32,8 @@ from tasks.redis_clients import connect
 from tasks.worker import model_of_queues
 
 _RESTART_DELAY_S = 2.0
+#: Scheduling priority of shadow workers on the CPU (SHADOW_DEVICE=cpu; 19: the lowest).
+SHADOW_NICENESS = 19
 
 
 def gpu_ids() -> list[str]:
@@ -57,6 +59,7 @@ def worker_commands(gpus: list[str], models: list[str]) -> list[tuple[str, list[
     """
     celery = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork", "--loglevel", "INFO"]
     commands = []
+    gpus = [g for g in gpus if g != settings.SHADOW_DEVICE]  # a GPU given to the shadow workers is theirs
     for gpu in gpus or [""]:
         for model in models:
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
@@ -66,6 +69,14 @@ def worker_commands(gpus: list[str], models: list[str]) -> list[tuple[str, list[
             commands.append((f"worker-{node}", [
                 *celery, "--concurrency", "1", "--hostname", f"{node}@%h",
                 "--queues", f"{settings.interactive_queue(model)},{settings.bulk_queue(model)}"], env))
+    if settings.SHADOW_DEVICE:
+        device = "" if settings.SHADOW_DEVICE == "cpu" else settings.SHADOW_DEVICE
+        for model in models:
+            # On the CPU at the lowest priority: the model workers' requests take the cores first.
+            nice = ["nice", "-n", str(SHADOW_NICENESS)] if not device else []
+            commands.append((f"worker-{model}-shadow", [
+                *nice, *celery, "--concurrency", "1", "--hostname", f"{model}-shadow@%h",
+                "--queues", settings.SHADOW_PREFIX + model], {**os.environ, "CUDA_VISIBLE_DEVICES": device}))
     commands.append(("decoder", [*celery, "--concurrency", str(settings.DECODER_CONCURRENCY),
                                  "--prefetch-multiplier", "1", "--queues", settings.JOBS_QUEUE,
                                  "--hostname", "decoder@%h"],

@@ -33,7 +33,7 @@ from tasks.payloads import PROBABILITIES_PREFIX, drop_pixels, fetch_pixels
 from tasks.result_store import store_success
 from tasks.shadow import queue_shadow, record_comparison
 from tasks.stats import record_batch, record_busy
-from tasks.worker import pixel_store, served_model
+from tasks.worker import pixel_store, served_model, worker_role
 
 if TYPE_CHECKING:
     from models.keras_model import Classifier
@@ -155,7 +155,7 @@ def _store(pipe: redis.client.Pipeline, name: str, model: Classifier, answers: l
             pipe.set(PROBABILITIES_PREFIX + req.id, row.astype("<f4").tobytes(), ex=settings.RESULT_TTL_S)
         store_success(pipe, req.id, result, settings.RESULT_TTL_S)
         if req.kwargs.get("shadow") is not None:
-            queue_shadow(pipe, celery_app, name, settings.bulk_queue(name), settings.SHADOW_MAX_QUEUED,
+            queue_shadow(pipe, celery_app, name, settings.shadow_copies_queue(name), settings.SHADOW_MAX_QUEUED,
                          req.kwargs, row, model.version, per_image_ms)
             kept.add(_pixels_key(req))
 
@@ -223,7 +223,7 @@ def _classify_group(model: Classifier, group: list, summary: dict) -> list:
         return []
     batch_id = uuid.uuid4().hex
     logger.info(json.dumps({"event": "batch", "batch_id": batch_id, "model": model.name,
-                            "model_version": model.version, "size": len(requests),
+                            "model_version": model.version, "worker": worker_role(), "size": len(requests),
                             "padded": model.bucket_for(len(requests)), "inference_ms": round(inference_ms, 1)}))
     done_at = time.time()
     answers = []

@@ -128,7 +128,8 @@ class _Driver:
         items = self._items(spec, cursor)
         deadline = time.monotonic() + budget_s
         self.client.expire(ISSUED_PREFIX + self.job_id, self.ttl)
-        model_workers = sum(w.get("model") == spec["model"] for w in live_workers(self.client))
+        model_workers = sum(w.get("model") == spec["model"] and w.get("role") == "model"
+                            for w in live_workers(self.client))
         bulk_limit = settings.BULK_IN_FLIGHT * max(1, model_workers)
         # Forget ids of crashed drivers' sends, answered or not, once their pixels have expired.
         self.in_flight_key = bulk_in_flight_key(spec["model"])

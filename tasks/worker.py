@@ -45,6 +45,7 @@ _served: ServedModel | None = None
 _batch_choice: dict = {}
 _pixel_store: redis.Redis | None = None
 _served_model: str | None = settings.MODELS[0]
+_role = "model"
 
 
 def served_model() -> ServedModel:
@@ -53,6 +54,11 @@ def served_model() -> ServedModel:
     if _served is None:
         raise RuntimeError("the model is not loaded in this process")
     return _served
+
+
+def worker_role() -> str:
+    """"model", or "shadow" for a worker that takes only shadow copies (SHADOW_DEVICE)."""
+    return _role
 
 
 def pixel_store() -> redis.Redis:
@@ -69,17 +75,25 @@ def model_of_queues(queues: object) -> str | None:
         return settings.MODELS[0]
     names = [n.strip() for n in (queues.split(",") if isinstance(queues, str) else queues)]
     models = {n.split(".", 1)[1] for n in names
-              if n.startswith((settings.INTERACTIVE_PREFIX, settings.BULK_PREFIX))}
+              if n.startswith((settings.INTERACTIVE_PREFIX, settings.BULK_PREFIX, settings.SHADOW_PREFIX))}
     if len(models) > 1:
         raise SystemExit(f"one worker serves one model; -Q names {sorted(models)}")
     return models.pop() if models else None
 
 
+def shadow_only(queues: object) -> bool:
+    """Whether a worker started with `-Q queues` takes only shadow copies (a shadow worker, SHADOW_DEVICE)."""
+    names = [n.strip() for n in (queues.split(",") if isinstance(queues, str) else queues or [])]
+    return bool(names) and all(n.startswith(settings.SHADOW_PREFIX) for n in names)
+
+
 @celeryd_init.connect
 def note_role(options: dict | None = None, **_: object) -> None:
     """Runs in the worker's main process before the pool forks, so children inherit the answer."""
-    global _served_model
-    _served_model = model_of_queues((options or {}).get("queues"))
+    global _served_model, _role
+    queues = (options or {}).get("queues")
+    _served_model = model_of_queues(queues)
+    _role = "shadow" if shadow_only(queues) else "model"
 
 
 def _open(name: str) -> ServedModel:
@@ -113,7 +127,7 @@ def _unloaded_by(name: str) -> str | None:
 def _status() -> dict:
     """What this process's heartbeat says (GET /models shows it per worker)."""
     assert _served is not None
-    return {"role": "model", "model": _served.name, "pid": os.getpid(), "backend": settings.BACKEND,
+    return {"role": _role, "model": _served.name, "pid": os.getpid(), "backend": settings.BACKEND,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), **_batch_choice, **_served.status()}
 
 

@@ -130,6 +130,27 @@ def test_gpu_discovery_follows_cuda_visible_devices(monkeypatch):
     assert decoder_argv[decoder_argv.index("--queues") + 1] == "jobs"
 
 
+def test_shadow_workers_take_their_device_and_their_queue_only(monkeypatch):
+    import settings
+    from tasks.worker import model_of_queues, shadow_only
+
+    monkeypatch.setattr(settings, "SHADOW_DEVICE", "cpu")
+    commands = {name: (argv, env) for name, argv, env in worker_commands(["0", "1"], ["plants"])}
+    argv, env = commands["worker-plants-shadow"]
+    assert argv[:3] == ["nice", "-n", "19"] and env["CUDA_VISIBLE_DEVICES"] == ""
+    queues = argv[argv.index("--queues") + 1]
+    assert queues == "shadow.plants" and shadow_only(queues) and model_of_queues(queues) == "plants"
+    assert settings.shadow_copies_queue("plants") == "shadow.plants"
+    monkeypatch.setattr(settings, "SHADOW_DEVICE", "1")
+    commands = {name: (argv, env) for name, argv, env in worker_commands(["0", "1"], ["plants"])}
+    assert sorted(commands) == ["decoder", "worker-plants-gpu0", "worker-plants-shadow"]
+    assert commands["worker-plants-shadow"][1]["CUDA_VISIBLE_DEVICES"] == "1"
+    assert commands["worker-plants-shadow"][0][0] != "nice"
+    assert not shadow_only("interactive.plants,bulk.plants")
+    monkeypatch.setattr(settings, "SHADOW_DEVICE", "")
+    assert settings.shadow_copies_queue("plants") == "bulk.plants"
+
+
 def test_a_worker_serves_the_model_its_queues_name_and_decoders_none():
     import settings
     from tasks.worker import model_of_queues

@@ -447,3 +447,49 @@ def test_the_models_view_moves_a_canary_share_promotes_and_rolls_back(svc, brows
     assert "needs an admin key" in page.locator("#models-error").text_content()
     assert plants(svc)["routing"]["shares"] == {"1": 100.0}
     context.close()
+
+
+@pytest.fixture(scope="module")
+def shadow_worker_svc(repository: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+                      ) -> Iterator[ServiceProcess]:
+    """The same model with SHADOW_DEVICE=cpu: shadow copies go to a shadow worker of their own."""
+    repo = tmp_path_factory.mktemp("shadow_worker_repository")
+    shutil.copytree(repository / "plants", repo / "plants", ignore=shutil.ignore_patterns(".*"))
+    (repo / "plants" / "config.json").write_text(json.dumps({"version_policy": {"all": True},
+                                                             "traffic": {"default": 2},
+                                                             "shadow": {"version": 3, "share": 100}}))
+    service = ServiceProcess(env={
+        "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/9", "MODEL_REPOSITORY": str(repo), "MODELS": "plants",
+        "MODEL_POLL_S": "0.5", "API_WORKERS": "1", "BATCH_SIZE": "8", "SHADOW_DEVICE": "cpu",
+        "UPLOAD_DIR": str(tmp_path_factory.mktemp("shadow-worker-uploads")),
+    }, log_path=tmp_path_factory.mktemp("logs") / "shadow-worker.log").start()
+    yield service
+    assert service.stop() == 0, service.log_tail()
+
+
+def test_with_a_shadow_worker_the_copies_run_there_and_not_on_the_model_worker(shadow_worker_svc):
+    svc = shadow_worker_svc
+
+    def entry() -> dict:
+        return next(m for m in httpx.get(svc.url + "/models", timeout=10).json()["models"] if m["name"] == "plants")
+
+    assert wait_until(lambda: sorted(w["role"] for w in entry()["workers"]) == ["model", "shadow"], 120, 0.2)
+    with httpx.Client(timeout=60) as http:
+        answers = [http.post(svc.url + "/predict", params={"top": 4}, files={"image": ("x.png", IMAGES[i])}).json()
+                   for i in range(20)]
+    assert {a["model_version"] for a in answers} == {2}
+
+    def compared() -> int:
+        pairs = entry()["versions"]["3"].get("shadow", [])
+        return next((p["compared"] for p in pairs if p["against"] == 2), 0)
+
+    assert wait_until(lambda: compared() == 20, 60, 0.2)
+    pair = next(p for p in entry()["versions"]["3"]["shadow"] if p["against"] == 2)
+    assert pair["top1_agreement"] == 1.0 and pair["skipped"] == 0
+    batches = [line for line in svc.log_path.read_text().splitlines() if '"event": "batch"' in line]
+    shadow_batches = [line for line in batches if '"worker": "shadow"' in line]
+    assert shadow_batches and all('"model_version": 3' in line for line in shadow_batches)
+    assert not [line for line in batches if '"worker": "model"' in line and '"model_version": 3' in line]
+    metrics = httpx.get(svc.url + "/metrics", timeout=10).text
+    assert 'imageclf_queue_depth{queue="shadow.plants"} 0.0' in metrics
+    assert 'imageclf_workers{model="plants",role="shadow"} 1.0' in metrics
