@@ -293,9 +293,9 @@ code{background:#f3f3f3;padding:0 .2em}h2{border-top:1px solid #ddd;padding-top:
 {% if op.parameters %}<table><tr><th>parameter</th><th>in</th><th>meaning</th></tr>
 {% for p in op.parameters %}<tr><td><code>{{ p.name }}</code></td><td>{{ p["in"] }}</td>
 <td>{{ p.description or "" }}</td></tr>{% endfor %}</table>{% endif %}
-{% if op.requestBody %}<p>Body: multipart/form-data with
-{% for name in op.requestBody.content["multipart/form-data"].schema.properties %}<code>{{ name }}</code>
-{% endfor %}</p>{% endif %}
+{% if op.requestBody %}{% for kind, body in op.requestBody.content.items() %}<p>Body: {{ kind }} with
+{% for name in body.schema.properties %}<code>{{ name }}</code>
+{% endfor %}</p>{% endfor %}{% endif %}
 <table><tr><th>status</th><th>meaning</th></tr>{% for code, r in op.responses.items() %}
 <tr><td>{{ code }}</td><td>{{ r.description }}</td></tr>{% endfor %}</table>
 {% endfor %}{% endfor %}</body></html>"""

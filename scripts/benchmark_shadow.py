@@ -1,6 +1,7 @@
 """/predict latency with and without a 100 % shadow of the same model, at 1 and 16 closed-loop clients.
 
     python -m scripts.benchmark_shadow --seconds 20 --out docs/benchmark-shadow
+    python -m scripts.benchmark_shadow --seconds 20 --shadow-device cpu --out docs/benchmark-shadow-worker
 
 Builds ResNet50 (random weights: the real architecture and cost) as a user's `.keras` model
 with two identical versions in a temporary repository and serves it with `scripts.run`.
@@ -156,6 +157,8 @@ def main() -> int:
                         help="also an open-loop phase at this share of the 1-client rate without the shadow (0: none)")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     parser.add_argument("--image", type=Path, default=Path("../shared/assets/images/cat_720p.jpg"))
+    parser.add_argument("--shadow-device", default="", help="SHADOW_DEVICE for the service (cpu: a shadow worker at "
+                        "the lowest priority; empty: copies in the model worker's bulk lane)")
     parser.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
     args = parser.parse_args()
     image = args.image.read_bytes()
@@ -168,7 +171,8 @@ def main() -> int:
         redis_url = f"redis://127.0.0.1:{port}/0"
         assert wait_until(lambda: ping(redis_url), 15)
         svc = ServiceProcess(env={"REDIS_URL": redis_url, "MODEL_REPOSITORY": str(repo), "MODELS": MODEL,
-                                  "MODEL_POLL_S": "1", "ADMIN_API_KEYS": ADMIN, "UPLOAD_DIR": str(work / "uploads")},
+                                  "MODEL_POLL_S": "1", "ADMIN_API_KEYS": ADMIN, "UPLOAD_DIR": str(work / "uploads"),
+                                  "SHADOW_DEVICE": args.shadow_device},
                              log_path=work / "service.log").start()
         try:
             phases = []
@@ -190,7 +194,7 @@ def main() -> int:
                     print(json.dumps(row), flush=True)
                     phases.append(row)
                 _set_shadow(svc.url, False)
-            worker = _entry(svc.url)["workers"][0]
+            worker = next(w for w in _entry(svc.url)["workers"] if w["role"] == "model")
         finally:
             svc.stop()
     finally:
@@ -205,6 +209,7 @@ def main() -> int:
               for c in loads}
     ratios = {c: {"p50": r["p50_ms"], "p95": r["p95_ms"], "images_per_s": r["images_per_s"]} for c, r in ratios.items()}
     report = {"model": "ResNet50 (random weights), two identical versions", "seconds_per_phase": args.seconds,
+              "shadow_device": args.shadow_device or "(the model worker's bulk lane)",
               "batch_size": worker.get("batch_size"), "backend": worker.get("backend"), "phases": phases,
               "ratios": ratios}
     print(markdown(report))
