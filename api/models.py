@@ -1,8 +1,10 @@
-"""GET /models, which served model a request asks for (`model=`, default the first of MODELS), and its input.
+"""GET /models, which served model a request asks for (`model=`, default the first of MODELS), and which
+version of it (`version=`, else the model's traffic shares) with that version's input.
 
 Served models are names (MODELS): repository models or built-ins. What a model takes
-as input (size, resize) and which versions it has, only its workers know: they say it
-in Redis (tasks.model_records, tasks.readiness), and this is where the API reads it.
+as input (size, resize), which versions are ready and how requests are split over them,
+only its workers know: they say it in Redis (tasks.model_records, tasks.readiness), and
+this is where the API reads it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from flask import Blueprint, current_app, jsonify, request
 from api.errors import APIError
 from api.submissions import queue_unavailable, redis_client
 from models.serving_policy import Splitter
-from tasks.model_records import InputLookup, ModelInput, ModelRoutes, ModelUnavailable, read_failures, read_served
+from tasks.model_records import InputLookup, ModelRoutes, ModelUnavailable, read_failures, read_served
 from tasks.readiness import live_workers
 from tasks.shadow import read_comparisons
 from tasks.stats import by_version, read_stats
@@ -42,11 +44,6 @@ def requested_model() -> str:
     if name not in names:
         raise APIError(400, f"unknown model {name!r}; this service serves: {', '.join(names)}")
     return name
-
-
-def model_input(name: str) -> ModelInput:
-    """What to resize uploads to for `name`'s default version now; 503 + Retry-After when no worker can serve it."""
-    return model_routes(name).default
 
 
 def model_routes(name: str) -> ModelRoutes:

@@ -107,10 +107,6 @@ class ServedModel:
     def stop(self) -> None:
         self._stop.set()
 
-    def classifier_for(self, version: int | None) -> Classifier | None:
-        """The ready version `version` (None: the default), or None when it is not served here now."""
-        return self.current if version is None else self.served.get(version)
-
     def status(self) -> dict[str, Any]:
         """{served_version, versions: {n: {state, share, rss_mb, error?}}, routing, policy, rss_mb, ...}."""
         current, routing = self.current, self.routing
