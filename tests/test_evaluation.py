@@ -1,0 +1,70 @@
+"""A version's figures on a labelled set (models.evaluation), against figures worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.evaluation import Evaluation, Prediction, agreement
+
+LABELS = ["A", "B", "C", "D"]
+A, B, C = 0, 1, 2
+#: Class B is always got wrong, C is never predicted, D has no images.
+PREDICTIONS = [
+    Prediction("a1.jpg", A, ((A, 0.9), (B, 0.1))),
+    Prediction("a2.jpg", A, ((A, 0.8), (C, 0.2))),
+    Prediction("a3.jpg", A, ((B, 0.6), (A, 0.4))),
+    Prediction("b1.jpg", B, ((A, 0.7), (B, 0.3))),
+    Prediction("b2.jpg", B, ((A, 0.55), (C, 0.45))),
+    Prediction("c1.jpg", C, ((A, 0.95), (B, 0.05))),
+]
+
+
+def figures() -> dict:
+    evaluation = Evaluation(LABELS)
+    for prediction in PREDICTIONS:
+        evaluation.add(prediction)
+    return evaluation.result()
+
+
+def test_accuracy_top5_and_calibration_as_worked_out_by_hand():
+    result = figures()
+    assert result["images"] == 6
+    assert result["accuracy"] == pytest.approx(2 / 6) and result["top5_accuracy"] == pytest.approx(4 / 6)
+    # One image per confidence bin: sum of |accuracy - confidence| = .1 + .2 + .6 + .7 + .55 + .95, over 6 images.
+    assert result["expected_calibration_error"] == pytest.approx(3.1 / 6)
+
+
+def test_per_class_figures_never_divide_by_zero():
+    classes = figures()["per_class"]
+    assert classes["A"] == {"class_id": 0, "support": 3, "predicted": 5, "precision": pytest.approx(0.4),
+                            "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.5)}
+    assert (classes["B"]["precision"], classes["B"]["recall"], classes["B"]["f1"]) == (0.0, 0.0, 0.0)
+    assert (classes["C"]["support"], classes["C"]["precision"], classes["C"]["recall"], classes["C"]["f1"]) == (
+        1, None, 0.0, None)
+    assert (classes["D"]["support"], classes["D"]["precision"], classes["D"]["recall"]) == (0, None, None)
+    assert figures()["classes_without_images"] == ["D"]
+
+
+def test_the_confusion_matrix_covers_the_classes_that_occur_and_lists_the_mistakes():
+    result = figures()
+    assert result["confusion"] == {"classes": ["A", "B", "C"], "matrix": [[2, 1, 0], [2, 0, 0], [1, 0, 0]]}
+    assert [w["file"] for w in result["wrong"]] == ["a3.jpg", "b1.jpg", "b2.jpg", "c1.jpg"]
+    assert result["wrong"][0] == {"file": "a3.jpg", "true": "A", "predicted": "B", "probability": 0.6}
+
+
+def test_an_empty_evaluation_reports_nothing_instead_of_dividing_by_zero():
+    result = Evaluation(LABELS).result()
+    assert (result["images"], result["accuracy"], result["expected_calibration_error"]) == (0, None, None)
+    assert result["classes_without_images"] == LABELS
+
+
+def test_two_versions_agree_and_disagree_grouped_by_which_was_right():
+    first = {p.file: p for p in PREDICTIONS}
+    second = {p.file: Prediction(p.file, p.label, ((p.label, 0.9),)) if p.file in ("b1.jpg", "a3.jpg") else p
+              for p in PREDICTIONS}
+    second["a1.jpg"] = Prediction("a1.jpg", A, ((C, 0.5),))
+    second["c1.jpg"] = Prediction("c1.jpg", C, ((B, 0.5),))
+    compared = agreement(first, second)
+    assert compared["images"] == 6 and compared["top1_agreement"] == pytest.approx(2 / 6)
+    assert compared["disagreements"] == {"first_right": ["a1.jpg"], "second_right": ["a3.jpg", "b1.jpg"],
+                                         "neither_right": ["c1.jpg"]}
