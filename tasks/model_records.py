@@ -25,6 +25,9 @@ from tasks.readiness import live_workers
 
 SERVED_PREFIX = "imageclf:served:"
 FAILED_PREFIX = "imageclf:model-failed:"
+#: The class names of the version that serves by default, in class-id order (an evaluation matches a dataset's
+#: folder names and labels against them).
+LABELS_PREFIX = "imageclf:labels:"
 #: Set by the control API's unload (who, when); the model's workers drop every version while it exists.
 UNLOADED_PREFIX = "imageclf:model-unloaded:"
 #: How long the API and decoders reuse what they read (a rollout reaches them within this).
@@ -58,6 +61,16 @@ class ModelRoutes:
 
 class ModelUnavailable(Exception):
     """No worker can serve this model now; the message says why."""
+
+
+def record_labels(client: redis.Redis, name: str, labels: list[str]) -> None:
+    client.set(LABELS_PREFIX + name, json.dumps(labels))
+
+
+def read_labels(client: redis.Redis, name: str) -> list[str] | None:
+    """The model's class names (None: no worker has announced them yet)."""
+    raw = client.get(LABELS_PREFIX + name)
+    return json.loads(raw) if raw else None
 
 
 def record_unloaded(client: redis.Redis, name: str, by: str) -> None:

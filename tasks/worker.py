@@ -28,7 +28,7 @@ from models.registry import MODELS as BUILT_IN
 from models.repository import RepositoryError, model_dir
 from tasks import batch_size, celery_app
 from tasks.job_store import sweep_orphans
-from tasks.model_records import clear_failure, read_unloaded, record_failure, record_served
+from tasks.model_records import clear_failure, read_unloaded, record_failure, record_labels, record_served
 from tasks.model_versions import ServedModel
 from tasks.readiness import beat_now, start_heartbeat, stop_heartbeat
 from tasks.redis_clients import connect
@@ -142,6 +142,8 @@ def _announce() -> None:
             **(current.describe() if current is not None else {"version": None}),
             "inputs": _served.inputs(), "routing": _served.routing.describe(), "policy": _served.policy.describe(),
             "unloaded": _served.unloaded})
+        if current is not None:
+            record_labels(pixel_store(), _served.name, current.labels)
     except redis.RedisError:
         logger.warning("could not record the served version of %s", _served.name, exc_info=True)
     beat_now()

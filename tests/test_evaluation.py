@@ -1,10 +1,12 @@
-"""A version's figures on a labelled set (models.evaluation), against figures worked out by hand."""
+"""A version's figures on a labelled set (models.evaluation) against figures worked out by hand, and matching a
+dataset's folders and CSV labels to the model's classes (models.labelled_sets)."""
 
 from __future__ import annotations
 
 import pytest
 
 from models.evaluation import Evaluation, Prediction, agreement
+from models.labelled_sets import LabelledSetError, csv_labels, folder_labels
 
 LABELS = ["A", "B", "C", "D"]
 A, B, C = 0, 1, 2
@@ -68,3 +70,23 @@ def test_two_versions_agree_and_disagree_grouped_by_which_was_right():
     assert compared["images"] == 6 and compared["top1_agreement"] == pytest.approx(2 / 6)
     assert compared["disagreements"] == {"first_right": ["a1.jpg"], "second_right": ["a3.jpg", "b1.jpg"],
                                          "neither_right": ["c1.jpg"]}
+
+
+def test_imagefolder_folders_give_the_class_by_name_or_id_and_the_rest_is_refused():
+    paths = ["A/1.jpg", "set/B/2.png", "2/3.jpg", "photos/D/4.jpg"]
+    assert folder_labels(paths, LABELS) == [0, 1, 2, 3]
+    with pytest.raises(LabelledSetError, match=r"folder name\(s\) 'E', 'dogs' match no class"):
+        folder_labels(["A/1.jpg", "E/2.jpg", "x/dogs/3.jpg"], LABELS)
+    with pytest.raises(LabelledSetError, match="files without a label: 'loose.jpg'"):
+        folder_labels(["A/1.jpg", "loose.jpg"], LABELS)
+
+
+def test_a_labels_csv_names_images_by_path_or_file_name():
+    text = "file,label\nzip/a1.jpg,A\nb1.jpg,1\nc1.jpg, C \n"
+    assert csv_labels(text, ["zip/a1.jpg", "other/b1.jpg", "c1.jpg"], LABELS) == [0, 1, 2]
+    with pytest.raises(LabelledSetError, match="files without a label: 'd1.jpg'"):
+        csv_labels(text, ["c1.jpg", "d1.jpg"], LABELS)
+    with pytest.raises(LabelledSetError, match=r"label\(s\) 'cat' in the 'labels' CSV match no class"):
+        csv_labels("file,label\na.jpg,cat\n", ["a.jpg"], LABELS)
+    with pytest.raises(LabelledSetError, match="header with the columns file,label"):
+        csv_labels("a.jpg;A\n", ["a.jpg"], LABELS)
