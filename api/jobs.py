@@ -1,5 +1,8 @@
 """POST /jobs (many images, zips, or a video: 202 at once) and DELETE /jobs/<id> (cancel).
 
+With `evaluate=true`, the images are a labelled dataset (zips in ImageFolder layout, or images
+with a `labels` CSV) and the job's result is each version's figures on it (`versions=1,2`).
+
 Uploads are written to UPLOAD_DIR/<job id>/ and never enter Redis. Everything that
 can be refused is refused here, before the 202: unknown fields, too many files,
 zips that would expand past MAX_UNZIPPED_MB, files that are not videos, videos
@@ -22,15 +25,19 @@ from werkzeug.datastructures import FileStorage
 
 import settings
 from api.errors import APIError
-from api.models import requested_model, requested_version, route
+from api.models import Route, requested_model, requested_version, route
 from api.submissions import issued, queue_unavailable, record_accepted, redis_client, refuse_when_full
 from api.uploads import form_number
+from models.labelled_sets import LabelledSetError, csv_labels, folder_labels
 from models.video import VideoDecodeError, probe, sample_times
 from tasks.job_store import cancel, create_job, discard, job_dir, read_job
+from tasks.model_records import read_labels
 
 bp = Blueprint("jobs", __name__)
 
-_FIELDS = ("images", "video")
+_FIELDS = ("images", "video", "labels")
+#: Largest `labels` CSV of an evaluation job.
+_MAX_LABELS_CSV = 32 * 2**20
 _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_NAME = 255
 
@@ -42,15 +49,24 @@ def submit_job():
     g.upload_limit_setting = "MAX_JOB_UPLOAD_MB"
     images, videos = _files()
     model = g.model = requested_model()
+    evaluate = _flag("evaluate")
+    if evaluate and videos:
+        raise APIError(400, "an evaluation takes labelled images (zips in ImageFolder layout, or images with a "
+                            "'labels' CSV), not a video")
     chosen = route(model, requested_version(), interactive=False)  # refuse now (503, 404) what cannot be served
+    versions = _evaluated_versions(model, chosen) if evaluate else []
     g.model_version = chosen.version
     top = int(form_number("top", default=5, low=1, high=1000, integer=True))
+    if evaluate:
+        top = max(top, 5)  # for the top-5 accuracy
     job_id = g.task_id = str(uuid.uuid4())
     folder = job_dir(job_id)
     folder.mkdir(parents=True)
     try:
         spec = _video_spec(videos[0], folder) if videos else _images_spec(images, folder)
         spec.update(model=model, top=top, version=chosen.version, pinned=chosen.pinned)
+        if evaluate:
+            _label(spec, model, versions)
         total = len(spec["items"]) if spec["kind"] == "images" else spec["frames"]
         _start(job_id, spec, total)
     except BaseException:
@@ -58,7 +74,7 @@ def submit_job():
         raise
     result_url = url_for("results.result", task_id=job_id)
     response = jsonify(success=True, id=job_id, status="PENDING", kind=spec["kind"], total=total,
-                       result_url=result_url)
+                       result_url=result_url, **({"evaluate": {"versions": versions}} if evaluate else {}))
     response.status_code = 202
     response.headers["Location"] = result_url
     return response
@@ -82,12 +98,60 @@ def cancel_job(job_id: str):
     return jsonify(success=True, id=job_id, status="REVOKED", done=job["done"], total=job["total"])
 
 
+def _flag(name: str) -> bool:
+    """A true/false form field (or query parameter); 400 for anything else."""
+    raw = (request.form.get(name) or request.args.get(name) or "false").strip().lower()
+    if raw not in ("true", "1", "yes", "false", "0", "no"):
+        raise APIError(400, f"{name!r} must be true or false, got {raw[:20]!r}")
+    return raw in ("true", "1", "yes")
+
+
+def _evaluated_versions(model: str, chosen: Route) -> list[int]:
+    """`versions=1,2` (each must be served: 404 names the served ones), else the one version asked for or the
+    default."""
+    raw = request.form.get("versions") or request.args.get("versions")
+    if not raw:
+        return [chosen.version if chosen.pinned else route(model, None, split=False).version]
+    versions = [route(model, part, interactive=False).version for part in raw.split(",") if part.strip()]
+    if not versions or len(set(versions)) != len(versions):
+        raise APIError(400, f"'versions' must list distinct served versions, e.g. 1,2; got {raw[:50]!r}")
+    return versions
+
+
+def _label(spec: dict[str, Any], model: str, versions: list[int]) -> None:
+    """Give every image its class (from its folder, or the `labels` CSV) and one item per image and version;
+    400 naming the first few that cannot be matched."""
+    with queue_unavailable():
+        labels = read_labels(redis_client(), model)
+    if labels is None:
+        raise APIError(503, f"model {model!r} has not announced its class names yet; retry shortly",
+                       {"Retry-After": "10"})
+    paths = [item.get("path", item["name"]) for item in spec["items"]]
+    upload = request.files.get("labels")
+    try:
+        if upload is not None and (upload.filename or upload.content_length):
+            data = upload.stream.read(_MAX_LABELS_CSV + 1)
+            if len(data) > _MAX_LABELS_CSV:
+                raise APIError(413, f"the 'labels' CSV is larger than {_MAX_LABELS_CSV // 2**20} MB")
+            ids = csv_labels(data.decode("utf-8"), paths, labels)
+        else:
+            ids = folder_labels(paths, labels)
+    except UnicodeDecodeError:
+        raise APIError(400, "the 'labels' CSV must be UTF-8 text") from None
+    except LabelledSetError as exc:
+        raise APIError(400, f"cannot evaluate: {exc}") from None
+    spec["items"] = [{**item, "label": class_id, "version": version} for version in versions
+                     for item, class_id in zip(spec["items"], ids)]
+    spec["evaluate"] = {"versions": versions, "images": len(ids), "labels": labels}
+
+
 def _files() -> tuple[list[FileStorage], list[FileStorage]]:
     """The uploads, checked: either `images` (files and zips) or one `video`."""
     unknown = sorted(set(request.files) - set(_FIELDS))
     if unknown:
         raise APIError(400, f"unknown file field(s) {', '.join(map(repr, unknown))}: send images as 'images' "
-                            "(several files, or zips of images) or one video as 'video'")
+                            "(several files, or zips of images) or one video as 'video' (and, to evaluate, "
+                            "a 'labels' CSV)")
     images = [f for f in request.files.getlist("images") if f.filename or f.content_length]
     videos = request.files.getlist("video")
     if images and videos:
@@ -124,7 +188,8 @@ def _images_spec(uploads: list[FileStorage], folder: Path) -> dict[str, Any]:
         upload.save(folder / stored)
         entries, size = _zip_entries(folder / stored, name)
         unzipped += size
-        items += [{"name": f"{name}/{entry}", "file": stored, "member": index} for index, entry in entries]
+        items += [{"name": f"{name}/{entry}", "path": entry, "file": stored, "member": index}
+                  for index, entry in entries]
         if len(items) > settings.MAX_JOB_FILES:
             raise APIError(413, f"more than {settings.MAX_JOB_FILES} files with the zips' entries (MAX_JOB_FILES)")
         if unzipped > settings.MAX_UNZIPPED_MB * 2**20:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 
-from flask import Blueprint, g, jsonify
+from flask import Blueprint, Response, g, jsonify, request
 
 from api.errors import APIError
 from api.submissions import fetch_meta, issued, prediction_body, queue_unavailable, redis_client
@@ -21,8 +23,14 @@ def result(task_id: str):
     if info is None:
         raise APIError(404, f"no task with id {task_id!r} (unknown, or its result expired)")
     g.model = info.get("model")
+    wanted = request.args.get("format", "json")
+    if wanted not in ("json", "csv"):
+        raise APIError(400, f"'format' must be json or csv, got {wanted[:20]!r}")
     if info.get("kind") == "job":
-        return jsonify(_job_body(task_id))
+        body = _job_body(task_id)
+        return _csv(task_id, body) if wanted == "csv" else jsonify(body)
+    if wanted == "csv":
+        raise APIError(400, "format=csv gives an evaluation job's per-image predictions; this id is a request")
     meta = fetch_meta(task_id)
     status = meta["status"]
     body: dict = {"success": status == "SUCCESS", "id": task_id, "status": status}
@@ -31,6 +39,22 @@ def result(task_id: str):
     elif status in ("FAILURE", "REVOKED"):
         body["error"] = failure_message(meta)
     return jsonify(body)
+
+
+def _csv(job_id: str, body: dict[str, Any]) -> Response:
+    """An evaluation's per-image predictions: file, version, true label, predicted label, probability, correct."""
+    result = body.get("result") or {}
+    if not result.get("evaluate"):
+        finished = body["status"] in ("SUCCESS", "FAILURE", "REVOKED")
+        raise APIError(400 if finished else 409, "format=csv gives an evaluation job's per-image predictions once "
+                       f"it has finished; this job is {'not an evaluation' if finished else body['status']}")
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["file", "version", "true", "predicted", "probability", "correct"])
+    for file, version, true, predicted, probability in result["rows"]:
+        writer.writerow([file, version, true, predicted, probability, int(true == predicted)])
+    return Response(out.getvalue(), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="evaluation-{job_id}.csv"'})
 
 
 def _job_body(job_id: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""A finished job's result: items in upload order, or a video's frames with a label timeline.
+"""A finished job's result: items in upload order, a video's frames with a label timeline, or an evaluation's
+figures per version.
 
 Pure functions over the per-item outcomes the driver gathered, so they are tested directly.
 """
@@ -6,7 +7,10 @@ Pure functions over the per-item outcomes the driver gathered, so they are teste
 from __future__ import annotations
 
 from collections import Counter
+from itertools import combinations
 from typing import Any
+
+from models.evaluation import Evaluation, Prediction, agreement
 
 
 def images_result(names: list[str], outcomes: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -17,6 +21,37 @@ def images_result(names: list[str], outcomes: dict[int, dict[str, Any]]) -> dict
         items.append({"index": index, "name": name, **outcome})
     succeeded = sum(item["status"] == "SUCCESS" for item in items)
     return {"items": items, "succeeded": succeeded, "failed": len(items) - succeeded}
+
+
+def evaluation_result(items: list[dict[str, Any]], outcomes: dict[int, dict[str, Any]], labels: list[str],
+                      versions: list[int]) -> dict[str, Any]:
+    """Each version's figures on the labelled images (items: one per image and version, with `label` and
+    `version`), the versions' agreement two by two, the images that could not be classified, and one row per
+    image and version (file, version, true, predicted, probability) for the CSV download."""
+    figures = {version: Evaluation(labels) for version in versions}
+    answers: dict[int, dict[str, Prediction]] = {version: {} for version in versions}
+    rows: list[list[Any]] = []
+    failed = []
+    for index, item in enumerate(items):
+        outcome = outcomes.get(index, {"status": "FAILURE", "error": "no result was recorded"})
+        if outcome["status"] != "SUCCESS" or not outcome.get("predictions"):
+            failed.append({"name": item["name"], "version": item["version"], "error": outcome.get("error", "")})
+            continue
+        top = tuple((p["class_id"], p["probability"]) for p in outcome["predictions"])
+        prediction = Prediction(item["name"], item["label"], top)
+        figures[item["version"]].add(prediction)
+        answers[item["version"]][item["name"]] = prediction
+        rows.append([item["name"], item["version"], labels[item["label"]], labels[prediction.predicted],
+                     round(prediction.probability, 6)])
+    result: dict[str, Any] = {
+        "evaluate": True,
+        "versions": {str(v): figures[v].result() for v in versions},
+        "failed": failed,
+        "rows": rows,
+    }
+    if len(versions) > 1:
+        result["agreement"] = {f"{a}-{b}": agreement(answers[a], answers[b]) for a, b in combinations(versions, 2)}
+    return result
 
 
 def video_result(info: dict[str, Any], outcomes: dict[int, dict[str, Any]],

@@ -36,7 +36,7 @@ from models.decode_budget import DecodeBudget
 from models.images import ImageDecodeError, decode_to_pixels
 from models.video import VideoDecodeError, VideoInfo, decode_frames, sample_times
 from tasks import celery_app
-from tasks.job_results import images_result, video_result
+from tasks.job_results import evaluation_result, images_result, video_result
 from tasks.job_store import (
     FINAL,
     acquire_lock,
@@ -109,6 +109,7 @@ class _Driver:
         self.job_id = job_id
         self.ttl = settings.RESULT_TTL_S
         self.input: ModelInput | None = None  # the model's input this step sizes items for
+        self.inputs: dict[int, ModelInput] = {}  # each ready version's (an evaluation item names its version)
 
     def run(self, budget_s: float) -> bool:
         """Work on the job for about `budget_s` seconds; True if another step is needed."""
@@ -176,25 +177,36 @@ class _Driver:
             routes = _inputs(self.client).routes_of(spec["model"])
             version = spec.get("version")
             self.input = routes.inputs.get(version) if version is not None else routes.default
-            if self.input is None and spec.get("pinned"):
+            if self.input is None and spec.get("pinned") and "evaluate" not in spec:
                 raise ModelUnavailable(f"model {spec['model']!r} version {version} is not served now; served "
                                        f"versions: {', '.join(map(str, routes.versions()))}")
             self.input = self.input or routes.default
+            self.inputs = routes.inputs
         except ModelUnavailable as exc:
             return ((i, {"i": i}, str(exc)) for i in range(start, spec.get("frames") or len(spec["items"])))
         if spec["kind"] == "video":
             return self._frames(spec, start)
         return self._images(spec, start)
 
+    def _input_for(self, item: dict[str, Any]) -> ModelInput:
+        """What an item is sized for: its own version's input (an evaluation item), else the job's."""
+        if "version" not in item:
+            return self.input
+        found = self.inputs.get(item["version"])
+        if found is None:
+            raise _ItemError(f"version {item['version']} is not served now; served versions: "
+                             f"{', '.join(map(str, sorted(self.inputs)))}")
+        return found
+
     def _images(self, spec: dict[str, Any], start: int) -> Iterator[tuple[int, dict, bytes | str]]:
         archives: dict[str, zipfile.ZipFile] = {}
-        size = (self.input.height, self.input.width)
         try:
             for index in range(start, len(spec["items"])):
                 try:
+                    size = self._input_for(spec["items"][index])
                     data = self._read(spec["items"][index], archives)
-                    yield index, {"i": index}, decode_to_pixels(data, size, settings.MAX_IMAGE_PIXELS,
-                                                                self.input.resize, _DECODE_BUDGET)
+                    yield index, {"i": index}, decode_to_pixels(data, (size.height, size.width),
+                                                                settings.MAX_IMAGE_PIXELS, size.resize, _DECODE_BUDGET)
                 except (_ItemError, ImageDecodeError) as exc:
                     yield index, {"i": index}, str(exc)
         finally:
@@ -236,9 +248,12 @@ class _Driver:
                              json.dumps({**record, "status": "FAILURE", "error": pixels}))
             return
         task_id = str(uuid.uuid4())
-        enqueue_classify(celery_app, self.client, task_id, pixels, (self.input.height, self.input.width),
+        item = spec["items"][index] if spec["kind"] == "images" else {}
+        size = self._input_for(item)
+        enqueue_classify(celery_app, self.client, task_id, pixels, (size.height, size.width),
                          spec["top"], self.ttl, queue=settings.bulk_queue(spec["model"]),
-                         version=spec.get("version"), pinned=bool(spec.get("pinned")))
+                         version=item.get("version", spec.get("version")),
+                         pinned="version" in item or bool(spec.get("pinned")))
         # Recorded after sending: a crash in between re-sends the item from the stored cursor.
         now = time.time()
         with self.client.pipeline(transaction=False) as pipe:
@@ -273,6 +288,12 @@ class _Driver:
             result = video_result(spec["video"], outcomes, decode_error)
             ok = bool(result["frames"])
             error = decode_error or "no frame could be classified"
+        elif "evaluate" in spec:
+            result = evaluation_result(spec["items"], outcomes, spec["evaluate"]["labels"],
+                                       spec["evaluate"]["versions"])
+            ok = bool(result["rows"])
+            error = "no image could be classified: " + "; ".join(
+                f"{item['name']}: {item['error']}" for item in result["failed"][:3])
         else:
             result = images_result([item["name"] for item in spec["items"]], outcomes)
             ok = result["succeeded"] > 0

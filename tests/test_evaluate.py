@@ -1,0 +1,151 @@
+"""Evaluation jobs (POST /jobs evaluate=true) against the real service: each version's figures on a labelled
+set equal a straight in-process computation (Keras on the very pixels the service makes, models.evaluation
+over its answers); ImageFolder zips and a labels CSV; the refusals; the CSV download.
+
+The model is made here: `colours` tells three classes apart by an image's mean colour (tests/user_models.py),
+versions 1 and 2 with different weights, so they agree on some images and not on others.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import zipfile
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from models.evaluation import Evaluation, Prediction, agreement
+from models.images import decode_to_pixels
+from scripts.service_process import ServiceProcess
+from tests.user_models import colour_classifier, coloured_images, write_model
+
+CLASSES = ["red", "green", "blue"]
+SEEDS = {1: 1, 2: 2}
+IMAGES = coloured_images(30, seed=5)
+TRUTH = [i % 3 for i in range(len(IMAGES))]  # the dataset's labels, whatever the models say
+
+
+@pytest.fixture(scope="module")
+def svc(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    repo = tmp_path_factory.mktemp("evaluate_repository")
+    for version, seed in SEEDS.items():
+        write_model(repo, "colours", version,
+                    lambda d, seed=seed: colour_classifier(seed, classes=3).save(d / "model.keras"),
+                    config={"version_policy": {"all": True}}, labels=CLASSES)
+    service = ServiceProcess(env={
+        "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/10", "MODEL_REPOSITORY": str(repo), "MODELS": "colours",
+        "MODEL_POLL_S": "0.5", "API_WORKERS": "1", "BATCH_SIZE": "8",
+        "UPLOAD_DIR": str(tmp_path_factory.mktemp("evaluate-uploads")),
+    }, log_path=tmp_path_factory.mktemp("logs") / "evaluate.log").start()
+    yield service
+    assert service.stop() == 0, service.log_tail()
+
+
+def name(i: int) -> str:
+    return f"img{i:02d}.png"
+
+
+def imagefolder_zip(folders: list[str]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i, data in enumerate(IMAGES):
+            archive.writestr(f"photos/{folders[i]}/{name(i)}", data)
+    return buffer.getvalue()
+
+
+def in_process(version: int, names: list[str]) -> tuple[dict, dict[str, Prediction]]:
+    """The figures Keras gives on the service's pixels, computed with models.evaluation."""
+    pixels = np.stack([np.frombuffer(decode_to_pixels(d, (160, 160), 10**9), np.uint8).reshape(160, 160, 3)
+                       for d in IMAGES]).astype("float32") / 255
+    rows = colour_classifier(SEEDS[version], classes=3).predict(pixels, verbose=0)
+    evaluation, answers = Evaluation(CLASSES), {}
+    for file, label, row in zip(names, TRUTH, rows):
+        order = np.argsort(-row)
+        prediction = Prediction(file, label, tuple((int(c), float(row[c])) for c in order))
+        evaluation.add(prediction)
+        answers[file] = prediction
+    return evaluation.result(), answers
+
+
+def finished(svc: ServiceProcess, response: httpx.Response) -> dict:
+    assert response.status_code == 202, response.text
+    deadline = time.monotonic() + 120
+    while (body := httpx.get(svc.url + response.json()["result_url"], timeout=10).json())["status"] not in (
+            "SUCCESS", "FAILURE"):
+        assert time.monotonic() < deadline, body
+        time.sleep(0.2)
+    assert body["status"] == "SUCCESS", body
+    return body
+
+
+def assert_same(got: dict, expected: dict) -> None:
+    assert got["images"] == expected["images"]
+    for key in ("accuracy", "top5_accuracy", "expected_calibration_error"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    assert got["confusion"] == expected["confusion"]
+    assert [w["file"] for w in got["wrong"]] == [w["file"] for w in expected["wrong"]]
+    for cls, figures in expected["per_class"].items():
+        for key, value in figures.items():
+            assert got["per_class"][cls][key] == (pytest.approx(value, abs=1e-6) if value is not None else None)
+
+
+def test_an_imagefolder_zip_gives_each_versions_figures_as_computed_in_process(svc):
+    files = {"images": ("plants.zip", imagefolder_zip([CLASSES[t] for t in TRUTH]))}
+    body = finished(svc, httpx.post(svc.url + "/jobs", data={"evaluate": "true", "versions": "1,2"},
+                                    files=files, timeout=60))
+    result = body["result"]
+    assert body["total"] == 2 * len(IMAGES) and result["failed"] == []
+    names = [f"plants.zip/photos/{CLASSES[t]}/{name(i)}" for i, t in enumerate(TRUTH)]
+    expected = {v: in_process(v, names) for v in SEEDS}
+    for version in SEEDS:
+        assert_same(result["versions"][str(version)], expected[version][0])
+    compared = agreement(expected[1][1], expected[2][1])
+    assert 0 < compared["top1_agreement"] < 1, "the two versions must disagree on some images"
+    assert result["agreement"]["1-2"]["top1_agreement"] == pytest.approx(compared["top1_agreement"])
+    assert result["agreement"]["1-2"]["disagreements"] == compared["disagreements"]
+
+    download = httpx.get(svc.url + body["id"].join(["/result/", "?format=csv"]), timeout=10)
+    assert download.status_code == 200 and download.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(download.text)))
+    assert len(rows) == 2 * len(IMAGES) and set(rows[0]) == {"file", "version", "true", "predicted", "probability",
+                                                             "correct"}
+    by_version = {v: [r for r in rows if r["version"] == str(v)] for v in SEEDS}
+    assert sum(int(r["correct"]) for r in by_version[1]) == round(expected[1][0]["accuracy"] * len(IMAGES))
+
+
+def test_images_with_a_labels_csv_and_class_ids_for_labels(svc):
+    table = "file,label\n" + "".join(f"{name(i)},{t if i % 2 else CLASSES[t]}\n" for i, t in enumerate(TRUTH))
+    files = [("images", (name(i), data)) for i, data in enumerate(IMAGES)] + [("labels", ("labels.csv", table))]
+    body = finished(svc, httpx.post(svc.url + "/jobs", data={"evaluate": "true", "version": "1"}, files=files,
+                                    timeout=60))
+    assert list(body["result"]["versions"]) == ["1"] and "agreement" not in body["result"]
+    assert_same(body["result"]["versions"]["1"], in_process(1, [name(i) for i in range(len(IMAGES))])[0])
+
+
+def test_what_cannot_be_evaluated_is_refused_before_anything_is_accepted(svc):
+    folders = [CLASSES[t] for t in TRUTH]
+    folders[3], folders[4] = "purple", "cats"
+    refused = httpx.post(svc.url + "/jobs", data={"evaluate": "true"}, timeout=60,
+                         files={"images": ("x.zip", imagefolder_zip(folders))})
+    assert refused.status_code == 400 and "'cats', 'purple' match no class" in refused.json()["error"]
+    table = "file,label\n" + f"{name(0)},red\n"
+    files = [("images", (name(i), IMAGES[i])) for i in range(3)] + [("labels", ("labels.csv", table))]
+    refused = httpx.post(svc.url + "/jobs", data={"evaluate": "true"}, files=files, timeout=60)
+    assert refused.status_code == 400 and f"files without a label: '{name(1)}', '{name(2)}'" in refused.json()["error"]
+    loose = httpx.post(svc.url + "/jobs", data={"evaluate": "true"}, files={"images": (name(0), IMAGES[0])})
+    assert loose.status_code == 400 and "not in a class folder" in loose.json()["error"]
+    unserved = httpx.post(svc.url + "/jobs", data={"evaluate": "true", "versions": "1,9"}, timeout=60,
+                          files={"images": ("x.zip", imagefolder_zip([CLASSES[t] for t in TRUTH]))})
+    assert unserved.status_code == 404 and "served versions: 1, 2" in unserved.json()["error"]
+    bad_flag = httpx.post(svc.url + "/jobs", data={"evaluate": "maybe"}, files={"images": (name(0), IMAGES[0])})
+    assert bad_flag.status_code == 400 and "'evaluate' must be true or false" in bad_flag.json()["error"]
+    plain = finished(svc, httpx.post(svc.url + "/jobs", files={"images": (name(0), IMAGES[0])}, timeout=60))
+    not_evaluation = httpx.get(f"{svc.url}/result/{plain['id']}?format=csv", timeout=10)
+    assert not_evaluation.status_code == 400 and "not an evaluation" in not_evaluation.json()["error"]
+    assert json.loads(httpx.get(f"{svc.url}/result/{plain['id']}?format=xml", timeout=10).text)["error"].startswith(
+        "'format' must be json or csv")
