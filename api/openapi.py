@@ -194,10 +194,17 @@ PATHS: dict[str, Any] = {
                 "top": {"type": "integer", "minimum": 1, "maximum": 1000},
                 "fps": {"type": "number", "exclusiveMinimum": 0},
                 "every_n_frames": {"type": "integer", "minimum": 1},
-                "max_frames": {"type": "integer", "minimum": 1}}}}}},
+                "max_frames": {"type": "integer", "minimum": 1},
+                "evaluate": {"type": "boolean", "description": "the images are a labelled dataset (ImageFolder "
+                             "zips, or a labels CSV): the result is each version's figures on it"},
+                "versions": {"type": "string", "description": "with evaluate: versions to compare, e.g. 1,2"},
+                "labels": {"type": "string", "format": "binary", "description": "with evaluate: a file,label CSV"}
+            }}}}},
         "responses": {
             "202": _json(_ref("Accepted"), "accepted: poll result_url"),
-            "400": _error("no files, unknown field, both images and video, bad parameter, corrupt zip"),
+            "400": _error("no files, unknown field, both images and video, bad parameter, corrupt zip; to evaluate: "
+                          "folders, labels or files that match no class"),
+            "404": _error("a version asked for is not served"),
             "401": _error("API_KEYS is set and no valid key was sent"),
             "413": _error("over MAX_JOB_UPLOAD_MB, MAX_JOB_FILES, MAX_UNZIPPED_MB, MAX_VIDEO_SECONDS or "
                           "MAX_VIDEO_FRAMES"),
@@ -213,9 +220,12 @@ PATHS: dict[str, Any] = {
     }},
     "/result/{id}": {"get": {
         "summary": "State and result of a request or a job",
-        "parameters": [_ID_PARAM],
+        "parameters": [_ID_PARAM, {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]},
+                                   "description": "csv: an evaluation job's per-image predictions"}],
         "responses": {"200": _json({"oneOf": [_ref("RequestState"), _ref("JobState")]}, "its state"),
-                      "404": _error("never issued to this caller, or expired")},
+                      "400": _error("format is not json or csv, or csv for what is not an evaluation job"),
+                      "404": _error("never issued to this caller, or expired"),
+                      "409": _error("format=csv for an evaluation job that has not finished")},
     }},
     "/models": {"get": {"summary": "Served models: versions and their states, input, preprocessing, workers",
                         "responses": {"200": _json(_ref("Models"), "the models")}}},
