@@ -100,6 +100,30 @@ class Client:
             uploads = [(field, (f.name, stack.enter_context(open(f, "rb")))) for f in files]
             return self._call("POST", "/jobs", data=form, files=uploads)
 
+    def evaluate(self, paths: str | Path | Iterable[str | Path], versions: str | None = None,
+                 labels: str | Path | None = None, model: str | None = None) -> dict[str, Any]:
+        """Start an evaluation job: zips in ImageFolder layout (or images with a `file,label` CSV), on each of
+        `versions` ("1,2"; default: the model's default version). Returns {"id", "total", ...} at once."""
+        files = [f for f in collect_files([paths] if isinstance(paths, (str, Path)) else paths) if not is_video(f)]
+        if not files:
+            raise ValueError("nothing to evaluate: no image or zip found")
+        form = {k: v for k, v in {"evaluate": "true", "versions": versions, "model": model}.items() if v}
+        with ExitStack() as stack:
+            uploads = [("images", (f.name, stack.enter_context(open(f, "rb")))) for f in files]
+            if labels is not None:
+                uploads.append(("labels", (Path(labels).name, stack.enter_context(open(labels, "rb")))))
+            return self._call("POST", "/jobs", data=form, files=uploads)
+
+    def evaluation_csv(self, job_id: str) -> str:
+        """A finished evaluation's per-image predictions as CSV text."""
+        try:
+            response = self._http.get(f"/result/{job_id}", params={"format": "csv"})
+        except httpx.TransportError as exc:
+            raise ServiceError(0, f"cannot reach {self._http.base_url}: {exc}") from None
+        if response.status_code >= 400:
+            raise ServiceError(response.status_code, response.json().get("error", response.reason_phrase))
+        return response.text
+
     def result(self, task_id: str) -> dict[str, Any]:
         return self._call("GET", f"/result/{task_id}")
 

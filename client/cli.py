@@ -3,10 +3,12 @@
     python -m client classify photo.jpg                    # one image: POST /predict
     python -m client classify holiday/ extra.zip --csv     # a job of many images, with a progress bar
     python -m client classify clip.mp4 --fps 2             # a video job: progress bar, then the label timeline
+    python -m client evaluate photos.zip --model plants --versions 1,2   # figures on a labelled set
 
-Exit status: 0 when everything was classified, 1 when anything failed (a file, a job,
-the service), 2 for a usage error such as a path that does not exist. Ctrl-C cancels
-the running job.
+classify's exit status: 0 when everything was classified, 1 when anything failed (a file, a
+job, the service), 2 for a usage error such as a path that does not exist. evaluate's: 0 when
+the evaluation ran, whatever the accuracy, 1 when it could not run or a version's accuracy is
+under --min-accuracy (a gate for CI pipelines), 2 for a usage error. Ctrl-C cancels the running job.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from client import Client, ServiceError, collect_files, is_video
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "evaluate":
+        return _evaluate(args)
     try:
         files = collect_files(args.paths)
     except FileNotFoundError as exc:
@@ -60,12 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     classify = commands.add_parser("classify", help="classify images, folders, zips and videos")
     classify.add_argument("paths", nargs="+", help="image files, folders of images, zips of images, videos")
-    classify.add_argument("--url", default=os.environ.get("IMAGECLF_URL", "http://127.0.0.1:5000"),
-                          help="the service (default: $IMAGECLF_URL or http://127.0.0.1:5000)")
-    classify.add_argument("--api-key", default=os.environ.get("IMAGECLF_API_KEY"),
-                          help="API key when the service has API_KEYS set (default: $IMAGECLF_API_KEY)")
+    _service_options(classify)
     classify.add_argument("--top", type=int, default=5, help="labels per image (default 5)")
-    classify.add_argument("--model", help="which served model (GET /models; default: the service's default)")
     sampling = classify.add_mutually_exclusive_group()
     sampling.add_argument("--fps", type=float, help="video frames sampled per second (default 1)")
     sampling.add_argument("--every-n-frames", type=int, help="sample every n-th video frame instead")
@@ -74,7 +74,106 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="print the service's JSON answers")
     output.add_argument("--csv", action="store_true", help="print one CSV row per image or frame")
     classify.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate = commands.add_parser("evaluate", help="a model's figures on labelled images (ImageFolder zips, or "
+                                                    "images with a file,label CSV)")
+    evaluate.add_argument("paths", nargs="+", help="zips in ImageFolder layout (<class>/<file>), images, folders")
+    _service_options(evaluate)
+    evaluate.add_argument("--versions", help="versions to evaluate and compare, e.g. 1,2 (default: the default)")
+    evaluate.add_argument("--labels", type=Path, help="a CSV with the columns file,label instead of class folders")
+    evaluate.add_argument("--min-accuracy", type=float, help="exit 1 when a version's accuracy is below this")
+    output = evaluate.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the evaluation's JSON result")
+    output.add_argument("--csv", action="store_true", help="print one CSV row per image and version")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def _service_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("IMAGECLF_URL", "http://127.0.0.1:5000"),
+                        help="the service (default: $IMAGECLF_URL or http://127.0.0.1:5000)")
+    parser.add_argument("--api-key", default=os.environ.get("IMAGECLF_API_KEY"),
+                        help="API key when the service has API_KEYS set (default: $IMAGECLF_API_KEY)")
+    parser.add_argument("--model", help="which served model (GET /models; default: the service's default)")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Run an evaluation job with a progress bar, then print its figures (or its JSON, or its CSV rows)."""
+    try:
+        files = collect_files(args.paths)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.labels is not None and not args.labels.exists():
+        print(f"error: {args.labels}: no such file", file=sys.stderr)
+        return 2
+    with Client(args.url, args.api_key) as client:
+        try:
+            job = client.evaluate(files, versions=args.versions, labels=args.labels, model=args.model)
+            bar = tqdm(total=job["total"], desc="evaluating", unit="img", disable=args.no_progress, file=sys.stderr)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(done - bar.n)
+
+            try:
+                body = client.wait(job["id"], on_progress=progress)
+            except KeyboardInterrupt:
+                client.cancel(job["id"])
+                print(f"\ncancelled job {job['id']}", file=sys.stderr)
+                return 130
+            finally:
+                bar.close()
+            if body["status"] != "SUCCESS":
+                print(f"error: the evaluation {body['status']}: {body.get('error', '')}", file=sys.stderr)
+                return 1
+            if args.csv:
+                sys.stdout.write(client.evaluation_csv(job["id"]))
+        except (ServiceError, ValueError) as exc:
+            print(f"error: {exc.message if isinstance(exc, ServiceError) else exc}", file=sys.stderr)
+            return 1
+    result = body["result"]
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    elif not args.csv:
+        _print_evaluation(result)
+    low = [v for v, figures in result["versions"].items()
+           if args.min_accuracy is not None and (figures["accuracy"] or 0.0) < args.min_accuracy]
+    if low:
+        print(f"accuracy below {args.min_accuracy:g} for version(s) {', '.join(low)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_evaluation(result: dict[str, Any], worst: int = 5) -> None:
+    """Accuracy per version, each version's worst classes by F1, and where versions disagree."""
+    print(f"{'version':>8} {'images':>7} {'accuracy':>9} {'top-5':>7} {'ECE':>7}")
+    for version, figures in result["versions"].items():
+        print(f"{version:>8} {figures['images']:>7} {_share(figures['accuracy']):>9} "
+              f"{_share(figures['top5_accuracy']):>7} {_number(figures['expected_calibration_error']):>7}")
+    for version, figures in result["versions"].items():
+        classes = [(name, c) for name, c in figures["per_class"].items() if c["support"]]
+        classes.sort(key=lambda item: (item[1]["f1"] if item[1]["f1"] is not None else -1.0, item[0]))
+        print(f"version {version}, worst classes:")
+        for name, c in classes[:worst]:
+            print(f"  {name:<24} F1 {_number(c['f1'])}  precision {_number(c['precision'])}  "
+                  f"recall {_number(c['recall'])}  ({c['support']} images)")
+    for pair, compared in result.get("agreement", {}).items():
+        first, second = pair.split("-")
+        groups = compared["disagreements"]
+        print(f"versions {first} and {second}: top-1 agreement {_share(compared['top1_agreement'])}; disagree on "
+              f"{sum(map(len, groups.values()))}: {len(groups['first_right'])} where {first} was right, "
+              f"{len(groups['second_right'])} where {second} was, {len(groups['neither_right'])} neither")
+    if result.get("failed"):
+        print(f"{len(result['failed'])} image(s) could not be classified, e.g. {result['failed'][0]['name']}: "
+              f"{result['failed'][0]['error']}")
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _predict(client: Client, path: Path, top: int, model: str | None) -> dict[str, Any]:

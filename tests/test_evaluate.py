@@ -149,3 +149,30 @@ def test_what_cannot_be_evaluated_is_refused_before_anything_is_accepted(svc):
     assert not_evaluation.status_code == 400 and "not an evaluation" in not_evaluation.json()["error"]
     assert json.loads(httpx.get(f"{svc.url}/result/{plain['id']}?format=xml", timeout=10).text)["error"].startswith(
         "'format' must be json or csv")
+
+
+def test_the_cli_prints_the_figures_and_gates_on_a_minimum_accuracy(svc, tmp_path, capsys):
+    from client.cli import main
+
+    archive = tmp_path / "photos.zip"
+    archive.write_bytes(imagefolder_zip([CLASSES[t] for t in TRUTH]))
+    names = [f"photos.zip/photos/{CLASSES[t]}/{name(i)}" for i, t in enumerate(TRUTH)]
+    accuracy = {v: in_process(v, names)[0]["accuracy"] for v in SEEDS}
+    base = ["evaluate", str(archive), "--url", svc.url, "--model", "colours", "--no-progress"]
+
+    assert main([*base, "--versions", "1,2"]) == 0
+    out = capsys.readouterr().out
+    assert f"{accuracy[1]:.1%}" in out.splitlines()[1] and f"{accuracy[2]:.1%}" in out.splitlines()[2]
+    assert "version 1, worst classes:" in out and "versions 1 and 2: top-1 agreement" in out
+
+    assert main([*base, "--versions", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["versions"]["1"]["accuracy"] == pytest.approx(accuracy[1])
+    assert main([*base, "--versions", "2", "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == len(IMAGES) and {r["version"] for r in rows} == {"2"}
+
+    assert main([*base, "--versions", "1,2", "--min-accuracy", str(min(accuracy.values()) + 1e-3)]) == 1
+    assert "accuracy below" in capsys.readouterr().err
+    assert main([*base, "--min-accuracy", "0"]) == 0
+    assert main([*base, "--versions", "7"]) == 1 and "not served" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing.zip"), "--url", svc.url]) == 2
