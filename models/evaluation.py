@@ -85,14 +85,17 @@ class Evaluation:
                    if self._bin_count[b]) / self.images
 
     def per_class(self) -> dict[str, dict[str, Any]]:
-        """For every class of the model: support, precision, recall and F1 (None where undefined)."""
+        """For every class of the model: support, precision, recall and F1 (None where undefined); a name that
+        several classes share gets its class id."""
         support: Counter = Counter()
         predicted: Counter = Counter()
         for (true, guess), n in self.confusion.items():
             support[true] += n
             predicted[guess] += n
         classes = {}
+        repeated = {name for name, n in Counter(self.labels).items() if n > 1}  # ImageNet has two "crane"s
         for class_id, name in enumerate(self.labels):
+            name = f"{name} ({class_id})" if name in repeated else name
             hits = self.confusion[(class_id, class_id)]
             precision, recall = _ratio(hits, predicted[class_id]), _ratio(hits, support[class_id])
             f1 = (2 * precision * recall / (precision + recall) if precision and recall else

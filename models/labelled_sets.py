@@ -4,7 +4,8 @@
   at its root or under one folder more; the class is the file's folder.
 - A `labels` CSV with columns `file,label`, naming each image by its path in the zip or its file name.
 
-A label is a class name of the model's labels.txt or a class id. Everything that cannot be matched
+A label is a class name of the model's labels.txt or a class id (the id alone for a name that
+several classes share). Everything that cannot be matched
 is refused at once, naming the first few, before any image is sent to the model.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from collections.abc import Sequence
 
 #: How many unmatched names a refusal lists.
@@ -27,8 +29,14 @@ def _few(names: Sequence[str]) -> str:
     return shown + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
 
 
+def _by_name(labels: Sequence[str]) -> dict[str, int]:
+    """Class names to ids, leaving out names that several classes share (only their ids can say which)."""
+    repeated = {name for name, n in Counter(labels).items() if n > 1}
+    return {name: i for i, name in enumerate(labels) if name not in repeated}
+
+
 def class_id(label: str, labels: Sequence[str], by_name: dict[str, int]) -> int | None:
-    """A class name or a class id as a class id; None when it is neither."""
+    """A class name or a class id as a class id; None when it is neither (or a name several classes share)."""
     label = label.strip()
     if label in by_name:
         return by_name[label]
@@ -37,7 +45,7 @@ def class_id(label: str, labels: Sequence[str], by_name: dict[str, int]) -> int 
 
 def folder_labels(paths: Sequence[str], labels: Sequence[str]) -> list[int]:
     """The class id of each image from its folder (`paths` are the images' paths inside their zips)."""
-    by_name = {name: i for i, name in enumerate(labels)}
+    by_name = _by_name(labels)
     folders = [p.replace("\\", "/").rsplit("/", 1)[0].rsplit("/", 1)[-1] if "/" in p else "" for p in paths]
     loose = [p for p, folder in zip(paths, folders) if not folder]
     if loose:
@@ -48,7 +56,7 @@ def folder_labels(paths: Sequence[str], labels: Sequence[str]) -> list[int]:
     if unknown:
         raise LabelledSetError(f"folder name(s) {_few(unknown)} match no class of the model (its labels.txt has "
                                f"{len(labels)} classes, e.g. {_few(list(labels)[:3])}); name folders by class name "
-                               "or class id")
+                               "or class id (the id for a name several classes share)")
     return [i for i in resolved if i is not None]  # all of them: none is unknown
 
 
@@ -57,7 +65,7 @@ def csv_labels(text: str, names: Sequence[str], labels: Sequence[str]) -> list[i
     rows = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"))))
     if not rows or not {"file", "label"} <= set(rows[0]):
         raise LabelledSetError("the 'labels' CSV needs a header with the columns file,label and one row per image")
-    by_name = {name: i for i, name in enumerate(labels)}
+    by_name = _by_name(labels)
     given: dict[str, str] = {}
     for row in rows:
         given[(row["file"] or "").strip().replace("\\", "/")] = row["label"] or ""

@@ -14,6 +14,7 @@ import json
 import time
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,6 +23,7 @@ import pytest
 from models.evaluation import Evaluation, Prediction, agreement
 from models.images import decode_to_pixels
 from scripts.service_process import ServiceProcess
+from tests.helpers import SHARED, labelled_photos
 from tests.user_models import colour_classifier, coloured_images, write_model
 
 CLASSES = ["red", "green", "blue"]
@@ -176,3 +178,33 @@ def test_the_cli_prints_the_figures_and_gates_on_a_minimum_accuracy(svc, tmp_pat
     assert main([*base, "--min-accuracy", "0"]) == 0
     assert main([*base, "--versions", "7"]) == 1 and "not served" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing.zip"), "--url", svc.url]) == 2
+
+
+def _photos_zip(copies: int = 1) -> bytes:
+    """The shared labelled photos in ImageFolder layout, folders named by ImageNet class name."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for copy in range(copies):
+            for row in labelled_photos():
+                archive.write(SHARED / row["path"], f"imagenet/{row['expected_label']}/{copy}-{Path(row['path']).name}")
+    return buffer.getvalue()
+
+
+def test_the_shared_imagenet_model_gets_every_labelled_photo_right(service):
+    body = finished(service, httpx.post(service.url + "/jobs", data={"evaluate": "true"}, timeout=120,
+                                        files={"images": ("photos.zip", _photos_zip())}))
+    figures = body["result"]["versions"]["1"]
+    assert figures["images"] == len(labelled_photos()) and figures["accuracy"] == 1.0 and figures["wrong"] == []
+    assert figures["top5_accuracy"] == 1.0 and len(figures["per_class"]) == 1000
+    assert figures["per_class"]["zebra"]["recall"] == 1.0 and figures["per_class"]["tabby"]["support"] == 0
+
+
+def test_an_evaluation_can_be_cancelled_while_it_runs(service):
+    submitted = httpx.post(service.url + "/jobs", data={"evaluate": "true"}, timeout=120,
+                           files={"images": ("photos.zip", _photos_zip(copies=10))})
+    assert submitted.status_code == 202, submitted.text
+    cancelled = httpx.delete(f"{service.url}/jobs/{submitted.json()['id']}", timeout=30)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "REVOKED"
+    assert cancelled.json()["done"] < submitted.json()["total"]
+    body = httpx.get(service.url + submitted.json()["result_url"], timeout=10).json()
+    assert body["status"] == "REVOKED"
