@@ -220,12 +220,16 @@ PATHS: dict[str, Any] = {
     }},
     "/result/{id}": {"get": {
         "summary": "State and result of a request or a job",
-        "parameters": [_ID_PARAM, {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]},
-                                   "description": "csv: an evaluation job's per-image predictions"}],
+        "parameters": [_ID_PARAM, {"name": "format", "in": "query", "schema": {"enum": ["json", "csv", "png"]},
+                                   "description": "csv: an evaluation job's per-image predictions; png: its "
+                                                  "confusion-matrix heatmap"},
+                       {"name": "version", "in": "query", "schema": {"type": "string"},
+                        "description": "with format=png: the evaluated version (default the first)"}],
         "responses": {"200": _json({"oneOf": [_ref("RequestState"), _ref("JobState")]}, "its state"),
-                      "400": _error("format is not json or csv, or csv for what is not an evaluation job"),
-                      "404": _error("never issued to this caller, or expired"),
-                      "409": _error("format=csv for an evaluation job that has not finished")},
+                      "400": _error("format is not json, csv or png, or csv/png for what is not an evaluation job"),
+                      "404": _error("never issued to this caller, or expired; with format=png, a version the job "
+                                    "did not evaluate"),
+                      "409": _error("format=csv or png for an evaluation job that has not finished")},
     }},
     "/models": {"get": {"summary": "Served models: versions and their states, input, preprocessing, workers",
                         "responses": {"200": _json(_ref("Models"), "the models")}}},

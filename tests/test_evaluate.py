@@ -119,6 +119,12 @@ def test_an_imagefolder_zip_gives_each_versions_figures_as_computed_in_process(s
     by_version = {v: [r for r in rows if r["version"] == str(v)] for v in SEEDS}
     assert sum(int(r["correct"]) for r in by_version[1]) == round(expected[1][0]["accuracy"] * len(IMAGES))
 
+    heatmap = httpx.get(f"{svc.url}/result/{body['id']}", params={"format": "png", "version": "2"}, timeout=30)
+    assert heatmap.status_code == 200 and heatmap.headers["content-type"] == "image/png"
+    assert heatmap.content.startswith(b"\x89PNG") and len(heatmap.content) > 5000
+    missing = httpx.get(f"{svc.url}/result/{body['id']}", params={"format": "png", "version": "7"}, timeout=30)
+    assert missing.status_code == 404 and "it evaluated 1, 2" in missing.json()["error"]
+
 
 def test_images_with_a_labels_csv_and_class_ids_for_labels(svc):
     table = "file,label\n" + "".join(f"{name(i)},{t if i % 2 else CLASSES[t]}\n" for i, t in enumerate(TRUTH))
@@ -150,7 +156,7 @@ def test_what_cannot_be_evaluated_is_refused_before_anything_is_accepted(svc):
     not_evaluation = httpx.get(f"{svc.url}/result/{plain['id']}?format=csv", timeout=10)
     assert not_evaluation.status_code == 400 and "not an evaluation" in not_evaluation.json()["error"]
     assert json.loads(httpx.get(f"{svc.url}/result/{plain['id']}?format=xml", timeout=10).text)["error"].startswith(
-        "'format' must be json or csv")
+        "'format' must be json, csv or png")
 
 
 def test_the_cli_prints_the_figures_and_gates_on_a_minimum_accuracy(svc, tmp_path, capsys):

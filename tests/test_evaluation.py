@@ -100,3 +100,14 @@ def test_a_name_that_several_classes_share_needs_its_class_id():
     evaluation = Evaluation(labels)
     evaluation.add(Prediction("a.jpg", 2, ((1, 0.6),)))
     assert set(evaluation.result()["per_class"]) == {"x", "crane (1)", "crane (2)"}
+
+
+def test_a_heatmap_past_50_classes_adds_the_quietest_up_as_other():
+    from models.confusion_plot import aggregate, confusion_png
+
+    classes = [f"c{i}" for i in range(60)]
+    matrix = [[(i + j) % 3 + (50 if i == j and i < 10 else 0) for j in range(60)] for i in range(60)]
+    kept, out = aggregate(classes, matrix)
+    assert len(kept) == 50 and kept[-1] == "other" and all(f"c{i}" in kept for i in range(10))
+    assert sum(map(sum, out)) == sum(map(sum, matrix)) and len(out) == 50 and all(len(row) == 50 for row in out)
+    assert confusion_png({"classes": classes, "matrix": matrix}, "t").startswith(b"\x89PNG")
