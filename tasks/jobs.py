@@ -17,7 +17,9 @@ round (within _POLL_S), and the job's queued pixels and files are deleted.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import json
 import socket
 import time
@@ -30,6 +32,7 @@ from typing import Any
 import redis
 from celery.utils.log import get_logger
 from kombu.exceptions import OperationalError
+from PIL import Image
 
 import settings
 from models.decode_budget import DecodeBudget
@@ -58,6 +61,8 @@ from tasks.worker import pixel_store
 logger = get_logger(__name__)
 
 STEP_S = 2.0          # work per step before handing over to the next one
+THUMBNAILS = 48       # an evaluation's mistakes shown as thumbnails (the first ones)
+THUMBNAIL_PX = 96
 _POLL_S = 0.1         # pause between rounds when nothing could be sent
 _LOCK_S = 60.0        # a crashed step's lock frees itself after this
 
@@ -291,6 +296,8 @@ class _Driver:
         elif "evaluate" in spec:
             result = evaluation_result(spec["items"], outcomes, spec["evaluate"]["labels"],
                                        spec["evaluate"]["versions"])
+            result["thumbnails"] = self._thumbnails(spec, [w["file"] for figures in result["versions"].values()
+                                                           for w in figures["wrong"]])
             ok = bool(result["rows"])
             error = "no image could be classified: " + "; ".join(
                 f"{item['name']}: {item['error']}" for item in result["failed"][:3])
@@ -305,6 +312,30 @@ class _Driver:
         update_if_active(self.client, self.job_id, self.ttl, **fields)
         discard(self.client, self.job_id)
         logger.info("job %s %s: %d items", self.job_id, fields["status"], len(outcomes))
+
+
+    def _thumbnails(self, spec: dict[str, Any], names: list[str]) -> dict[str, str]:
+        """Small JPEG data URLs of the first THUMBNAILS images named (an evaluation's mistakes, for the web page),
+        read from the job's files before they are deleted; an image that cannot be read is left out."""
+        items = {item["name"]: item for item in spec["items"]}
+        archives: dict[str, zipfile.ZipFile] = {}
+        thumbnails: dict[str, str] = {}
+        try:
+            for name in dict.fromkeys(names):
+                if len(thumbnails) >= THUMBNAILS:
+                    break
+                try:
+                    with Image.open(io.BytesIO(self._read(items[name], archives))) as image:
+                        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+                        out = io.BytesIO()
+                        image.convert("RGB").save(out, "JPEG", quality=80)
+                except (_ItemError, OSError, ValueError, Image.DecompressionBombError):
+                    continue
+                thumbnails[name] = "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
+        finally:
+            for archive in archives.values():
+                archive.close()
+        return thumbnails
 
 
 def _outcome(meta: dict[str, Any] | None, age_s: float, ttl_s: int) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ import pytest
 from models.evaluation import Evaluation, Prediction, agreement
 from models.images import decode_to_pixels
 from scripts.service_process import ServiceProcess
-from tests.helpers import SHARED, labelled_photos
+from tests.helpers import SHARED, labelled_photos, screenshot
 from tests.user_models import colour_classifier, coloured_images, write_model
 
 CLASSES = ["red", "green", "blue"]
@@ -214,3 +214,32 @@ def test_an_evaluation_can_be_cancelled_while_it_runs(service):
     assert cancelled.json()["done"] < submitted.json()["total"]
     body = httpx.get(service.url + submitted.json()["result_url"], timeout=10).json()
     assert body["status"] == "REVOKED"
+
+
+def test_the_web_page_evaluates_a_dropped_zip(svc, browser, tmp_path):
+    """In Chromium: accuracy per version, each version's heatmap, worst classes, thumbnails of the mistakes."""
+    archive = tmp_path / "labelled.zip"
+    archive.write_bytes(imagefolder_zip([CLASSES[t] for t in TRUTH]))
+    names = [f"labelled.zip/photos/{CLASSES[t]}/{name(i)}" for i, t in enumerate(TRUTH)]
+    expected = {v: in_process(v, names)[0] for v in SEEDS}
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    page = context.new_page()
+    page.goto(svc.url + "/")
+    page.check("#evaluate")
+    page.fill("#versions", "1,2")
+    page.set_input_files("#files", str(archive))
+    page.wait_for_selector("#evaluation-summary", timeout=120_000)
+    for version in SEEDS:
+        cell = page.locator(f'#evaluation-summary tr[data-version="{version}"] td.accuracy').text_content()
+        assert cell == f"{100 * expected[version]['accuracy']:.1f}%"
+        section = page.locator(f'section.evaluated[data-version="{version}"]')
+        page.wait_for_function(f"document.querySelector('section.evaluated[data-version=\"{version}\"] img.heatmap')"
+                               "?.naturalWidth > 0", timeout=30_000)
+        assert section.locator("ol.worst li").count() == 3
+        shown = section.locator("ul.mistakes li")
+        assert shown.count() == len(expected[version]["wrong"]) > 0
+        first = expected[version]["wrong"][0]
+        assert shown.first.text_content().startswith(f"{first['true']} → {first['predicted']}")
+    assert "Versions 1 and 2 agree on" in page.locator("p.agreement").text_content()
+    screenshot(page, "web-evaluate")
+    context.close()

@@ -70,6 +70,11 @@ def test_a_video_shows_progress_then_its_summary_and_timeline(page):
     values = [value for value, _ in seen]
     assert values == sorted(values) and values[0] < values[-1] == 14 and seen[-1][1] == 14, seen
     assert page.locator(".timeline span").count() == page.locator(".segments li").count() >= 2
+    # Each label its own colour, the same one wherever it appears.
+    spans = page.evaluate("""() => [...document.querySelectorAll('.timeline span')].map(
+        (s) => [s.title.split(': ').slice(1).join(': '), getComputedStyle(s).backgroundColor])""")
+    colours = {label: {c for other, c in spans if other == label} for label, _ in spans}
+    assert all(len(c) == 1 for c in colours.values()) and len({c.pop() for c in colours.values()}) == len(colours)
     screenshot(page, "web-video")
 
 

@@ -120,6 +120,10 @@ async function submitJob(files) {
   const video = files.length === 1 && isVideo(files[0]);
   for (const file of files) form.append(video ? "video" : "images", file, file.name);
   if (video) form.append("fps", $("fps").value || "1");
+  if (!video && $("evaluate").checked) {
+    form.append("evaluate", "true");
+    if ($("versions").value.trim()) form.append("versions", $("versions").value.trim());
+  }
   form.append("top", "5");
   const {data} = await call("POST", `/jobs?${new URLSearchParams({model: $("model").value})}`, form);
   linkResult(data.id);
@@ -154,6 +158,7 @@ function finish(data) {
   if (data.status === "FAILURE") return showError(`It could not be classified. ${data.error || ""}`.trim());
   if (!data.kind) return showResults(bars(data.result.predictions));  // a /predict answered late
   if (data.kind === "video") return showVideo(data.result);
+  if (data.result.evaluate) return showEvaluation(data.id, data.result);
   const rows = data.result.items.map((item) => el("tr", {},
     el("th", {scope: "row", text: item.name}),
     el("td", {}, item.status === "SUCCESS" ? bars(item.predictions.slice(0, 3))
@@ -164,14 +169,17 @@ function finish(data) {
        el("tbody", {}, ...rows)));
 }
 
+// Each label of a timeline gets its own colour, in the order labels first appear: hues a golden angle
+// apart never repeat (a hash of the name let different labels share one).
+const palette = new Map();
 function colour(label) {
-  let hash = 0;
-  for (const ch of label) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
-  return `hsl(${Math.round((hash % 997) * 137.508) % 360} 65% 50%)`;  // golden angle: labels far apart
+  if (!palette.has(label)) palette.set(label, `hsl(${(palette.size * 137.508) % 360} 65% ${palette.size % 2 ? 38 : 52}%)`);
+  return palette.get(label);
 }
 
 function showVideo(result) {
   const summary = result.summary;
+  palette.clear();
   if (!summary) return showError("No frame of the video could be classified.");
   const duration = Math.max(result.video.duration_s, 0.001);
   const timeline = el("div", {class: "timeline", role: "img",
@@ -189,6 +197,55 @@ function showVideo(result) {
     el("p", {class: "summary"}, "Mostly ", el("strong", {id: "summary-label", text: summary.label}),
        ` — ${(100 * summary.share).toFixed(0)}% of ${summary.frames} frames`),
     timeline, list);
+}
+
+// --- An evaluation's figures -----------------------------------------------------------------------
+
+function ratio(value, digits = 1) {
+  return value === null || value === undefined ? "—" : `${(100 * value).toFixed(digits)}%`;
+}
+
+async function heatmap(id, version) {
+  // fetched with the key (an <img src> could not send it), shown from a blob
+  const response = await fetch(`/result/${id}?format=png&version=${encodeURIComponent(version)}`, {headers: headers()});
+  if (!response.ok) return el("p", {class: "failed", text: `The confusion matrix could not be drawn (${response.status}).`});
+  return el("img", {class: "heatmap", src: URL.createObjectURL(await response.blob()),
+                    alt: `Confusion matrix of version ${version}: true classes down, predicted across`});
+}
+
+async function showEvaluation(id, result) {
+  const versions = Object.entries(result.versions);
+  const summary = el("table", {id: "evaluation-summary"},
+    el("thead", {}, el("tr", {}, ...["Version", "Images", "Accuracy", "Top-5", "Calibration error"]
+      .map((h) => el("th", {scope: "col", text: h})))),
+    el("tbody", {}, ...versions.map(([v, f]) => el("tr", {"data-version": v},
+      el("th", {scope: "row", text: `v${v}`}), el("td", {text: String(f.images)}),
+      el("td", {class: "accuracy", text: ratio(f.accuracy)}), el("td", {text: ratio(f.top5_accuracy)}),
+      el("td", {text: f.expected_calibration_error === null ? "—" : f.expected_calibration_error.toFixed(3)})))));
+  const sections = [];
+  for (const [v, f] of versions) {
+    const worst = Object.entries(f.per_class).filter(([, c]) => c.support)
+      .sort((a, b) => (a[1].f1 ?? -1) - (b[1].f1 ?? -1)).slice(0, 5);
+    const grid = el("ul", {class: "mistakes", "aria-label": `Images version ${v} got wrong`},
+      ...f.wrong.filter((w) => result.thumbnails && result.thumbnails[w.file]).map((w) => el("li", {},
+        el("img", {src: result.thumbnails[w.file], alt: w.file}),
+        el("span", {text: `${w.true} → ${w.predicted} (${ratio(w.probability, 0)})`}))));
+    sections.push(el("section", {class: "evaluated", "data-version": v},
+      el("h3", {text: `Version ${v}`}), await heatmap(id, v),
+      el("h4", {text: "Worst classes"}),
+      el("ol", {class: "worst"}, ...worst.map(([name, c]) => el("li", {
+        text: `${name}: F1 ${c.f1 === null ? "—" : c.f1.toFixed(2)}, recall ${ratio(c.recall, 0)} of ${c.support}`}))),
+      el("h4", {text: `Wrong (${f.wrong.length})`}), grid));
+  }
+  const agreements = Object.entries(result.agreement || {}).map(([pair, a]) => {
+    const [first, second] = pair.split("-");
+    const d = a.disagreements;
+    return el("p", {class: "agreement", text: `Versions ${first} and ${second} agree on ${ratio(a.top1_agreement)}; ` +
+      `of the disagreements ${d.first_right.length} went to v${first}, ${d.second_right.length} to v${second}, ` +
+      `${d.neither_right.length} to neither.`});
+  });
+  showResults(summary, ...agreements, ...sections,
+    el("p", {}, el("a", {href: `/result/${id}?format=csv`, download: "", text: "Every prediction as CSV"})));
 }
 
 async function classify(files) {
