@@ -70,10 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     sampling.add_argument("--fps", type=float, help="video frames sampled per second (default 1)")
     sampling.add_argument("--every-n-frames", type=int, help="sample every n-th video frame instead")
     classify.add_argument("--max-frames", type=int, help="sample at most this many video frames")
-    output = classify.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print the service's JSON answers")
-    output.add_argument("--csv", action="store_true", help="print one CSV row per image or frame")
-    classify.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _output_options(classify, "print the service's JSON answers", "print one CSV row per image or frame")
     evaluate = commands.add_parser("evaluate", help="a model's figures on labelled images (ImageFolder zips, or "
                                                     "images with a file,label CSV)")
     evaluate.add_argument("paths", nargs="+", help="zips in ImageFolder layout (<class>/<file>), images, folders")
@@ -81,11 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--versions", help="versions to evaluate and compare, e.g. 1,2 (default: the default)")
     evaluate.add_argument("--labels", type=Path, help="a CSV with the columns file,label instead of class folders")
     evaluate.add_argument("--min-accuracy", type=float, help="exit 1 when a version's accuracy is below this")
-    output = evaluate.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print the evaluation's JSON result")
-    output.add_argument("--csv", action="store_true", help="print one CSV row per image and version")
-    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _output_options(evaluate, "print the evaluation's JSON result", "print one CSV row per image and version")
     return parser
+
+
+def _output_options(parser: argparse.ArgumentParser, json_help: str, csv_help: str) -> None:
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help=json_help)
+    output.add_argument("--csv", action="store_true", help=csv_help)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _service_options(parser: argparse.ArgumentParser) -> None:
@@ -109,19 +110,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     with Client(args.url, args.api_key) as client:
         try:
             job = client.evaluate(files, versions=args.versions, labels=args.labels, model=args.model)
-            bar = tqdm(total=job["total"], desc="evaluating", unit="img", disable=args.no_progress, file=sys.stderr)
-
-            def progress(done: int, total: int) -> None:
-                bar.update(done - bar.n)
-
             try:
-                body = client.wait(job["id"], on_progress=progress)
+                body = _follow(client, job, "evaluating", "img", args.no_progress)
             except KeyboardInterrupt:
-                client.cancel(job["id"])
-                print(f"\ncancelled job {job['id']}", file=sys.stderr)
                 return 130
-            finally:
-                bar.close()
             if body["status"] != "SUCCESS":
                 print(f"error: the evaluation {body['status']}: {body.get('error', '')}", file=sys.stderr)
                 return 1
@@ -190,22 +182,26 @@ def _predict(client: Client, path: Path, top: int, model: str | None) -> dict[st
 def _job(client: Client, files: list[Path], args: argparse.Namespace, label: str) -> dict[str, Any]:
     job = client.submit(files, top=args.top, fps=args.fps, every_n_frames=args.every_n_frames,
                         max_frames=args.max_frames, model=args.model)
-    bar = tqdm(total=job["total"], desc=label[:30], unit="frame" if job["kind"] == "video" else "img",
-               disable=args.no_progress, file=sys.stderr)
+    body = _follow(client, job, label[:30], "frame" if job["kind"] == "video" else "img", args.no_progress)
+    return {"source": ", ".join(map(str, files)) if len(files) < 4 else f"{len(files)} files", **body}
+
+
+def _follow(client: Client, job: dict[str, Any], desc: str, unit: str, quiet: bool) -> dict[str, Any]:
+    """Wait for a job with a progress bar on stderr; Ctrl-C cancels it (and is raised again)."""
+    bar = tqdm(total=job["total"], desc=desc, unit=unit, disable=quiet, file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
         bar.total = total
         bar.update(done - bar.n)
 
     try:
-        body = client.wait(job["id"], on_progress=progress)
+        return client.wait(job["id"], on_progress=progress)
     except KeyboardInterrupt:
         client.cancel(job["id"])
         print(f"\ncancelled job {job['id']}", file=sys.stderr)
         raise
     finally:
         bar.close()
-    return {"source": ", ".join(map(str, files)) if len(files) < 4 else f"{len(files)} files", **body}
 
 
 def _succeeded(output: dict[str, Any]) -> bool:
