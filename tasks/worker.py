@@ -159,11 +159,13 @@ def load_model(**_: object) -> None:
         start_heartbeat(celery_app.conf.broker_url, lambda: {"role": "decoder", "pid": os.getpid()})
         return
     try:
-        clear_failure(pixel_store(), _served_model)
         served = _open(_served_model)
         served.start()
     except Exception as exc:
         _give_up(_served_model, exc)
+    # Only now: a pool process that Celery starts again while the worker stops would otherwise clear the reason
+    # and leave the API saying "not loaded yet" until it fails once more.
+    clear_failure(pixel_store(), _served_model)
     _served = served
     _choose_batch_size(served.current)
     _announce()
