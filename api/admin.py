@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,7 @@ def unload(model: str):
     with queue_unavailable():
         record_unloaded(redis_client(), model, g.admin)
     _log(model, "unload")
-    done = _wait(model, lambda: _unavailable(model))
+    done = _wait(lambda: _unavailable(model))
     return jsonify(name=model, state="UNAVAILABLE" if done else "UNLOADING"), 200 if done else 202
 
 
@@ -136,7 +136,7 @@ def load(model: str):
     with queue_unavailable():
         was_unloaded = clear_unloaded(redis_client(), model)
     _log(model, "load", was_unloaded=was_unloaded)
-    done = _wait(model, lambda: not _unavailable(model))
+    done = _wait(lambda: not _unavailable(model))
     return jsonify(name=model, state="READY" if done else "LOADING"), 200 if done else 202
 
 
@@ -149,7 +149,8 @@ def _unavailable(model: str) -> bool:
     return False
 
 
-def _wait(model: str, done: Any) -> bool:
+def _wait(done: Callable[[], bool]) -> bool:
+    """Poll `done` until it holds (True) or the wait for the model's workers runs out (False)."""
     deadline = time.monotonic() + min(WAIT_S, 2 * settings.MODEL_POLL_S + 30)
     with queue_unavailable():
         while not done():
