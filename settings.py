@@ -137,6 +137,12 @@ MAX_UPLOAD_MB: float = _float("MAX_UPLOAD_MB", 20.0)
 MAX_JOB_UPLOAD_MB: float = _float("MAX_JOB_UPLOAD_MB", 1024.0)
 #: Most images in one job (uploaded files plus zip entries).
 MAX_JOB_FILES: int = _int("MAX_JOB_FILES", 2000)
+#: Most images in one evaluation job (files plus zip entries): its result lists figures, not every image, and
+#: its per-image CSV is kept in pages, so it may be far larger than a plain job.
+MAX_EVALUATION_IMAGES: int = _int("MAX_EVALUATION_IMAGES", 100_000)
+#: Most mistakes, disagreements and failures an evaluation's JSON result lists (per version, per group); their
+#: counts are always given, and its CSV download has every image.
+EVALUATION_MAX_LISTED: int = max(1, _int("EVALUATION_MAX_LISTED", 1000))
 #: Most bytes all entries of a job's zips may expand to (as their headers declare), in megabytes.
 MAX_UNZIPPED_MB: float = _float("MAX_UNZIPPED_MB", 4096.0)
 #: Longest accepted video, in seconds.

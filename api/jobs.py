@@ -30,7 +30,7 @@ from api.submissions import issued, queue_unavailable, record_accepted, redis_cl
 from api.uploads import form_number
 from models.labelled_sets import LabelledSetError, csv_labels, folder_labels
 from models.video import VideoDecodeError, probe, sample_times
-from tasks.job_store import cancel, create_job, discard, job_dir, read_job
+from tasks.job_store import cancel, create_job, discard, job_dir, read_job, write_items
 from tasks.model_records import read_labels
 
 bp = Blueprint("jobs", __name__)
@@ -45,11 +45,14 @@ _MAX_NAME = 255
 @bp.post("/jobs")
 def submit_job():
     request.max_content_length = int(settings.MAX_JOB_UPLOAD_MB * 2**20)
-    request.max_form_parts = 2 * settings.MAX_JOB_FILES + 100
+    # The form says whether this is an evaluation (which may hold more images) only once it is parsed.
+    request.max_form_parts = 2 * max(settings.MAX_JOB_FILES, settings.MAX_EVALUATION_IMAGES) + 100
     g.upload_limit_setting = "MAX_JOB_UPLOAD_MB"
-    images, videos = _files()
-    model = g.model = requested_model()
     evaluate = _flag("evaluate")
+    limit = (settings.MAX_EVALUATION_IMAGES, "MAX_EVALUATION_IMAGES") if evaluate else (settings.MAX_JOB_FILES,
+                                                                                      "MAX_JOB_FILES")
+    images, videos = _files(*limit)
+    model = g.model = requested_model()
     if evaluate and videos:
         raise APIError(400, "an evaluation takes labelled images (zips in ImageFolder layout, or images with a "
                             "'labels' CSV), not a video")
@@ -63,11 +66,17 @@ def submit_job():
     folder = job_dir(job_id)
     folder.mkdir(parents=True)
     try:
-        spec = _video_spec(videos[0], folder) if videos else _images_spec(images, folder)
+        if videos:
+            spec = _video_spec(videos[0], folder)
+            total = spec["frames"]
+        else:
+            spec, items = {"kind": "images"}, _images_items(images, folder, *limit)
+            if evaluate:
+                items, labels = _label(items, model, versions)
+                spec["evaluate"] = {"versions": versions, "images": len(items) // len(versions), "labels": labels}
+            write_items(folder, items)
+            total = len(items)
         spec.update(model=model, top=top, version=chosen.version, pinned=chosen.pinned)
-        if evaluate:
-            _label(spec, model, versions)
-        total = len(spec["items"]) if spec["kind"] == "images" else spec["frames"]
         _start(job_id, spec, total)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -118,15 +127,16 @@ def _evaluated_versions(model: str, chosen: Route) -> list[int]:
     return versions
 
 
-def _label(spec: dict[str, Any], model: str, versions: list[int]) -> None:
-    """Give every image its class (from its folder, or the `labels` CSV) and one item per image and version;
-    400 naming the first few that cannot be matched."""
+def _label(images: list[dict[str, Any]], model: str, versions: list[int]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One item per image and version, the versions of an image next to each other (so the zip is read once,
+    in order, and the versions are compared image by image), each with the image's class (from its folder, or
+    the `labels` CSV); and the model's class names. 400 naming the first few images that cannot be matched."""
     with queue_unavailable():
         labels = read_labels(redis_client(), model)
     if labels is None:
         raise APIError(503, f"model {model!r} has not announced its class names yet; retry shortly",
                        {"Retry-After": "10"})
-    paths = [item.get("path", item["name"]) for item in spec["items"]]
+    paths = [item.get("path", item["name"]) for item in images]
     upload = request.files.get("labels")
     try:
         if upload is not None and (upload.filename or upload.content_length):
@@ -140,13 +150,14 @@ def _label(spec: dict[str, Any], model: str, versions: list[int]) -> None:
         raise APIError(400, "the 'labels' CSV must be UTF-8 text") from None
     except LabelledSetError as exc:
         raise APIError(400, f"cannot evaluate: {exc}") from None
-    spec["items"] = [{**item, "label": class_id, "version": version} for version in versions
-                     for item, class_id in zip(spec["items"], ids)]
-    spec["evaluate"] = {"versions": versions, "images": len(ids), "labels": labels}
+    items = [{**item, "image": image, "label": class_id, "version": version}
+             for image, (item, class_id) in enumerate(zip(images, ids)) for version in versions]
+    return items, labels
 
 
-def _files() -> tuple[list[FileStorage], list[FileStorage]]:
-    """The uploads, checked: either `images` (files and zips) or one `video`."""
+def _files(most: int, limit: str) -> tuple[list[FileStorage], list[FileStorage]]:
+    """The uploads, checked: either `images` (files and zips, at most `most`, the setting `limit`) or one
+    `video`."""
     unknown = sorted(set(request.files) - set(_FIELDS))
     if unknown:
         raise APIError(400, f"unknown file field(s) {', '.join(map(repr, unknown))}: send images as 'images' "
@@ -160,8 +171,8 @@ def _files() -> tuple[list[FileStorage], list[FileStorage]]:
         raise APIError(400, f"one 'video' per job, got {len(videos)}")
     if not images and not videos:
         raise APIError(400, "no files: send multipart/form-data with 'images' (files or zips) or one 'video'")
-    if len(images) > settings.MAX_JOB_FILES:
-        raise APIError(413, f"{len(images)} files; a job takes at most {settings.MAX_JOB_FILES} (MAX_JOB_FILES)")
+    if len(images) > most:
+        raise APIError(413, f"{len(images)} files; a job takes at most {most} ({limit})")
     return images, videos
 
 
@@ -171,8 +182,9 @@ def _display_name(name: str | None, fallback: str) -> str:
     return cleaned or fallback
 
 
-def _images_spec(uploads: list[FileStorage], folder: Path) -> dict[str, Any]:
-    """Save every upload under a generated name; list each image and each zip entry as an item."""
+def _images_items(uploads: list[FileStorage], folder: Path, most: int, limit: str) -> list[dict[str, Any]]:
+    """Save every upload under a generated name; list each image and each zip entry as an item (at most `most`,
+    the setting `limit`)."""
     items: list[dict[str, Any]] = []
     unzipped = 0
     for n, upload in enumerate(uploads):
@@ -190,12 +202,12 @@ def _images_spec(uploads: list[FileStorage], folder: Path) -> dict[str, Any]:
         unzipped += size
         items += [{"name": f"{name}/{entry}", "path": entry, "file": stored, "member": index}
                   for index, entry in entries]
-        if len(items) > settings.MAX_JOB_FILES:
-            raise APIError(413, f"more than {settings.MAX_JOB_FILES} files with the zips' entries (MAX_JOB_FILES)")
+        if len(items) > most:
+            raise APIError(413, f"more than {most} files with the zips' entries ({limit})")
         if unzipped > settings.MAX_UNZIPPED_MB * 2**20:
             raise APIError(413, f"the zips would expand to more than {settings.MAX_UNZIPPED_MB:g} MB "
                                 "(MAX_UNZIPPED_MB)")
-    return {"kind": "images", "items": items}
+    return items
 
 
 def _zip_entries(path: Path, name: str) -> tuple[list[tuple[int, str]], int]:

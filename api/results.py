@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -11,7 +10,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from api.errors import APIError
 from api.submissions import fetch_meta, issued, prediction_body, queue_unavailable, redis_client
 from models.confusion_plot import confusion_png
-from tasks.job_store import read_job
+from tasks.job_store import read_csv, read_job
 from tasks.result_store import failure_message
 
 bp = Blueprint("results", __name__)
@@ -55,13 +54,15 @@ def _evaluation(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _csv(job_id: str, result: dict[str, Any]) -> Response:
-    """An evaluation's per-image predictions: file, version, true label, predicted label, probability, correct."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["file", "version", "true", "predicted", "probability", "correct"])
-    for file, version, true, predicted, probability in result["rows"]:
-        writer.writerow([file, version, true, predicted, probability, int(true == predicted)])
-    return Response(out.getvalue(), mimetype="text/csv",
+    """An evaluation's per-image predictions: file, version, true label, predicted label, probability, correct;
+    streamed one stored page at a time."""
+    client = redis_client()
+
+    def pages() -> Iterator[bytes]:
+        yield b"file,version,true,predicted,probability,correct\r\n"
+        yield from read_csv(client, job_id)
+
+    return Response(pages(), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="evaluation-{job_id}.csv"'})
 
 

@@ -151,12 +151,12 @@ def _print_evaluation(result: dict[str, Any], worst: int = 5) -> None:
                   f"recall {_number(c['recall'])}  ({c['support']} images)")
     for pair, compared in result.get("agreement", {}).items():
         first, second = pair.split("-")
-        groups = compared["disagreements"]
+        counts = compared["disagreement_counts"]
         print(f"versions {first} and {second}: top-1 agreement {_share(compared['top1_agreement'])}; disagree on "
-              f"{sum(map(len, groups.values()))}: {len(groups['first_right'])} where {first} was right, "
-              f"{len(groups['second_right'])} where {second} was, {len(groups['neither_right'])} neither")
+              f"{sum(counts.values())}: {counts['first_right']} where {first} was right, "
+              f"{counts['second_right']} where {second} was, {counts['neither_right']} neither")
     if result.get("failed"):
-        print(f"{len(result['failed'])} image(s) could not be classified, e.g. {result['failed'][0]['name']}: "
+        print(f"{result['failed_count']} image(s) could not be classified, e.g. {result['failed'][0]['name']}: "
               f"{result['failed'][0]['error']}")
 
 

@@ -5,7 +5,10 @@ image's prediction as it arrives, so 20,000 images never sit in one list, and th
 come out as JSON: top-1 and top-5 accuracy, per-class support, precision, recall and F1, the
 confusion matrix over the classes that occur, the images it got wrong, and the expected
 calibration error. A class with no images, or never predicted, gets None where its figure
-would divide by zero. `agreement` compares two versions on the same images.
+would divide by zero. `Agreement` compares two versions on the same images, one image at a time.
+
+Lists of images (the mistakes, the disagreements) keep their first `listed` entries beside their
+full counts, so a result stays small whatever the dataset's size; the per-image CSV has them all.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Evaluation:
     """The running figures of one model version over the images added so far."""
 
     labels: list[str]
+    listed: int | None = None  # most mistakes kept in `wrong` (None: all)
     bins: int = ECE_BINS
     images: int = 0
     top1: int = 0
@@ -69,7 +73,7 @@ class Evaluation:
         self._bin_count[index] += 1
         self._bin_confidence[index] += prediction.probability
         self._bin_correct[index] += correct
-        if not correct:
+        if not correct and (self.listed is None or len(self.wrong) < self.listed):
             self.wrong.append({"file": prediction.file, "true": self._name(prediction.label),
                                "predicted": self._name(prediction.predicted),
                                "probability": round(prediction.probability, 6)})
@@ -121,23 +125,44 @@ class Evaluation:
             "classes_without_images": [name for name, c in classes.items() if not c["support"]],
             "confusion": self.confusion_matrix(),
             "wrong": self.wrong,
+            "wrong_count": self.images - self.top1,
         }
 
 
-def agreement(first: dict[str, Prediction], second: dict[str, Prediction]) -> dict[str, Any]:
-    """Top-1 agreement of two versions on the images both answered (by file), and the images where they
+_GROUPS = ("first_right", "second_right", "neither_right")
+
+
+@dataclass
+class Agreement:
+    """The running top-1 agreement of two versions over the images both answered, and the images where they
     disagree, grouped by which one was right."""
-    common = sorted(set(first) & set(second))
-    groups: dict[str, list[str]] = {"first_right": [], "second_right": [], "neither_right": []}
-    agreed = 0
-    for file in common:
-        a, b = first[file], second[file]
+
+    listed: int | None = None  # most files kept per group (None: all)
+    images: int = 0
+    agreed: int = 0
+    counts: Counter = field(default_factory=Counter)
+    groups: dict[str, list[str]] = field(default_factory=lambda: {group: [] for group in _GROUPS})
+
+    def add(self, a: Prediction, b: Prediction) -> None:
+        """The same image's answers from the first version and from the second."""
+        self.images += 1
         if a.predicted == b.predicted:
-            agreed += 1
-        elif a.predicted == a.label:
-            groups["first_right"].append(file)
-        elif b.predicted == b.label:
-            groups["second_right"].append(file)
-        else:
-            groups["neither_right"].append(file)
-    return {"images": len(common), "top1_agreement": _ratio(agreed, len(common)), "disagreements": groups}
+            self.agreed += 1
+            return
+        group = "first_right" if a.predicted == a.label else "second_right" if b.predicted == b.label else (
+            "neither_right")
+        self.counts[group] += 1
+        if self.listed is None or len(self.groups[group]) < self.listed:
+            self.groups[group].append(a.file)
+
+    def result(self) -> dict[str, Any]:
+        return {"images": self.images, "top1_agreement": _ratio(self.agreed, self.images),
+                "disagreements": self.groups, "disagreement_counts": {g: self.counts[g] for g in _GROUPS}}
+
+
+def agreement(first: dict[str, Prediction], second: dict[str, Prediction]) -> dict[str, Any]:
+    """`Agreement` over the files both dicts answered, in file order."""
+    compared = Agreement()
+    for file in sorted(set(first) & set(second)):
+        compared.add(first[file], second[file])
+    return compared.result()

@@ -7,10 +7,11 @@ Pure functions over the per-item outcomes the driver gathered, so they are teste
 from __future__ import annotations
 
 from collections import Counter
-from itertools import combinations
+from collections.abc import Callable, Iterable
+from itertools import combinations, groupby
 from typing import Any
 
-from models.evaluation import Evaluation, Prediction, agreement
+from models.evaluation import Agreement, Evaluation, Prediction
 
 
 def images_result(names: list[str], outcomes: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -23,34 +24,53 @@ def images_result(names: list[str], outcomes: dict[int, dict[str, Any]]) -> dict
     return {"items": items, "succeeded": succeeded, "failed": len(items) - succeeded}
 
 
-def evaluation_result(items: list[dict[str, Any]], outcomes: dict[int, dict[str, Any]], labels: list[str],
-                      versions: list[int]) -> dict[str, Any]:
-    """Each version's figures on the labelled images (items: one per image and version, with `label` and
-    `version`), the versions' agreement two by two, the images that could not be classified, and one row per
-    image and version (file, version, true, predicted, probability) for the CSV download."""
-    figures = {version: Evaluation(labels) for version in versions}
-    answers: dict[int, dict[str, Prediction]] = {version: {} for version in versions}
+def evaluation_result(entries: Iterable[tuple[dict[str, Any], dict[str, Any]]], labels: list[str],
+                      versions: list[int], listed: int, write_rows: Callable[[list[list[Any]]], None],
+                      page: int = 1000) -> dict[str, Any]:
+    """Each version's figures on the labelled images, the versions' agreement two by two, and the images that
+    could not be classified, folded one entry at a time.
+
+    `entries`: (item, outcome) for each image and version, the versions of one image next to each other (items
+    carry `image`, `label` and `version`). Every `page` images' rows (file, version, true, predicted, probability)
+    go to `write_rows` for the CSV download, so no list grows with the dataset except the first `listed`
+    mistakes, disagreements and failures.
+    """
+    figures = {version: Evaluation(labels, listed) for version in versions}
+    compared = {(a, b): Agreement(listed) for a, b in combinations(versions, 2)}
+    failed: list[dict[str, Any]] = []
+    failures = 0
     rows: list[list[Any]] = []
-    failed = []
-    for index, item in enumerate(items):
-        outcome = outcomes.get(index, {"status": "FAILURE", "error": "no result was recorded"})
-        if outcome["status"] != "SUCCESS" or not outcome.get("predictions"):
-            failed.append({"name": item["name"], "version": item["version"], "error": outcome.get("error", "")})
-            continue
-        top = tuple((p["class_id"], p["probability"]) for p in outcome["predictions"])
-        prediction = Prediction(item["name"], item["label"], top)
-        figures[item["version"]].add(prediction)
-        answers[item["version"]][item["name"]] = prediction
-        rows.append([item["name"], item["version"], labels[item["label"]], labels[prediction.predicted],
-                     round(prediction.probability, 6)])
+    for _, group in groupby(entries, key=lambda entry: entry[0]["image"]):
+        answers: dict[int, Prediction] = {}
+        for item, outcome in group:
+            top = outcome.get("top") if outcome["status"] == "SUCCESS" else None
+            if not top:
+                failures += 1
+                if len(failed) < listed:
+                    failed.append({"name": item["name"], "version": item["version"],
+                                   "error": outcome.get("error", "no prediction")})
+                continue
+            prediction = Prediction(item["name"], item["label"], tuple((int(c), float(p)) for c, p in top))
+            figures[item["version"]].add(prediction)
+            answers[item["version"]] = prediction
+            rows.append([item["name"], item["version"], labels[item["label"]], labels[prediction.predicted],
+                         round(prediction.probability, 6)])
+        for (a, b), pair in compared.items():
+            if a in answers and b in answers:
+                pair.add(answers[a], answers[b])
+        if len(rows) >= page:
+            write_rows(rows)
+            rows = []
+    if rows:
+        write_rows(rows)
     result: dict[str, Any] = {
         "evaluate": True,
         "versions": {str(v): figures[v].result() for v in versions},
         "failed": failed,
-        "rows": rows,
+        "failed_count": failures,
     }
     if len(versions) > 1:
-        result["agreement"] = {f"{a}-{b}": agreement(answers[a], answers[b]) for a, b in combinations(versions, 2)}
+        result["agreement"] = {f"{a}-{b}": pair.result() for (a, b), pair in compared.items()}
     return result
 
 

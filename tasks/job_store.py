@@ -3,8 +3,13 @@
     imageclf:job:<id>          hash: status, kind, total, done, cursor, spec (JSON), result (JSON), error
     imageclf:job:<id>:pending  hash: classify task id -> JSON of the item it classifies
     imageclf:job:<id>:items    hash: item index -> JSON of its outcome
+    imageclf:job:<id>:csv      list: an evaluation's per-image CSV rows, in pages of text (kept with the result)
     imageclf:job:<id>:lock     the driver currently working on the job
     imageclf:bulk:in-flight:<model>  sorted set: classify task ids of all jobs sent and not yet gathered, by send time
+
+An image job's items (one per image, or per image and version for an evaluation) are listed in
+UPLOAD_DIR/<id>/items.jsonl beside its files, not in Redis: the job record stays small however
+many images it has, and the decoder reads the list from its cursor on.
 
 Status moves PENDING -> PROGRESS -> SUCCESS / FAILURE / REVOKED and never leaves a
 final state: every write is a compare-and-set in Lua, so a cancel (API) and a
@@ -13,10 +18,12 @@ driver's progress write cannot overwrite each other. No key lives without a TTL.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,7 @@ from tasks.payloads import PIXELS_PREFIX, drop_pixels
 JOB_PREFIX = "imageclf:job:"
 BULK_IN_FLIGHT_PREFIX = "imageclf:bulk:in-flight:"
 ACTIVE = ("PENDING", "PROGRESS")
+_ITEMS_FILE = "items.jsonl"
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
 
 # HSET the fields (and refresh the TTL) only while the job is active; returns "OK" or the current status.
@@ -58,6 +66,39 @@ def pending_key(job_id: str) -> str:
 
 def items_key(job_id: str) -> str:
     return JOB_PREFIX + job_id + ":items"
+
+
+def csv_key(job_id: str) -> str:
+    return JOB_PREFIX + job_id + ":csv"
+
+
+def write_items(folder: Path, items: Iterable[dict[str, Any]]) -> None:
+    """List the job's items in its folder, one JSON line each, in the order the job runs them."""
+    with open(folder / _ITEMS_FILE, "w", encoding="utf-8") as f:
+        for item in items:
+            f.write(json.dumps(item) + "\n")
+
+
+def read_items(job_id: str, start: int = 0) -> Iterator[dict[str, Any]]:
+    """The job's items from index `start` on, read lazily from its folder."""
+    with open(job_dir(job_id) / _ITEMS_FILE, encoding="utf-8") as f:
+        for line in itertools.islice(f, start, None):
+            yield json.loads(line)
+
+
+def append_csv(pipe: redis.client.Pipeline, job_id: str, text: str, ttl_s: int) -> None:
+    """Queue one page of a finished evaluation's CSV rows on `pipe`."""
+    pipe.rpush(csv_key(job_id), text)
+    pipe.expire(csv_key(job_id), ttl_s)
+
+
+def read_csv(client: redis.Redis, job_id: str) -> Iterator[bytes]:
+    """An evaluation's CSV rows, one stored page at a time (never all of them in memory)."""
+    for index in itertools.count():
+        page = client.lindex(csv_key(job_id), index)
+        if page is None:
+            return
+        yield page
 
 
 def create_job(pipe: redis.client.Pipeline, job_id: str, kind: str, total: int, spec: dict[str, Any],

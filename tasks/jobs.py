@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import csv
 import io
 import json
 import socket
@@ -43,11 +44,13 @@ from tasks.job_results import evaluation_result, images_result, video_result
 from tasks.job_store import (
     FINAL,
     acquire_lock,
+    append_csv,
     bulk_in_flight_key,
     discard,
     items_key,
     job_dir,
     pending_key,
+    read_items,
     read_job,
     release_lock,
     update_if_active,
@@ -104,6 +107,11 @@ def _inputs(client: redis.Redis) -> InputLookup:
     return _input_lookup
 
 
+#: What the driver sends for one item: its index, the record kept with its outcome, its pixels (or why it
+#: cannot be classified) and its entry in the job's list ({} for a video frame).
+_Item = tuple[int, dict[str, Any], bytes | str, dict[str, Any]]
+
+
 class _ItemError(Exception):
     """One item (a file, a zip entry) cannot be classified; the rest of the job goes on."""
 
@@ -115,6 +123,7 @@ class _Driver:
         self.ttl = settings.RESULT_TTL_S
         self.input: ModelInput | None = None  # the model's input this step sizes items for
         self.inputs: dict[int, ModelInput] = {}  # each ready version's (an evaluation item names its version)
+        self.compact = False  # an evaluation keeps only class ids and probabilities of its items' answers
 
     def run(self, budget_s: float) -> bool:
         """Work on the job for about `budget_s` seconds; True if another step is needed."""
@@ -131,7 +140,8 @@ class _Driver:
             return False
         spec, total, cursor = job["spec"], job["total"], job["cursor"]
         extra: dict[str, Any] = {"decode_error": job["decode_error"]} if "decode_error" in job else {}
-        items = self._items(spec, cursor)
+        self.compact = "evaluate" in spec
+        items = self._items(spec, cursor, total)
         deadline = time.monotonic() + budget_s
         self.client.expire(ISSUED_PREFIX + self.job_id, self.ttl)
         model_workers = sum(w.get("model") == spec["model"] and w.get("role") == "model"
@@ -162,7 +172,7 @@ class _Driver:
                     discard(self.client, self.job_id)
                     return False
                 if cursor >= total and in_flight == 0 and done >= total:
-                    self._finish(spec, extra.get("decode_error"))
+                    self._finish(spec, total, extra.get("decode_error"))
                     return False
                 if time.monotonic() >= deadline:
                     return True
@@ -171,8 +181,8 @@ class _Driver:
         finally:
             items.close()
 
-    def _items(self, spec: dict[str, Any], start: int) -> Iterator[tuple[int, dict[str, Any], bytes | str]]:
-        """(index, record, pixels or an error message) for each item from `start` on.
+    def _items(self, spec: dict[str, Any], start: int, total: int) -> Iterator[_Item]:
+        """(index, record, pixels or an error message, the listed item) for each item from `start` on.
 
         Items are sized for the job's version (chosen at submit: named, or by the traffic shares);
         when the model cannot be served at all (its workers failed to load it), or the version the
@@ -188,10 +198,10 @@ class _Driver:
             self.input = self.input or routes.default
             self.inputs = routes.inputs
         except ModelUnavailable as exc:
-            return ((i, {"i": i}, str(exc)) for i in range(start, spec.get("frames") or len(spec["items"])))
+            return ((i, {"i": i}, str(exc), {}) for i in range(start, total))
         if spec["kind"] == "video":
             return self._frames(spec, start)
-        return self._images(spec, start)
+        return self._images(start)
 
     def _input_for(self, item: dict[str, Any]) -> ModelInput:
         """What an item is sized for: its own version's input (an evaluation item), else the job's."""
@@ -203,17 +213,18 @@ class _Driver:
                              f"{', '.join(map(str, sorted(self.inputs)))}")
         return found
 
-    def _images(self, spec: dict[str, Any], start: int) -> Iterator[tuple[int, dict, bytes | str]]:
+    def _images(self, start: int) -> Iterator[_Item]:
         archives: dict[str, zipfile.ZipFile] = {}
         try:
-            for index in range(start, len(spec["items"])):
+            for index, item in enumerate(read_items(self.job_id, start), start):
                 try:
-                    size = self._input_for(spec["items"][index])
-                    data = self._read(spec["items"][index], archives)
+                    size = self._input_for(item)
+                    data = self._read(item, archives)
                     yield index, {"i": index}, decode_to_pixels(data, (size.height, size.width),
-                                                                settings.MAX_IMAGE_PIXELS, size.resize, _DECODE_BUDGET)
+                                                                settings.MAX_IMAGE_PIXELS, size.resize,
+                                                                _DECODE_BUDGET), item
                 except (_ItemError, ImageDecodeError) as exc:
-                    yield index, {"i": index}, str(exc)
+                    yield index, {"i": index}, str(exc), item
         finally:
             for archive in archives.values():
                 archive.close()
@@ -238,22 +249,22 @@ class _Driver:
             raise _ItemError(f"larger than {settings.MAX_UPLOAD_MB:g} MB (MAX_UPLOAD_MB)")
         return data
 
-    def _frames(self, spec: dict[str, Any], start: int) -> Iterator[tuple[int, dict, bytes | str]]:
+    def _frames(self, spec: dict[str, Any], start: int) -> Iterator[_Item]:
         info = VideoInfo(**spec["video"])
         times = sample_times(info, spec.get("fps"), spec.get("every_n_frames"), spec["max_frames"])
         path = str(job_dir(self.job_id) / spec["file"])
         size = (self.input.height, self.input.width)
         for offset, frame in enumerate(decode_frames(path, times[start:], info.frame_rate, size, self.input.resize)):
-            yield start + offset, {"i": start + offset, "t": frame.t, "frame": frame.index}, frame.pixels
+            yield start + offset, {"i": start + offset, "t": frame.t, "frame": frame.index}, frame.pixels, {}
 
-    def _send(self, spec: dict[str, Any], index: int, record: dict[str, Any], pixels: bytes | str) -> None:
+    def _send(self, spec: dict[str, Any], index: int, record: dict[str, Any], pixels: bytes | str,
+              item: dict[str, Any]) -> None:
         """Queue the item on the bulk queue, or record its failure at once."""
         if isinstance(pixels, str):
             self.client.hset(items_key(self.job_id), str(index),
                              json.dumps({**record, "status": "FAILURE", "error": pixels}))
             return
         task_id = str(uuid.uuid4())
-        item = spec["items"][index] if spec["kind"] == "images" else {}
         size = self._input_for(item)
         enqueue_classify(celery_app, self.client, task_id, pixels, (size.height, size.width),
                          spec["top"], self.ttl, queue=settings.bulk_queue(spec["model"]),
@@ -273,7 +284,8 @@ class _Driver:
         now = time.time()
         with self.client.pipeline(transaction=False) as pipe:  # the moves and both counts in one round trip
             for (tid, record), raw in zip(pending.items(), metas):
-                outcome = _outcome(json.loads(raw) if raw else None, now - record.pop("sent", now), self.ttl)
+                outcome = _outcome(json.loads(raw) if raw else None, now - record.pop("sent", now), self.ttl,
+                                   self.compact)
                 if outcome is None:
                     continue
                 pipe.hset(items_key(self.job_id), str(record["i"]), json.dumps({**record, **outcome}))
@@ -287,22 +299,22 @@ class _Driver:
             *_, done, in_flight = pipe.execute()
         return done, in_flight
 
-    def _finish(self, spec: dict[str, Any], decode_error: str | None) -> None:
-        outcomes = {int(k): json.loads(v) for k, v in self.client.hgetall(items_key(self.job_id)).items()}
+    def _finish(self, spec: dict[str, Any], total: int, decode_error: str | None) -> None:
         if spec["kind"] == "video":
-            result = video_result(spec["video"], outcomes, decode_error)
+            result = video_result(spec["video"], self._outcomes(), decode_error)
             ok = bool(result["frames"])
             error = decode_error or "no frame could be classified"
         elif "evaluate" in spec:
-            result = evaluation_result(spec["items"], outcomes, spec["evaluate"]["labels"],
-                                       spec["evaluate"]["versions"])
-            result["thumbnails"] = self._thumbnails(spec, [w["file"] for figures in result["versions"].values()
-                                                           for w in figures["wrong"]])
-            ok = bool(result["rows"])
+            result = evaluation_result(zip(read_items(self.job_id), self._paged_outcomes(total)),
+                                       spec["evaluate"]["labels"], spec["evaluate"]["versions"],
+                                       settings.EVALUATION_MAX_LISTED, self._write_csv)
+            result["thumbnails"] = self._thumbnails([w["file"] for figures in result["versions"].values()
+                                                     for w in figures["wrong"]])
+            ok = any(figures["images"] for figures in result["versions"].values())
             error = "no image could be classified: " + "; ".join(
                 f"{item['name']}: {item['error']}" for item in result["failed"][:3])
         else:
-            result = images_result([item["name"] for item in spec["items"]], outcomes)
+            result = images_result([item["name"] for item in read_items(self.job_id)], self._outcomes())
             ok = result["succeeded"] > 0
             error = "no file could be classified: " + "; ".join(
                 f"{item['name']}: {item.get('error', '')}" for item in result["items"][:3])
@@ -311,19 +323,39 @@ class _Driver:
             fields["error"] = error
         update_if_active(self.client, self.job_id, self.ttl, **fields)
         discard(self.client, self.job_id)
-        logger.info("job %s %s: %d items", self.job_id, fields["status"], len(outcomes))
+        logger.info("job %s %s: %d items", self.job_id, fields["status"], total)
 
+    def _outcomes(self) -> dict[int, dict[str, Any]]:
+        """Every item's outcome at once (a plain job's result lists them all anyway)."""
+        return {int(k): json.loads(v) for k, v in self.client.hgetall(items_key(self.job_id)).items()}
 
-    def _thumbnails(self, spec: dict[str, Any], names: list[str]) -> dict[str, str]:
+    def _paged_outcomes(self, total: int, page: int = 1000) -> Iterator[dict[str, Any]]:
+        """Each item's outcome in order, fetched `page` at a time: an evaluation of 100,000 images never holds
+        them all."""
+        for first in range(0, total, page):
+            fields = [str(i) for i in range(first, min(total, first + page))]
+            for raw in self.client.hmget(items_key(self.job_id), fields):
+                yield json.loads(raw) if raw else {"status": "FAILURE", "error": "no result was recorded"}
+
+    def _write_csv(self, rows: list[list[Any]]) -> None:
+        """Store one page of an evaluation's per-image rows for GET /result/<id>?format=csv."""
+        out = io.StringIO()
+        writer = csv.writer(out)
+        for file, version, true, predicted, probability in rows:
+            writer.writerow([file, version, true, predicted, probability, int(true == predicted)])
+        with self.client.pipeline(transaction=False) as pipe:
+            append_csv(pipe, self.job_id, out.getvalue(), self.ttl)
+            pipe.execute()
+
+    def _thumbnails(self, names: list[str]) -> dict[str, str]:
         """Small JPEG data URLs of the first THUMBNAILS images named (an evaluation's mistakes, for the web page),
         read from the job's files before they are deleted; an image that cannot be read is left out."""
-        items = {item["name"]: item for item in spec["items"]}
+        wanted = list(dict.fromkeys(names))[:THUMBNAILS]
+        items = {item["name"]: item for item in read_items(self.job_id) if item["name"] in wanted}
         archives: dict[str, zipfile.ZipFile] = {}
         thumbnails: dict[str, str] = {}
         try:
-            for name in dict.fromkeys(names):
-                if len(thumbnails) >= THUMBNAILS:
-                    break
+            for name in wanted:
                 try:
                     with Image.open(io.BytesIO(self._read(items[name], archives))) as image:
                         image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
@@ -338,12 +370,15 @@ class _Driver:
         return thumbnails
 
 
-def _outcome(meta: dict[str, Any] | None, age_s: float, ttl_s: int) -> dict[str, Any] | None:
-    """An item's outcome from its classify task's stored state; None while it is still running."""
+def _outcome(meta: dict[str, Any] | None, age_s: float, ttl_s: int, compact: bool) -> dict[str, Any] | None:
+    """An item's outcome from its classify task's stored state; None while it is still running. `compact`
+    keeps only [class id, probability] pairs (`top`), which is all an evaluation needs."""
     if meta is None or meta.get("status") not in READY_STATES:
         if age_s > ttl_s:  # its pixels expired unanswered (no model worker for that long)
             return {"status": "FAILURE", "error": f"no answer within {ttl_s} s (RESULT_TTL_S)"}
         return None
+    if meta["status"] == "SUCCESS" and compact:
+        return {"status": "SUCCESS", "top": [[p["class_id"], p["probability"]] for p in meta["result"]["predictions"]]}
     if meta["status"] == "SUCCESS":
         return {"status": "SUCCESS", "predictions": meta["result"]["predictions"],
                 "model_version": meta["result"].get("model_version")}

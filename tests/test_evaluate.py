@@ -86,7 +86,7 @@ def finished(svc: ServiceProcess, response: httpx.Response) -> dict:
 
 
 def assert_same(got: dict, expected: dict) -> None:
-    assert got["images"] == expected["images"]
+    assert (got["images"], got["wrong_count"]) == (expected["images"], expected["wrong_count"])
     for key in ("accuracy", "top5_accuracy", "expected_calibration_error"):
         assert got[key] == pytest.approx(expected[key], abs=1e-6), key
     assert got["confusion"] == expected["confusion"]
@@ -101,7 +101,7 @@ def test_an_imagefolder_zip_gives_each_versions_figures_as_computed_in_process(s
     body = finished(svc, httpx.post(svc.url + "/jobs", data={"evaluate": "true", "versions": "1,2"},
                                     files=files, timeout=60))
     result = body["result"]
-    assert body["total"] == 2 * len(IMAGES) and result["failed"] == []
+    assert body["total"] == 2 * len(IMAGES) and result["failed"] == [] and result["failed_count"] == 0
     names = [f"plants.zip/photos/{CLASSES[t]}/{name(i)}" for i, t in enumerate(TRUTH)]
     expected = {v: in_process(v, names) for v in SEEDS}
     for version in SEEDS:
@@ -109,7 +109,9 @@ def test_an_imagefolder_zip_gives_each_versions_figures_as_computed_in_process(s
     compared = agreement(expected[1][1], expected[2][1])
     assert 0 < compared["top1_agreement"] < 1, "the two versions must disagree on some images"
     assert result["agreement"]["1-2"]["top1_agreement"] == pytest.approx(compared["top1_agreement"])
-    assert result["agreement"]["1-2"]["disagreements"] == compared["disagreements"]
+    got = result["agreement"]["1-2"]
+    assert got["disagreement_counts"] == compared["disagreement_counts"]
+    assert {group: sorted(files) for group, files in got["disagreements"].items()} == compared["disagreements"]
 
     download = httpx.get(svc.url + body["id"].join(["/result/", "?format=csv"]), timeout=10)
     assert download.status_code == 200 and download.headers["content-type"].startswith("text/csv")
@@ -241,5 +243,9 @@ def test_the_web_page_evaluates_a_dropped_zip(svc, browser, tmp_path):
         first = expected[version]["wrong"][0]
         assert shown.first.text_content().startswith(f"{first['true']} → {first['predicted']}")
     assert "Versions 1 and 2 agree on" in page.locator("p.agreement").text_content()
+    with page.expect_download() as download:
+        page.click("#evaluation-csv")
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert len(rows) == 2 * len(IMAGES) and {r["file"] for r in rows} == set(names)
     screenshot(page, "web-evaluate")
     context.close()

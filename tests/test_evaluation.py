@@ -7,6 +7,7 @@ import pytest
 
 from models.evaluation import Evaluation, Prediction, agreement
 from models.labelled_sets import LabelledSetError, csv_labels, folder_labels
+from tasks.job_results import evaluation_result
 
 LABELS = ["A", "B", "C", "D"]
 A, B, C = 0, 1, 2
@@ -111,3 +112,39 @@ def test_a_heatmap_past_50_classes_adds_the_quietest_up_as_other():
     assert len(kept) == 50 and kept[-1] == "other" and all(f"c{i}" in kept for i in range(10))
     assert sum(map(sum, out)) == sum(map(sum, matrix)) and len(out) == 50 and all(len(row) == 50 for row in out)
     assert confusion_png({"classes": classes, "matrix": matrix}, "t").startswith(b"\x89PNG")
+
+
+def test_lists_keep_their_first_entries_and_the_counts_stay_whole():
+    evaluation = Evaluation(LABELS, listed=2)
+    for prediction in PREDICTIONS:
+        evaluation.add(prediction)
+    result = evaluation.result()
+    assert [w["file"] for w in result["wrong"]] == ["a3.jpg", "b1.jpg"] and result["wrong_count"] == 4
+    assert result["accuracy"] == figures()["accuracy"]
+
+
+def test_a_job_result_is_folded_image_by_image_with_its_csv_rows_in_pages():
+    """Two versions, image by image (as the job lists them): v2 gets b1 right where v1 did not, and v2 cannot
+    classify c1; the CSV rows come out in pages of two images."""
+    entries = []
+    for image, p in enumerate(PREDICTIONS):
+        second = ((B, 0.9),) if p.file == "b1.jpg" else p.top
+        for version, top in ((1, p.top), (2, second)):
+            item = {"image": image, "name": p.file, "label": p.label, "version": version}
+            outcome = ({"status": "FAILURE", "error": "cannot decode"} if (p.file, version) == ("c1.jpg", 2) else
+                       {"status": "SUCCESS", "top": [list(pair) for pair in top]})
+            entries.append((item, outcome))
+    pages: list[list] = []
+    result = evaluation_result(iter(entries), LABELS, [1, 2], listed=1, write_rows=pages.append, page=4)
+    assert [len(page) for page in pages] == [4, 4, 3]
+    assert pages[0][0] == ["a1.jpg", 1, "A", "A", 0.9]
+    assert [row[:2] for page in pages for row in page][:4] == [["a1.jpg", 1], ["a1.jpg", 2], ["a2.jpg", 1],
+                                                               ["a2.jpg", 2]]
+    assert result["versions"]["1"] == figures() | {"wrong": figures()["wrong"][:1]}
+    assert result["versions"]["2"]["images"] == 5 and result["versions"]["2"]["wrong_count"] == 2
+    assert result["failed"] == [{"name": "c1.jpg", "version": 2, "error": "cannot decode"}]
+    assert result["failed_count"] == 1
+    compared = result["agreement"]["1-2"]
+    assert compared["images"] == 5 and compared["top1_agreement"] == pytest.approx(4 / 5)
+    assert compared["disagreement_counts"] == {"first_right": 0, "second_right": 1, "neither_right": 0}
+    assert compared["disagreements"]["second_right"] == ["b1.jpg"]

@@ -125,6 +125,6 @@ def test_zip_entry_names_are_labels_never_paths(api):
     response = httpx.post(url + "/jobs", files={"images": ("t.zip", hostile)}, timeout=60)
     assert response.status_code == 202, response.text
     job = response.json()["id"]
-    assert sorted(p.name for p in (uploads / job).iterdir()) == ["00000.zip"]
+    assert sorted(p.name for p in (uploads / job).iterdir()) == ["00000.zip", "items.jsonl"]
     assert not (uploads.parent / "escaped.jpg").exists() and not Path("/abs/olute.jpg").exists()
     assert httpx.delete(url + f"/jobs/{job}", timeout=10).status_code == 200

@@ -235,17 +235,32 @@ async function showEvaluation(id, result) {
       el("h4", {text: "Worst classes"}),
       el("ol", {class: "worst"}, ...worst.map(([name, c]) => el("li", {
         text: `${name}: F1 ${c.f1 === null ? "—" : c.f1.toFixed(2)}, recall ${ratio(c.recall, 0)} of ${c.support}`}))),
-      el("h4", {text: `Wrong (${f.wrong.length})`}), grid));
+      el("h4", {text: `Wrong (${f.wrong_count})`}), grid));
   }
   const agreements = Object.entries(result.agreement || {}).map(([pair, a]) => {
     const [first, second] = pair.split("-");
-    const d = a.disagreements;
+    const d = a.disagreement_counts;
     return el("p", {class: "agreement", text: `Versions ${first} and ${second} agree on ${ratio(a.top1_agreement)}; ` +
-      `of the disagreements ${d.first_right.length} went to v${first}, ${d.second_right.length} to v${second}, ` +
-      `${d.neither_right.length} to neither.`});
+      `of the disagreements ${d.first_right} went to v${first}, ${d.second_right} to v${second}, ` +
+      `${d.neither_right} to neither.`});
   });
   showResults(summary, ...agreements, ...sections,
-    el("p", {}, el("a", {href: `/result/${id}?format=csv`, download: "", text: "Every prediction as CSV"})));
+    el("p", {}, csvLink(id)));
+}
+
+function csvLink(id) {
+  // a plain link could not send the API key: fetch the CSV with it, then save it from a blob
+  const link = el("a", {href: `/result/${id}?format=csv`, id: "evaluation-csv", text: "Every prediction as CSV"});
+  link.addEventListener("click", async (event) => {
+    event.preventDefault();
+    const response = await fetch(link.href, {headers: headers()});
+    if (!response.ok) { link.replaceWith(el("span", {class: "failed", text: `The CSV could not be fetched (${response.status}).`})); return; }
+    const save = el("a", {href: URL.createObjectURL(await response.blob()), download: `evaluation-${id}.csv`});
+    document.body.append(save);
+    save.click();
+    save.remove();
+  });
+  return link;
 }
 
 async function classify(files) {
