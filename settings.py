@@ -131,6 +131,8 @@ RESULT_TTL_S: int = _int("RESULT_TTL_S", 3600)
 
 #: Where job uploads and videos are written (never into Redis); the API and the decoder workers share it.
 UPLOAD_DIR: str = _str("UPLOAD_DIR", os.path.join("var", "uploads"))
+#: Deepest nesting of arrays and objects accepted in a JSON body (checked before parsing it).
+MAX_JSON_DEPTH: int = max(2, _int("MAX_JSON_DEPTH", 32))
 #: Largest accepted POST /predict body, and largest image inside a job (also after unzipping), in megabytes.
 MAX_UPLOAD_MB: float = _float("MAX_UPLOAD_MB", 20.0)
 #: Largest accepted POST /jobs body (all files together), in megabytes.

@@ -34,6 +34,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 import settings
 from api.auth import known_owner, owner_of, presented_key
 from api.errors import APIError
+from api.json_bodies import parse_json
 from api.metrics import line_log
 from api.models import describe_models, served
 from api.submissions import queue_unavailable, redis_client
@@ -105,8 +106,10 @@ def _locked(folder: Path) -> Iterator[None]:
 
 @bp.post("/v2/repository/index")
 def repository_index():
-    body = request.get_json(silent=True) if request.content_length else {}
-    ready_only = bool(body.get("ready")) if isinstance(body, dict) else False
+    body = parse_json(request.get_data(), "the request body") if request.content_length else {}
+    ready_only = body.get("ready", False) if isinstance(body, dict) else None
+    if not isinstance(ready_only, bool):
+        raise APIError(400, "send an empty body or a JSON object such as {\"ready\": true}")
     with queue_unavailable():
         models = describe_models()
     index = []
@@ -165,7 +168,7 @@ def put_policy(model: str):
     """Merge the body's version_policy, traffic and shadow (null removes one) into config.json, after checking
     them against the versions on disk; 400 leaves the current policy as it is."""
     folder = _folder(model)
-    body = request.get_json(silent=True)
+    body = parse_json(request.get_data(), "the policy")
     if not isinstance(body, dict) or not body:
         raise APIError(400, f"send a JSON object with any of {', '.join(POLICY_KEYS)}")
     unknown = sorted(set(body) - set(POLICY_KEYS))

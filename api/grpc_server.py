@@ -27,11 +27,16 @@ from api.auth import ANONYMOUS, known_owner, owner_of, presented_key
 from api.errors import APIError
 from api.inference_protocol import (
     IMAGE,
+    INPUT_PARAMETERS,
+    OUTPUT_PARAMETERS,
+    REQUEST_PARAMETERS,
     InferAnswer,
     InferRequest,
     RequestedOutput,
     check_input,
     check_output,
+    checked_parameters,
+    classes_asked,
     output_tensors,
     pixels_from_bytes,
     pixels_from_values,
@@ -54,10 +59,13 @@ _TYPES = {"TYPE_STRING": model_config_pb2.TYPE_STRING, "TYPE_UINT8": model_confi
 T = TypeVar("T")
 
 
-def _parameter(value: Any) -> Any:
-    """The Python value of an InferParameter."""
-    kind = value.WhichOneof("parameter_choice")
-    return getattr(value, kind) if kind else None
+def _parameters(parameters: Any) -> dict[str, Any]:
+    """The Python values of a map of InferParameters (bool, int or str)."""
+    values = {}
+    for name, value in parameters.items():
+        kind = value.WhichOneof("parameter_choice")
+        values[name] = getattr(value, kind) if kind else None
+    return values
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -134,6 +142,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 def _parse_infer(request: service_pb2.ModelInferRequest, size: Route) -> InferRequest:
     """An InferRequest from a ModelInferRequest (raw_input_contents or typed contents) for the model's `size`."""
     parsed = InferRequest(request.model_name, request.model_version or None, id=request.id)
+    checked_parameters(_parameters(request.parameters), REQUEST_PARAMETERS, "the request")
     if len(request.inputs) != 1:
         raise APIError(400, "send exactly one input: 'image' (encoded files) or 'pixels' (resized RGB)")
     if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
@@ -141,6 +150,7 @@ def _parse_infer(request: service_pb2.ModelInferRequest, size: Route) -> InferRe
     for index, tensor in enumerate(request.inputs):
         shape = list(tensor.shape)
         check_input(tensor.name, tensor.datatype, shape, (size.height, size.width))
+        checked_parameters(_parameters(tensor.parameters), INPUT_PARAMETERS, f"input {tensor.name!r}")
         raw = request.raw_input_contents[index] if request.raw_input_contents else None
         if tensor.name == IMAGE:
             parsed.images = split_bytes(raw, shape[0]) if raw is not None else list(tensor.contents.bytes_contents)
@@ -150,8 +160,9 @@ def _parse_infer(request: service_pb2.ModelInferRequest, size: Route) -> InferRe
             parsed.pixels = pixels_from_bytes(raw, shape) if raw is not None else \
                 pixels_from_values(list(tensor.contents.uint_contents), shape)
     for spec in request.outputs:
-        params = {k: _parameter(v) for k, v in spec.parameters.items()}
-        output = RequestedOutput(spec.name, True, int(params.get("classification", 0) or 0))
+        where = f"output {spec.name[:40]!r}"
+        params = checked_parameters(_parameters(spec.parameters), OUTPUT_PARAMETERS, where)
+        output = RequestedOutput(spec.name, True, classes_asked(params, where))
         check_output(output)
         parsed.outputs.append(output)
     return parsed

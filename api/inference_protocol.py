@@ -25,10 +25,13 @@ from typing import Any
 import numpy as np
 
 from api.errors import APIError
+from api.json_bodies import parse_json
 
 IMAGE, PIXELS, PROBABILITIES = "image", "pixels", "probabilities"
 #: The extensions this server implements (GET /v2 and ServerMetadata say so).
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
+#: Most classes one output may name (`classification`), as for /predict's `top`.
+MAX_CLASSES_ASKED = 1000
 
 
 @dataclass
@@ -98,9 +101,7 @@ def check_input(name: str, datatype: str, shape: list[int], size: tuple[int, int
 
 def check_output(output: RequestedOutput) -> None:
     if output.name != PROBABILITIES:
-        raise APIError(400, f"unknown output {output.name!r}; the model gives 'probabilities'")
-    if output.classification < 0:
-        raise APIError(400, "the 'classification' parameter must be a positive number of classes")
+        raise APIError(400, f"unknown output {output.name[:40]!r}; the model gives 'probabilities'")
 
 
 def split_bytes(data: bytes, count: int) -> list[bytes]:
@@ -130,32 +131,67 @@ def classification_entries(predictions: list[dict[str, Any]], k: int) -> list[by
     return [f"{p['probability']:f}:{p['class_id']}:{p['label']}".encode() for p in predictions[:k]]
 
 
-def _parameters(obj: dict[str, Any]) -> dict[str, Any]:
-    params = obj.get("parameters") or {}
+#: The parameters this service reads, where the protocol (and Triton's extensions) puts them. `class_count`
+#: is what Triton's clients call `classification`; either may be sent.
+REQUEST_PARAMETERS = ("binary_data_output",)
+INPUT_PARAMETERS = ("binary_data_size",)
+OUTPUT_PARAMETERS = ("binary_data", "classification", "class_count")
+
+
+def checked_parameters(params: Any, known: tuple[str, ...], where: str) -> dict[str, Any]:
+    """A `parameters` object (None or absent: empty); 400 when it is not an object or names a parameter this
+    service does not read, so a misspelt or unsupported one is never ignored silently."""
+    if params is None:
+        return {}
     if not isinstance(params, dict):
-        raise APIError(400, "'parameters' must be an object")
+        raise APIError(400, f"the 'parameters' of {where} must be an object")
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise APIError(400, f"unknown parameter(s) {', '.join(map(repr, unknown))} of {where}; this service "
+                            f"reads {', '.join(map(repr, known))} there")
     return params
 
 
-def _int_parameter(params: dict[str, Any], name: str) -> int:
-    value = params.get(name, 0)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise APIError(400, f"parameter {name!r} must be an integer, got {value!r}")
+def bool_parameter(params: dict[str, Any], name: str, default: bool, where: str) -> bool:
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise APIError(400, f"parameter {name!r} of {where} must be true or false, got {_shown(value)}")
     return value
+
+
+def count_parameter(params: dict[str, Any], name: str, where: str, high: int) -> int:
+    """A whole number from 0 to `high` (0 when absent)."""
+    value = params.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise APIError(400, f"parameter {name!r} of {where} must be a whole number from 0 to {high}, "
+                            f"got {_shown(value)}")
+    return value
+
+
+def classes_asked(params: dict[str, Any], where: str) -> int:
+    """How many classes an output's `classification` (or `class_count`) asks for; 0: the probabilities."""
+    if "classification" in params and "class_count" in params:
+        raise APIError(400, f"give 'classification' or 'class_count' for {where}, not both")
+    name = "class_count" if "class_count" in params else "classification"
+    return count_parameter(params, name, where, MAX_CLASSES_ASKED)
+
+
+def _shown(value: Any) -> str:
+    return repr(value)[:40]
 
 
 def parse_http(body: bytes, header_length: int | None, model: str, version: str | None,
                size: tuple[int, int]) -> InferRequest:
     """An InferRequest from a POST .../infer body: JSON, or JSON + binary tensors after `header_length` bytes."""
     header, tail = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
-    try:
-        doc = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"the inference request is not valid JSON ({exc})") from None
+    doc = parse_json(header, "the inference request")
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise APIError(400, "the inference request needs an 'inputs' list with one input")
+    if not isinstance(doc.get("id", ""), (str, int)) or isinstance(doc.get("id"), bool):
+        raise APIError(400, f"the request's 'id' must be a string, got {_shown(doc['id'])}")
+    params = checked_parameters(doc.get("parameters"), REQUEST_PARAMETERS, "the request")
     request = InferRequest(model, version, id=str(doc.get("id", "")),
-                           binary_output=bool(_parameters(doc).get("binary_data_output", False)))
+                           binary_output=bool_parameter(params, "binary_data_output", False, "the request"))
     if len(doc["inputs"]) != 1:
         raise APIError(400, "send exactly one input: 'image' (encoded files) or 'pixels' (resized RGB)")
     offset = 0
@@ -166,7 +202,9 @@ def parse_http(body: bytes, header_length: int | None, model: str, version: str 
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
             raise APIError(400, f"input {name!r}: 'shape' must be a list of integers")
         check_input(name, datatype, shape, size)
-        binary_size = _int_parameter(_parameters(spec), "binary_data_size")
+        where = f"input {name!r}"
+        binary_size = count_parameter(checked_parameters(spec.get("parameters"), INPUT_PARAMETERS, where),
+                                      "binary_data_size", where, len(tail))
         if binary_size:
             if offset + binary_size > len(tail):
                 raise APIError(400, f"input {name!r} claims {binary_size} bytes of binary data; "
@@ -192,9 +230,10 @@ def parse_http(body: bytes, header_length: int | None, model: str, version: str 
     for spec in outputs:
         if not isinstance(spec, dict):
             raise APIError(400, "each requested output must be an object with a name")
-        params = _parameters(spec)
-        output = RequestedOutput(str(spec.get("name")), bool(params.get("binary_data", request.binary_output)),
-                                 _int_parameter(params, "classification"))
+        where = f"output {str(spec.get('name'))[:40]!r}"
+        params = checked_parameters(spec.get("parameters"), OUTPUT_PARAMETERS, where)
+        output = RequestedOutput(str(spec.get("name")), bool_parameter(params, "binary_data", request.binary_output,
+                                                                       where), classes_asked(params, where))
         check_output(output)
         request.outputs.append(output)
     return request

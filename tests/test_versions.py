@@ -235,6 +235,11 @@ def test_the_control_api_takes_admin_keys_only_and_refuses_unknown_versions(svc,
                      ({"colour": 1}, "unknown key")):
         refused = httpx.put(svc.url + "/models/plants/policy", json=bad, headers=AS_ADMIN, timeout=10)
         assert refused.status_code == 400 and why in refused.json()["error"], (bad, refused.text)
+    for path, method in (("/models/plants/policy", "PUT"), ("/v2/repository/index", "POST")):
+        for body, why in ((b"[" * 20000 + b"]" * 20000, "nests 20000 levels deep"), (b"{oops", "not valid JSON"),
+                          (b'{"ready": "yes"}' if method == "POST" else b"[]", "JSON object")):
+            refused = httpx.request(method, svc.url + path, content=body, headers=AS_ADMIN, timeout=10)
+            assert refused.status_code == 400 and why in refused.json()["error"], (path, body[:20], refused.text)
     time.sleep(1.5)
     assert plants(svc)["policy"] == current
 
