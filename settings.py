@@ -54,6 +54,8 @@ HOST: str = _str("HOST", "127.0.0.1")
 PORT: int = _int("PORT", 5000)
 #: Port of the Open Inference Protocol's gRPC service (inference.GRPCInferenceService), on HOST.
 GRPC_PORT: int = _int("GRPC_PORT", 8001)
+#: Seconds between the gRPC health service's checks of what /readyz checks.
+HEALTH_POLL_S: float = max(0.1, _float("HEALTH_POLL_S", 2.0))
 #: Flower's port (it binds to 127.0.0.1 under `make run`).
 FLOWER_PORT: int = _int("FLOWER_PORT", 5555)
 #: Where people reach Flower, for the web page's link; empty: this host at FLOWER_PORT.

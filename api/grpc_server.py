@@ -25,6 +25,7 @@ import settings
 from api import create_app
 from api.auth import ANONYMOUS, known_owner, owner_of, presented_key
 from api.errors import APIError
+from api.grpc_health import Health
 from api.inference_protocol import (
     IMAGE,
     INPUT_PARAMETERS,
@@ -178,29 +179,32 @@ def _encode_infer(request: InferRequest, answer: InferAnswer) -> service_pb2.Mod
     return response
 
 
-def serve(app: Flask, address: str) -> grpc.Server:
-    """Start the gRPC server on `address` (host:port) with API_THREADS threads."""
+def serve(app: Flask, address: str) -> tuple[grpc.Server, Health]:
+    """Start the gRPC server on `address` (host:port) with API_THREADS threads, and its health service."""
     limit = int(settings.MAX_UPLOAD_MB * 2**20)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.API_THREADS, thread_name_prefix="grpc"),
                          options=[("grpc.max_receive_message_length", limit),
                                   ("grpc.max_send_message_length", limit)])
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(app), server)
+    checks = Health(app)
+    checks.add_to(server)
     if not server.add_insecure_port(address):
         raise SystemExit(f"cannot listen on {address} (GRPC_PORT)")
     server.start()
-    return server
+    return server, checks
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app()
     address = f"{settings.HOST}:{settings.GRPC_PORT}"
-    server = serve(app, address)
-    logger.info("Open Inference Protocol (gRPC) on %s", address)
+    server, checks = serve(app, address)
+    logger.info("Open Inference Protocol (gRPC) and grpc.health.v1.Health on %s", address)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    checks.stop()
     server.stop(grace=10).wait()
 
 

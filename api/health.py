@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from flask import Blueprint, current_app, jsonify
 
@@ -18,13 +20,20 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
+    ready, body = readiness()
+    return jsonify(body), 200 if ready else 503
+
+
+def readiness() -> tuple[bool, dict[str, Any]]:
+    """Whether the service can answer now (Redis answers, every served model has a live worker, a decoder runs),
+    and why not; read by /readyz and by the gRPC health service."""
     client: redis.Redis = current_app.extensions["redis"]
     try:
         client.ping()
         workers = live_workers(client)
         failures = read_failures(client, current_app.config["MODELS"])
     except redis.RedisError as exc:
-        return jsonify(ready=False, reason=f"redis unavailable: {type(exc).__name__}"), 503
+        return False, {"ready": False, "reason": f"redis unavailable: {type(exc).__name__}"}
     per_model = {name: sum(w.get("model") == name and w.get("role") == "model" for w in workers) for name in failures}
     decoders = sum(w.get("role") == "decoder" for w in workers)
     reasons = [f"model {name!r} cannot be served: {failures[name]['error']}" if failures[name]
@@ -33,6 +42,6 @@ def readyz():
         reasons.append("no decoder worker is running (jobs would wait)")
     if reasons:
         failed = {name: failure["error"] for name, failure in failures.items() if failure}
-        return jsonify(ready=False, reason="; ".join(reasons), models=per_model, decoders=decoders,
-                       failed=failed), 503
-    return jsonify(ready=True, models=per_model, decoders=decoders)
+        return False, {"ready": False, "reason": "; ".join(reasons), "models": per_model, "decoders": decoders,
+                       "failed": failed}
+    return True, {"ready": True, "models": per_model, "decoders": decoders}

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.multiprocess import MultiProcessCollector
 
 import settings
+from api.auth import ANONYMOUS
 from tasks.job_store import bulk_in_flight_key
 from tasks.readiness import live_workers
 from tasks.shadow import read_comparisons
@@ -30,13 +31,16 @@ from tasks.stats import BATCH_SIZE_BUCKETS, INFERENCE_BUCKETS_S, by_version, cum
 
 bp = Blueprint("metrics", __name__)
 
-REQUESTS = Counter("imageclf_http_requests", "HTTP requests answered, by route, method, status and the model "
-                   "version the request went to ('' where none)", ["route", "method", "status", "version"])
-LATENCY = Histogram("imageclf_http_request_seconds", "Time to answer an HTTP request, by route and model version",
-                    ["route", "version"],
+REQUESTS = Counter("imageclf_http_requests", "HTTP requests answered, by route, method, status and the model and "
+                   "version the request went to ('' where none)", ["route", "method", "status", "model", "version"])
+LATENCY = Histogram("imageclf_http_request_seconds", "Time to answer an HTTP request, by route, model and version",
+                    ["route", "model", "version"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
 #: CPU the request's own thread spent (parsing, decoding, queueing, encoding): what an API process pays per
 #: request, apart from the time it waits for the model.
+#: Requests per API key, by the key's id (a hash: never the key itself) and status.
+KEY_REQUESTS = Counter("imageclf_key_requests", "HTTP requests answered per API key, by the key's id (the first "
+                       "32 hex digits of its SHA-256) and status", ["key_id", "status"])
 CPU = Histogram("imageclf_http_request_cpu_seconds", "CPU time of the thread that answered an HTTP request, by route",
                 ["route"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0))
 
@@ -68,10 +72,12 @@ def init_metrics(app: Flask) -> None:
         seconds = time.perf_counter() - g.get("started", time.perf_counter())
         cpu_seconds = time.thread_time() - g.get("cpu_started", time.thread_time())
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        version = str(g.get("model_version") or "")
-        REQUESTS.labels(route, request.method, str(response.status_code), version).inc()
-        LATENCY.labels(route, version).observe(seconds)
+        model, version = str(g.get("model") or ""), str(g.get("model_version") or "")
+        REQUESTS.labels(route, request.method, str(response.status_code), model, version).inc()
+        LATENCY.labels(route, model, version).observe(seconds)
         CPU.labels(route).observe(cpu_seconds)
+        if g.get("owner", ANONYMOUS) != ANONYMOUS:
+            KEY_REQUESTS.labels(g.owner, str(response.status_code)).inc()
         if route not in ("/metrics", "/healthz", "/readyz"):
             request_log.info(json.dumps({
                 "event": "request", "method": request.method, "route": route, "status": response.status_code,
@@ -92,6 +98,7 @@ def metrics() -> Response:
         registry.register(REQUESTS)
         registry.register(LATENCY)
         registry.register(CPU)
+        registry.register(KEY_REQUESTS)
     registry.register(_ServiceCollector(current_app.extensions["redis"]))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
@@ -120,7 +127,10 @@ class _ServiceCollector:
                                          labels=["model", "version"])
             counts: dict[tuple[str, str], int] = {}
             serving: dict[tuple[str, str], int] = {}
-            for w in live_workers(self.client):
+            memory = GaugeMetricFamily("imageclf_worker_memory_bytes", "Resident memory of each live worker process "
+                                       "(its last heartbeat)", labels=["role", "model", "worker"])
+            alive = live_workers(self.client)
+            for w in alive:
                 key = (w.get("role", "model"), w.get("model", ""))
                 counts[key] = counts.get(key, 0) + 1
                 if w.get("served_version") is not None and w.get("role") == "model":
@@ -128,6 +138,9 @@ class _ServiceCollector:
                     serving[served] = serving.get(served, 0) + 1
             for (role, model), n in sorted(counts.items()):
                 workers.add_metric([role, model], n)
+            for w in alive:
+                worker = f"{w.get('host', '')}:{w.get('pid', '')}"
+                memory.add_metric([w.get("role", "model"), w.get("model", ""), worker], w.get("memory_mb", 0.0) * 2**20)
             for (model, version), n in sorted(serving.items()):
                 versions.add_metric([model, version], n)
             stats = read_stats(self.client)
@@ -144,7 +157,7 @@ class _ServiceCollector:
             yield up
             return
         up.add_metric([], 1)
-        yield from (up, depth, in_flight, workers, versions, agreement)
+        yield from (up, depth, in_flight, workers, memory, versions, agreement)
         yield from _worker_stats(stats)
 
 

@@ -26,6 +26,7 @@ from celery.utils.log import get_logger
 
 from models.repository import RepositoryError, fingerprint, read_raw_config, versions
 from models.serving_policy import ServingPolicy, parse_policy
+from tasks.readiness import rss_mb
 
 if TYPE_CHECKING:
     from models.keras_model import Classifier
@@ -39,18 +40,6 @@ SETTLE_S = 1.0
 UNLOAD_GRACE_S = 3.0
 #: Scheduling priority of the thread that loads new versions (19: the lowest).
 LOADER_NICENESS = 19
-
-
-def rss_mb() -> float:
-    """This process's resident memory in MB (Linux)."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-    except OSError:
-        return 0.0
-    import resource
-
-    return round(pages * resource.getpagesize() / 2**20, 1)
 
 
 class ServedModel:

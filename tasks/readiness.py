@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import threading
 from collections.abc import Callable
@@ -26,12 +27,23 @@ _stop = threading.Event()
 _wake = threading.Event()
 
 
+def rss_mb() -> float:
+    """This process's resident memory in MB (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except OSError:
+        return 0.0
+    return round(pages * resource.getpagesize() / 2**20, 1)
+
+
 def _beat(redis_url: str, key: str, info: Callable[[], dict]) -> None:
     client = connect(redis_url)
     while not _stop.is_set():
         _wake.clear()
         try:
-            client.set(key, json.dumps(info()), ex=int(3 * HEARTBEAT_S))
+            announced = {"host": socket.gethostname(), "pid": os.getpid(), **info(), "memory_mb": rss_mb()}
+            client.set(key, json.dumps(announced), ex=int(3 * HEARTBEAT_S))
         except redis.RedisError as exc:
             logger.warning("readiness heartbeat failed: %s", exc)
         _wake.wait(HEARTBEAT_S)

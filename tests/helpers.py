@@ -67,3 +67,13 @@ def screenshot(page, name: str) -> None:
     if folder:
         (ROOT / folder).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ROOT / folder / f"{name}.png"), full_page=True)
+
+
+def grpc_health(address: str, service: str) -> str:
+    """grpc.health.v1.Health/Check's status name for `service` on the gRPC server at `address`."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)

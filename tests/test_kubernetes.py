@@ -92,6 +92,9 @@ def test_probes_gpus_shutdown_and_auth():
     api = deployments["api"]["spec"]["template"]["spec"]["containers"][0]
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    grpc = deployments["grpc"]["spec"]["template"]["spec"]["containers"][0]
+    assert grpc["readinessProbe"]["grpc"] == {"port": 8001}  # grpc.health.v1, service "": what /readyz checks
+    assert grpc["livenessProbe"]["grpc"] == {"port": 8001, "service": "liveness"}
     gpu = deployments["worker-gpu"]["spec"]["template"]["spec"]
     assert gpu["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 1}
     assert "--concurrency 1" in " ".join(gpu["containers"][0]["command"])

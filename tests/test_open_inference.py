@@ -10,7 +10,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from models.images import decode_to_pixels
-from tests.helpers import SHARED, labelled_photos
+from scripts.supervise import wait_until
+from tests.helpers import SHARED, grpc_health, labelled_photos
 
 MODEL = "mobilenet_v1_0.75"
 PHOTOS = labelled_photos()[:8]
@@ -143,3 +144,17 @@ def test_an_oversized_image_is_refused_as_too_large(http, grpc):
         with pytest.raises(InferenceServerException) as err:
             client.infer(MODEL, [tensor])
         assert err.value.status() == status and "pixels" in err.value.message()
+
+
+def test_the_grpc_health_protocol_says_serving_once_ready(service):
+    """grpc.health.v1, as Kubernetes' grpc: probes and load balancers ask it (NOT_SERVING before: see
+    tests/test_without_workers.py)."""
+    import grpc as grpc_lib
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    assert wait_until(lambda: grpc_health(service.grpc_url, "") == "SERVING", 30)
+    assert grpc_health(service.grpc_url, "inference.GRPCInferenceService") == "SERVING"
+    assert grpc_health(service.grpc_url, "liveness") == "SERVING"
+    with grpc_lib.insecure_channel(service.grpc_url) as channel, pytest.raises(grpc_lib.RpcError) as err:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="nonsense"), timeout=10)
+    assert err.value.code() == grpc_lib.StatusCode.NOT_FOUND

@@ -13,11 +13,12 @@ import httpx
 import pytest
 import redis
 
+from api.auth import owner_of
 from scripts.redis_server import free_port, ping, redis_argv
 from scripts.service_process import ROOT
 from scripts.supervise import wait_until
 from tasks.payloads import PIXELS_PREFIX
-from tests.helpers import SHARED, labelled_photos, start_api
+from tests.helpers import SHARED, grpc_health, labelled_photos, start_api
 
 DEPTH = 3
 MODEL = "mobilenet_v1_0.75"  # the API's model (start_api)
@@ -119,6 +120,11 @@ def test_api_keys_guard_every_endpoint_and_keep_results_private(api_alone):
         unauthorised = httpx.get(result_url, timeout=10)
         assert unauthorised.status_code == 401 and unauthorised.json()["success"] is False
         assert KEYS[0].encode() not in b"".join(client.get(k) or b"" for k in client.scan_iter("imageclf:issued:*"))
+        metrics = httpx.get(keyed + "/metrics", headers={"X-API-Key": KEYS[1]}, timeout=10).text
+        alice_id = owner_of(KEYS[0])
+        assert f'imageclf_key_requests_total{{key_id="{alice_id}",status="202"}} 1.0' in metrics
+        assert f'imageclf_key_requests_total{{key_id="{alice_id}",status="200"}} 1.0' in metrics
+        assert KEYS[0] not in metrics and KEYS[1] not in metrics  # ids, never the keys
     finally:
         api.terminate()
         api.wait(20)
@@ -149,6 +155,8 @@ def test_open_inference_takes_keys_from_headers_and_grpc_metadata_and_refuses_pa
     try:
         assert wait_until(grpc_live, 30), "the gRPC server did not start"
         assert not grpc.is_server_ready()  # no worker: not ready (health needs no key)
+        assert grpc_health(f"127.0.0.1:{grpc_port}", "") == "NOT_SERVING"  # what /readyz says, for grpc: probes
+        assert grpc_health(f"127.0.0.1:{grpc_port}", "liveness") == "SERVING"
         with pytest.raises(InferenceServerException) as err:
             grpc.get_model_metadata(MODEL)
         assert err.value.status() == "StatusCode.UNAUTHENTICATED"
