@@ -21,7 +21,7 @@ result_accept_content = ["json"]
 # queue), job drivers to the decoder workers (-Q jobs).
 task_default_queue = settings.interactive_queue(settings.MODELS[0])
 task_routes = {"job_step": {"queue": settings.JOBS_QUEUE}}
-imports = ("tasks.worker", "tasks.classify", "tasks.jobs")
+imports = ("tasks.worker", "tasks.classify", "tasks.jobs", "tasks.webhooks")
 
 # One process owns the model (one per GPU); batching happens inside it.
 worker_pool = "prefork"

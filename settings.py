@@ -133,6 +133,18 @@ RESULT_TTL_S: int = _int("RESULT_TTL_S", 3600)
 
 #: Where job uploads and videos are written (never into Redis); the API and the decoder workers share it.
 UPLOAD_DIR: str = _str("UPLOAD_DIR", os.path.join("var", "uploads"))
+#: Seconds a /predict answer is kept for the same upload (bytes, model, version, preprocessing, top); 0: no cache.
+CACHE_TTL_S: float = max(0.0, _float("CACHE_TTL_S", 0.0))
+#: Completion webhooks (`callback_url`): the HMAC-SHA256 key of their X-Imageclf-Signature header (unset: a
+#: callback_url is refused), most attempts per event, the first retry's delay (doubled after each attempt:
+#: 8 attempts over about an hour), one attempt's time limit, and hosts that may receive them although they
+#: resolve to loopback or private addresses (comma-separated; e.g. a receiver on this machine).
+WEBHOOK_SECRET: str = _str("WEBHOOK_SECRET", "")
+WEBHOOK_MAX_ATTEMPTS: int = max(1, _int("WEBHOOK_MAX_ATTEMPTS", 8))
+WEBHOOK_BACKOFF_S: float = max(0.0, _float("WEBHOOK_BACKOFF_S", 30.0))
+WEBHOOK_TIMEOUT_S: float = max(0.1, _float("WEBHOOK_TIMEOUT_S", 10.0))
+WEBHOOK_ALLOW_HOSTS: frozenset[str] = frozenset(
+    h.strip().lower() for h in _str("WEBHOOK_ALLOW_HOSTS", "").split(",") if h.strip())
 #: Deepest nesting of arrays and objects accepted in a JSON body (checked before parsing it).
 MAX_JSON_DEPTH: int = max(2, _int("MAX_JSON_DEPTH", 32))
 #: Largest accepted POST /predict body, and largest image inside a job (also after unzipping), in megabytes.
@@ -179,6 +191,8 @@ INTERACTIVE_PREFIX: str = "interactive."
 BULK_PREFIX: str = "bulk."
 SHADOW_PREFIX: str = "shadow."
 JOBS_QUEUE: str = "jobs"
+#: Where webhook deliveries wait for a decoder worker (never a model worker).
+WEBHOOKS_QUEUE: str = "webhooks"
 
 
 def interactive_queue(model: str) -> str:

@@ -24,14 +24,16 @@ from flask import Blueprint, current_app, g, jsonify, request, url_for
 from werkzeug.datastructures import FileStorage
 
 import settings
+from api.callbacks import requested_callback
 from api.errors import APIError
 from api.models import Route, requested_model, requested_version, route
 from api.submissions import issued, queue_unavailable, record_accepted, redis_client, refuse_when_full
-from api.uploads import form_number
+from api.uploads import flag, form_number
 from models.labelled_sets import LabelledSetError, csv_labels, folder_labels
 from models.video import VideoDecodeError, probe, sample_times
 from tasks.job_store import cancel, create_job, discard, job_dir, read_job, write_items
 from tasks.model_records import read_labels
+from tasks.webhooks import schedule
 
 bp = Blueprint("jobs", __name__)
 
@@ -48,11 +50,12 @@ def submit_job():
     # The form says whether this is an evaluation (which may hold more images) only once it is parsed.
     request.max_form_parts = 2 * max(settings.MAX_JOB_FILES, settings.MAX_EVALUATION_IMAGES) + 100
     g.upload_limit_setting = "MAX_JOB_UPLOAD_MB"
-    evaluate = _flag("evaluate")
+    evaluate = flag("evaluate", default=False)
     limit = (settings.MAX_EVALUATION_IMAGES, "MAX_EVALUATION_IMAGES") if evaluate else (settings.MAX_JOB_FILES,
                                                                                       "MAX_JOB_FILES")
     images, videos = _files(*limit)
     model = g.model = requested_model()
+    callback = requested_callback()
     if evaluate and videos:
         raise APIError(400, "an evaluation takes labelled images (zips in ImageFolder layout, or images with a "
                             "'labels' CSV), not a video")
@@ -76,7 +79,8 @@ def submit_job():
                 spec["evaluate"] = {"versions": versions, "images": len(items) // len(versions), "labels": labels}
             write_items(folder, items)
             total = len(items)
-        spec.update(model=model, top=top, version=chosen.version, pinned=chosen.pinned)
+        spec.update(model=model, top=top, version=chosen.version, pinned=chosen.pinned,
+                    **({"callback_url": callback} if callback else {}))
         _start(job_id, spec, total)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -103,16 +107,10 @@ def cancel_job(job_id: str):
         if answer != "OK":
             raise APIError(409, f"job {job_id} already ended with status {answer}")
         discard(client, job_id)
-        job = read_job(client, job_id) or {"done": 0, "total": 0}
+        job = read_job(client, job_id) or {"done": 0, "total": 0, "spec": {}}
+        if job["spec"].get("callback_url"):
+            schedule(client, job_id, "job", job["spec"]["callback_url"])
     return jsonify(success=True, id=job_id, status="REVOKED", done=job["done"], total=job["total"])
-
-
-def _flag(name: str) -> bool:
-    """A true/false form field (or query parameter); 400 for anything else."""
-    raw = (request.form.get(name) or request.args.get(name) or "false").strip().lower()
-    if raw not in ("true", "1", "yes", "false", "0", "no"):
-        raise APIError(400, f"{name!r} must be true or false, got {raw[:20]!r}")
-    return raw in ("true", "1", "yes")
 
 
 def _evaluated_versions(model: str, chosen: Route) -> list[int]:

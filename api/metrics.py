@@ -41,6 +41,8 @@ LATENCY = Histogram("imageclf_http_request_seconds", "Time to answer an HTTP req
 #: Requests per API key, by the key's id (a hash: never the key itself) and status.
 KEY_REQUESTS = Counter("imageclf_key_requests", "HTTP requests answered per API key, by the key's id (the first "
                        "32 hex digits of its SHA-256) and status", ["key_id", "status"])
+CACHE_REQUESTS = Counter("imageclf_cache_requests", "POST /predict requests looked up in the response cache "
+                         "(CACHE_TTL_S), by model and result (hit or miss)", ["model", "result"])
 CPU = Histogram("imageclf_http_request_cpu_seconds", "CPU time of the thread that answered an HTTP request, by route",
                 ["route"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0))
 
@@ -99,6 +101,7 @@ def metrics() -> Response:
         registry.register(LATENCY)
         registry.register(CPU)
         registry.register(KEY_REQUESTS)
+        registry.register(CACHE_REQUESTS)
     registry.register(_ServiceCollector(current_app.extensions["redis"]))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 

@@ -66,6 +66,7 @@ class Route:
     version: int
     pinned: bool
     shadow: int | None = None
+    revision: str = ""  # what the version computes with (tasks.model_records.ModelInput): a response cache's key
 
 
 def requested_version() -> str | None:
@@ -100,10 +101,11 @@ def route(model: str, version: str | int | None, interactive: bool = True, split
         if size is None:
             raise APIError(404, f"model {model!r} version {wanted} is not served; served versions: "
                                 f"{', '.join(map(str, routes.versions()))}")
-        return Route(size.height, size.width, size.resize, wanted, True)
+        return Route(size.height, size.width, size.resize, wanted, True, revision=size.revision)
     routing = routes.routing
     if not split:
-        return Route(routes.default.height, routes.default.width, routes.default.resize, routing.default, False)
+        return Route(routes.default.height, routes.default.width, routes.default.resize, routing.default, False,
+                     revision=routes.default.revision)
     chosen = _splitter(model, "traffic").pick(routing.shares) if len(routing.shares) > 1 else routing.default
     size = routes.inputs.get(chosen) or routes.default
     shadow = None
@@ -111,7 +113,7 @@ def route(model: str, version: str | int | None, interactive: bool = True, split
             and routing.shadow.version in routes.inputs \
             and _splitter(model, "shadow").next_fraction() * 100.0 < routing.shadow.share:
         shadow = routing.shadow.version
-    return Route(size.height, size.width, size.resize, size.version or chosen, False, shadow)
+    return Route(size.height, size.width, size.resize, size.version or chosen, False, shadow, size.revision)
 
 
 def describe_models() -> list[dict[str, Any]]:

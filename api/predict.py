@@ -1,7 +1,8 @@
 """POST /predict: one image, answered synchronously (or 202 + result URL after the timeout).
 
 `?version=N` (or the form field `version`) asks for that version of the model; without it
-the model's traffic shares pick one (api.models.route).
+the model's traffic shares pick one (api.models.route). With CACHE_TTL_S set, the same upload
+to the same version is answered from the cache (api.response_cache) unless `?cache=false`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ import time
 from flask import Blueprint, g, jsonify, url_for
 
 import settings
+from api.callbacks import requested_callback
 from api.errors import APIError
+from api.metrics import CACHE_REQUESTS
 from api.models import requested_model, requested_version, route
-from api.submissions import prediction_body, submit_classify, wait_for
-from api.uploads import image_pixels, query_number
+from api.response_cache import cache_key, lookup, store
+from api.submissions import queue_unavailable, redis_client, submit_classify, wait_for
+from api.uploads import decode_upload, flag, query_number, uploaded
+from tasks.result_bodies import prediction_body
 from tasks.result_store import failure_message
+from tasks.webhooks import schedule
 
 bp = Blueprint("predict", __name__)
 
@@ -29,7 +35,17 @@ def predict():
     model = g.model = requested_model()
     size = route(model, requested_version())
     g.model_version = size.version
-    pixels = image_pixels("image", (size.height, size.width), size.resize)
+    callback = requested_callback()
+    data, name = uploaded("image")
+    key = cache_key(data, model, size, top) if flag("cache", default=True) else None
+    if key is not None:
+        with queue_unavailable():
+            hit = lookup(redis_client(), key)
+        CACHE_REQUESTS.labels(model, "hit" if hit else "miss").inc()
+        if hit:
+            return jsonify(success=True, id=None, cached=True, **hit,
+                           timings={"total_ms": round((time.time() - received) * 1000, 2)})
+    pixels = decode_upload(data, name, (size.height, size.width), size.resize)
     decoded = time.time()
     task_id = g.task_id = submit_classify(pixels, (size.height, size.width), top, model,
                                           received + deadline if deadline else None,
@@ -45,11 +61,18 @@ def predict():
             result_ms=round((seen - meta["result"]["done_at"]) * 1000, 2),
             total_ms=round((seen - received) * 1000, 2),
         )
+        if key is not None:
+            with queue_unavailable():
+                store(redis_client(), key, body, size)
+            body["cached"] = False
         return jsonify(body)
     if meta["status"] == "FAILURE":
         raise APIError(500, f"classification failed: {failure_message(meta)}")
     if meta["status"] == "REVOKED":
         raise APIError(504, f"not computed: {failure_message(meta)}")
+    if callback:  # the answer comes later: say when it does
+        with queue_unavailable():
+            schedule(redis_client(), task_id, "request", callback)
     result_url = url_for("results.result", task_id=task_id)
     response = jsonify(success=False, id=task_id, status=meta["status"], result_url=result_url)
     response.status_code = 202

@@ -8,10 +8,10 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 
 from api.errors import APIError
-from api.submissions import fetch_meta, issued, prediction_body, queue_unavailable, redis_client
+from api.submissions import fetch_meta, issued, queue_unavailable, redis_client
 from models.confusion_plot import confusion_png
-from tasks.job_store import read_csv, read_job
-from tasks.result_store import failure_message
+from tasks.job_store import read_csv
+from tasks.result_bodies import job_body, request_body, with_webhook
 
 bp = Blueprint("results", __name__)
 
@@ -33,14 +33,9 @@ def result(task_id: str):
         return _csv(task_id, _evaluation(body)) if wanted == "csv" else _png(task_id, _evaluation(body))
     if wanted != "json":
         raise APIError(400, f"format={wanted} is for evaluation jobs; this id is a request")
-    meta = fetch_meta(task_id)
-    status = meta["status"]
-    body: dict = {"success": status == "SUCCESS", "id": task_id, "status": status}
-    if status == "SUCCESS":
-        body["result"] = prediction_body(task_id, meta["result"])
-    elif status in ("FAILURE", "REVOKED"):
-        body["error"] = failure_message(meta)
-    return jsonify(body)
+    body = request_body(task_id, fetch_meta(task_id))
+    with queue_unavailable():
+        return jsonify(with_webhook(redis_client(), body))
 
 
 def _evaluation(body: dict[str, Any]) -> dict[str, Any]:
@@ -79,16 +74,8 @@ def _png(job_id: str, result: dict[str, Any]) -> Response:
 
 
 def _job_body(job_id: str) -> dict[str, Any]:
-    """PENDING/PROGRESS with done and total, then the result (SUCCESS) or the error."""
     with queue_unavailable():
-        job = read_job(redis_client(), job_id)
-    if job is None:
-        raise APIError(404, f"no job with id {job_id!r} (its result expired)")
-    body: dict[str, Any] = {"success": job["status"] == "SUCCESS", "id": job_id, "kind": job["kind"],
-                            "model": job["spec"]["model"], "status": job["status"], "done": job["done"],
-                            "total": job["total"]}
-    if "result" in job:
-        body["result"] = job["result"]
-    if "error" in job:
-        body["error"] = job["error"]
-    return body
+        body = job_body(redis_client(), job_id)
+        if body is None:
+            raise APIError(404, f"no job with id {job_id!r} (its result expired)")
+        return with_webhook(redis_client(), body)

@@ -138,16 +138,3 @@ def wait_for(task_id: str, timeout: float) -> dict[str, Any]:
     return _waiter().wait(task_id, timeout, lambda: fetch_meta(task_id))
 
 
-def prediction_body(task_id: str, result: dict[str, Any]) -> dict[str, Any]:
-    """The POST /predict success body (also nested in GET /result)."""
-    return {
-        "success": True,
-        "id": task_id,
-        "model": result["model"],
-        "model_version": result.get("model_version"),
-        "predictions": result["predictions"],
-        "batch_id": result["batch_id"],
-        "batch_size": result["batch_size"],
-        "deliveries": result.get("deliveries", 1),
-        "timings": dict(result["timings"]),
-    }

@@ -18,15 +18,15 @@ _STATUS_FOR_REASON = {
 }
 
 
-def image_pixels(field: str, size: tuple[int, int], resize: str) -> bytes:
-    """The multipart file `field` decoded to (height, width) = `size` RGB bytes, or a 4xx APIError."""
+def uploaded(field: str) -> tuple[bytes, str]:
+    """The multipart file `field`'s bytes and a name for messages, or a 400 naming the fields received."""
     upload = request.files.get(field)
     if upload is None:
         received = ", ".join(sorted(request.files)) or "none"
         raise APIError(
             400, f"missing file field {field!r} in a multipart/form-data body (file fields received: {received})"
         )
-    return decode_upload(upload.read(), upload.filename or field, size, resize)
+    return upload.read(), upload.filename or field
 
 
 def decode_upload(data: bytes, name: str, size: tuple[int, int], resize: str) -> bytes:
@@ -63,3 +63,13 @@ def _number(what: str, raw: str | None, default: float | None, low: float, high:
     if not math.isfinite(value) or not low <= value <= high:
         raise APIError(400, f"{what} must be between {low:g} and {high:g}, got {raw!r}")
     return value
+
+
+def flag(name: str, default: bool) -> bool:
+    """A true/false form field or query parameter; 400 for anything else."""
+    raw = (request.form.get(name) or request.args.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "1", "yes", "false", "0", "no"):
+        raise APIError(400, f"{name!r} must be true or false, got {raw[:20]!r}")
+    return raw in ("true", "1", "yes")

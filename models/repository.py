@@ -11,6 +11,7 @@ key) at fault, because that one line is what `make run` prints when it refuses t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -201,3 +202,31 @@ def model_dir(repository: str, name: str) -> Path | None:
     """The model's folder in the repository, or None when the repository has no such model."""
     path = Path(repository) / name
     return path if path.is_dir() else None
+
+
+def content_revision(model_dir: Path, version: int) -> str:
+    """A short id of what a version computes with: its files (names, sizes, modification times), the model's
+    labels and its config.json without the serving policy. Any change to them changes it, so an answer cached
+    under it is never served for a new version or another preprocessing; "" when the config cannot be read."""
+    try:
+        config = {k: v for k, v in read_raw_config(model_dir).items() if k not in POLICY_KEYS}
+        labels = (model_dir / "labels.txt").read_bytes() if (model_dir / "labels.txt").is_file() else b""
+    except (RepositoryError, OSError):
+        return ""
+    digest = hashlib.sha256(repr(fingerprint(model_dir / str(version))).encode())
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    digest.update(labels)
+    return digest.hexdigest()[:16]
+
+
+def file_revision(path: str, *parts: str) -> str:
+    """The same id for a built-in model: its weights file (name, size, time) or the name of its weights, with
+    `parts` (the class index); "" for random weights, which differ in every process."""
+    if path == "random":
+        return ""
+    try:
+        stat = os.stat(path)
+        described = f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:
+        described = path
+    return hashlib.sha256("\0".join((described, *parts)).encode()).hexdigest()[:16]

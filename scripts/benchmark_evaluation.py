@@ -45,7 +45,7 @@ SIZE = 64
 _ROLES = (("gunicorn", "api"), ("flower", "flower"), ("--queues jobs", "decoders"), ("celery", "model worker"))
 
 
-def _repository(work: Path, kind: str) -> tuple[Path, list[str]]:
+def model_repository(work: Path, kind: str) -> tuple[Path, list[str]]:
     """A model repository with the model, and the class names its dataset uses."""
     import keras
 
@@ -199,7 +199,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="evaluation-"))
     group = ProcessGroup()
     try:
-        repo, classes = _repository(work, args.model)
+        repo, classes = model_repository(work, args.model)
         port = free_port()
         group.start("redis", redis_argv(port, str(work / "redis"), durable=False))
         redis_url = f"redis://127.0.0.1:{port}/0"

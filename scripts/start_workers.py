@@ -77,8 +77,9 @@ def worker_commands(gpus: list[str], models: list[str]) -> list[tuple[str, list[
             commands.append((f"worker-{model}-shadow", [
                 *nice, *celery, "--concurrency", "1", "--hostname", f"{model}-shadow@%h",
                 "--queues", settings.SHADOW_PREFIX + model], {**os.environ, "CUDA_VISIBLE_DEVICES": device}))
+    decoder_queues = f"{settings.JOBS_QUEUE},{settings.WEBHOOKS_QUEUE}"
     commands.append(("decoder", [*celery, "--concurrency", str(settings.DECODER_CONCURRENCY),
-                                 "--prefetch-multiplier", "1", "--queues", settings.JOBS_QUEUE,
+                                 "--prefetch-multiplier", "1", "--queues", decoder_queues,
                                  "--hostname", "decoder@%h"],
                      returning_malloc({**os.environ, "CUDA_VISIBLE_DEVICES": ""})))
     return commands

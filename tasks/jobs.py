@@ -59,6 +59,7 @@ from tasks.model_records import InputLookup, ModelInput, ModelUnavailable
 from tasks.payloads import ISSUED_PREFIX, enqueue_classify
 from tasks.readiness import live_workers
 from tasks.result_store import READY_STATES, RESULT_KEY_PREFIX, failure_message
+from tasks.webhooks import schedule
 from tasks.worker import pixel_store
 
 logger = get_logger(__name__)
@@ -135,7 +136,8 @@ class _Driver:
             error = (f"this decoder ({socket.gethostname()}) cannot read the job's files: {job_dir(self.job_id)} "
                      f"does not exist here. UPLOAD_DIR must be one volume shared by the API and every decoder")
             logger.error("job %s: %s", self.job_id, error)
-            update_if_active(self.client, self.job_id, self.ttl, status="FAILURE", error=error)
+            if update_if_active(self.client, self.job_id, self.ttl, status="FAILURE", error=error) == "OK":
+                self._announce_end(job["spec"])
             discard(self.client, self.job_id)
             return False
         spec, total, cursor = job["spec"], job["total"], job["cursor"]
@@ -321,9 +323,15 @@ class _Driver:
         fields: dict[str, Any] = {"status": "SUCCESS" if ok else "FAILURE", "result": json.dumps(result)}
         if not ok:
             fields["error"] = error
-        update_if_active(self.client, self.job_id, self.ttl, **fields)
+        if update_if_active(self.client, self.job_id, self.ttl, **fields) == "OK":
+            self._announce_end(spec)
         discard(self.client, self.job_id)
         logger.info("job %s %s: %d items", self.job_id, fields["status"], total)
+
+    def _announce_end(self, spec: dict[str, Any]) -> None:
+        """The job's webhook, when it has a callback_url (a cancel is announced by the API that cancels)."""
+        if spec.get("callback_url"):
+            schedule(self.client, self.job_id, "job", spec["callback_url"])
 
     def _outcomes(self) -> dict[int, dict[str, Any]]:
         """Every item's outcome at once (a plain job's result lists them all anyway)."""

@@ -42,6 +42,7 @@ class ModelInput:
     width: int
     resize: str
     version: int | None
+    revision: str = ""  # a short id of the version's files, labels and preprocessing ("": unknown, never cached)
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,8 @@ def routes(info: dict[str, Any], ready: set[int] | None = None) -> ModelRoutes |
         version = info.get("version") or 1
         return ModelRoutes({version: ModelInput(height, width, info.get("resize", "squash"), version)},
                            Routing(version, {version: 100.0}, None, []))
-    inputs = {int(v): ModelInput(*i["input_size"], i["resize"], int(v)) for v, i in info["inputs"].items()}
+    inputs = {int(v): ModelInput(*i["input_size"], i["resize"], int(v), i.get("revision", ""))
+              for v, i in info["inputs"].items()}
     routing = Routing.from_description(info["routing"]) if info.get("routing") else None
     if ready is not None and ready != set(inputs) and ready & set(inputs) and info.get("policy"):
         inputs = {v: i for v, i in inputs.items() if v in ready}

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.utils.log import get_logger
 
-from models.repository import RepositoryError, fingerprint, read_raw_config, versions
+from models.repository import RepositoryError, content_revision, fingerprint, read_raw_config, versions
 from models.serving_policy import ServingPolicy, parse_policy
 from tasks.readiness import rss_mb
 
@@ -47,7 +47,7 @@ class ServedModel:
 
     def __init__(self, name: str, load: Callable[[int], Classifier], model_dir: Path | None = None,
                  poll_s: float = 10.0, on_change: Callable[[], None] = lambda: None,
-                 unloaded_by: Callable[[], str | None] = lambda: None) -> None:
+                 unloaded_by: Callable[[], str | None] = lambda: None, builtin_revision: str = "") -> None:
         self.name = name
         self.model_dir = model_dir
         self.poll_s = poll_s
@@ -57,6 +57,9 @@ class ServedModel:
         self._states: dict[int, dict[str, Any]] = {}
         self._failed_files: dict[int, tuple] = {}
         self._memory_mb: dict[int, float] = {}
+        #: Each served version's content_revision (a built-in model's: `builtin_revision`), for response caches.
+        self._revisions: dict[int, str] = {}
+        self._builtin_revision = builtin_revision
         self._stop = threading.Event()
         #: The ready versions; replaced whole (never changed in place), read once per batch.
         self.served: dict[int, Classifier] = {}
@@ -116,15 +119,22 @@ class ServedModel:
 
     def inputs(self) -> dict[str, dict[str, Any]]:
         """Each ready version's input, for the API that resizes uploads to it."""
-        return {str(v): {"input_size": list(c.input_shape[:2]), "resize": c.resize} for v, c in self.served.items()}
+        return {str(v): {"input_size": list(c.input_shape[:2]), "resize": c.resize,
+                         "revision": self._revisions.get(v, "")} for v, c in self.served.items()}
 
     def _publish(self, served: dict[int, Classifier], draining: set[int] = frozenset()) -> None:
         """Make `served` the ready set and route over it (less `draining`, which takes no new requests)."""
+        self._revisions = self._current_revisions(served)
         self.served = dict(sorted(served.items()))
         self.routing = self.policy.routing([v for v in self.served if v not in draining])
         for version in self.served:
             self._states[version] = {"state": "draining" if version in draining else "ready"}
         self._on_change()
+
+    def _current_revisions(self, served: dict[int, Classifier]) -> dict[int, str]:
+        if self.model_dir is None:
+            return {v: self._builtin_revision for v in served}
+        return {v: content_revision(self.model_dir, v) for v in served}
 
     def _warm(self, version: int) -> Classifier:
         self._states[version] = {"state": "loading"}
@@ -181,7 +191,8 @@ class ServedModel:
             if self.policy_error != str(exc):
                 logger.error("model %s: config.json's policy is not applied: %s", self.name, exc)
             self.policy_error, policy = str(exc), self.policy
-        changed = policy != self.policy or self.policy_error != error
+        changed = policy != self.policy or self.policy_error != error or (
+            self._current_revisions(self.served) != self._revisions)  # a version's files or config.json changed
         self.policy = policy
         if self._states != known or changed:  # say so now, not at the next heartbeat
             self._publish(self.served)

@@ -25,7 +25,7 @@ from celery.utils.log import get_logger
 
 import settings
 from models.registry import MODELS as BUILT_IN
-from models.repository import RepositoryError, model_dir
+from models.repository import RepositoryError, file_revision, model_dir
 from tasks import batch_size, celery_app
 from tasks.job_store import sweep_orphans
 from tasks.model_records import clear_failure, read_unloaded, record_failure, record_labels, record_served
@@ -115,7 +115,7 @@ def _open(name: str) -> ServedModel:
     return ServedModel(name, lambda _: load_classifier(
         BUILT_IN[name], weights, settings.CLASS_INDEX, settings.BATCH_SIZE, settings.BACKEND,
         settings.MODEL_CACHE_DIR, pad), poll_s=settings.MODEL_POLL_S, on_change=_announce,
-        unloaded_by=lambda: _unloaded_by(name))
+        unloaded_by=lambda: _unloaded_by(name), builtin_revision=file_revision(weights, name, settings.CLASS_INDEX))
 
 
 def _unloaded_by(name: str) -> str | None:
@@ -157,6 +157,9 @@ def load_model(**_: object) -> None:
         if removed:
             logger.info("deleted the uploads of %d expired jobs", len(removed))
         start_heartbeat(celery_app.conf.broker_url, lambda: {"role": "decoder", "pid": os.getpid()})
+        from tasks.webhooks import start_scheduler
+
+        start_scheduler(pixel_store())
         return
     try:
         served = _open(_served_model)

@@ -50,7 +50,8 @@ def test_every_metric_queried_is_one_the_service_exposes(service):
     families = set(re.findall(r"^# TYPE (imageclf_\w+) ", scraped, re.M))
     families |= {family.name for metric in (REQUESTS, LATENCY, CPU, KEY_REQUESTS) for family in metric.describe()}
     exposed = {name + suffix for name in families for suffix in ("", "_total", "_bucket", "_sum", "_count")}
-    memory = [float(v) for v in re.findall(r'^imageclf_worker_memory_bytes\{[^}]*role="model"[^}]*\} (\S+)', scraped, re.M)]
+    worker_memory = r'^imageclf_worker_memory_bytes\{[^}]*role="model"[^}]*\} (\S+)'
+    memory = [float(v) for v in re.findall(worker_memory, scraped, re.M)]
     assert memory and all(100 * 2**20 < m < 64 * 2**30 for m in memory), memory  # a model worker's resident memory
     used = {name for expr in queries() for name in re.findall(r"\bimageclf_\w+", expr)}
     assert used and used <= exposed, sorted(used - exposed)

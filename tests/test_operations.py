@@ -65,13 +65,13 @@ def test_metrics_count_requests_batches_and_queues(service):
     def delta(family: str, sample: str, **labels: str) -> float:
         return value(after, family, sample, **labels) - value(before, family, sample, **labels)
 
-    assert delta("imageclf_http_requests", "imageclf_http_requests_total",
-                 route="/predict", method="POST", status="200", version="1") == 8
-    assert delta("imageclf_http_requests", "imageclf_http_requests_total",
-                 route="/predict", method="POST", status="415", version="1") == 1
-    assert delta("imageclf_http_request_seconds", "imageclf_http_request_seconds_count", route="/predict",
-                 version="1") == 9
     model = answers[0]["model"]
+    assert delta("imageclf_http_requests", "imageclf_http_requests_total",
+                 route="/predict", method="POST", status="200", model=model, version="1") == 8
+    assert delta("imageclf_http_requests", "imageclf_http_requests_total",
+                 route="/predict", method="POST", status="415", model=model, version="1") == 1
+    assert delta("imageclf_http_request_seconds", "imageclf_http_request_seconds_count", route="/predict",
+                 model=model, version="1") == 9
     assert delta("imageclf_images_classified", "imageclf_images_classified_total", model=model, version="1") == 8
     batches = {a["batch_id"]: a["batch_size"] for a in answers}
     assert delta("imageclf_batch_size", "imageclf_batch_size_count", model=model, version="1") == len(batches)

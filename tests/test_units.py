@@ -127,7 +127,7 @@ def test_gpu_discovery_follows_cuda_visible_devices(monkeypatch):
     assert env["CUDA_VISIBLE_DEVICES"] == "" and "resnet50@%h" in argv and "TF_FORCE_GPU_ALLOW_GROWTH" not in env
     # interactive first: a worker serves its first queue first
     assert argv[argv.index("--queues") + 1] == "interactive.resnet50,bulk.resnet50"
-    assert decoder_argv[decoder_argv.index("--queues") + 1] == "jobs"
+    assert decoder_argv[decoder_argv.index("--queues") + 1] == "jobs,webhooks"
 
 
 def test_shadow_workers_take_their_device_and_their_queue_only(monkeypatch):
@@ -157,7 +157,7 @@ def test_a_worker_serves_the_model_its_queues_name_and_decoders_none():
 
     assert model_of_queues(None) == settings.MODELS[0]
     assert model_of_queues("interactive.mobilenet_v2,bulk.mobilenet_v2") == "mobilenet_v2"
-    assert model_of_queues(["bulk.resnet50"]) == "resnet50" and model_of_queues("jobs") is None
+    assert model_of_queues(["bulk.resnet50"]) == "resnet50" and model_of_queues("jobs,webhooks") is None
     with pytest.raises(SystemExit, match="one model"):
         model_of_queues("interactive.resnet50,bulk.mobilenet_v2")
 
