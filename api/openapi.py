@@ -50,6 +50,23 @@ SCHEMAS: dict[str, Any] = {
                         "description": "milliseconds per stage: decode, queue, batch_wait, inference, result, total"},
         },
     },
+    "CachedResult": {
+        "type": "object", "required": ["success", "id", "cached", "model", "predictions"],
+        "description": "an answer found in the response cache (CACHE_TTL_S): no task ran for it",
+        "properties": {
+            "success": {"const": True}, "id": {"type": "null"}, "cached": {"const": True},
+            "model": {"type": "string"}, "model_version": _VERSION,
+            "predictions": {"type": "array", "items": _ref("Prediction"), "minItems": 1},
+            "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+        },
+    },
+    "Webhook": {
+        "type": "object", "required": ["attempts"],
+        "description": "the completion webhook's delivery so far (callback_url)",
+        "properties": {"attempts": {"type": "integer", "minimum": 0},
+                       "last_status": {"type": ["integer", "null"]}, "delivered_at": {"type": ["number", "null"]},
+                       "error": {"type": "string"}},
+    },
     "Accepted": {
         "type": "object", "required": ["id", "status", "result_url"],
         "properties": {"success": {"type": "boolean"}, "id": _ID, "status": _STATUS,
@@ -59,7 +76,7 @@ SCHEMAS: dict[str, Any] = {
     "RequestState": {
         "type": "object", "required": ["success", "id", "status"],
         "properties": {"success": {"type": "boolean"}, "id": _ID, "status": _STATUS,
-                       "result": _ref("PredictResult"), "error": {"type": "string"}},
+                       "result": _ref("PredictResult"), "error": {"type": "string"}, "webhook": _ref("Webhook")},
     },
     "JobState": {
         "type": "object", "required": ["success", "id", "kind", "model", "status", "done", "total"],
@@ -67,7 +84,7 @@ SCHEMAS: dict[str, Any] = {
             "success": {"type": "boolean"}, "id": _ID, "kind": {"enum": ["images", "video"]}, "status": _STATUS,
             "model": {"type": "string"}, "done": {"type": "integer", "minimum": 0},
             "total": {"type": "integer", "minimum": 0},
-            "error": {"type": "string"},
+            "error": {"type": "string"}, "webhook": _ref("Webhook"),
             "result": {"oneOf": [_ref("ImagesResult"), _ref("VideoResult")]},
         },
     },
@@ -160,6 +177,10 @@ _BUSY = _error("Redis is unreachable, the queue is over MAX_QUEUE_DEPTH, no work
                 "(it failed to load, or is not loaded yet), or the decode budget stayed spent for DECODE_WAIT_S; "
                 "Retry-After says when to retry")
 
+_CALLBACK = {"name": "callback_url", "in": "query", "schema": {"type": "string", "format": "uri"},
+             "description": "POST the final GET /result JSON here when it ends (signed with WEBHOOK_SECRET; also a "
+                            "form field)"}
+
 PATHS: dict[str, Any] = {
     "/predict": {"post": {
         "summary": "Classify one image, answered synchronously",
@@ -167,12 +188,14 @@ PATHS: dict[str, Any] = {
                        {"name": "timeout", "in": "query", "schema": {"type": "number", "minimum": 0},
                         "description": "seconds to wait before answering 202 (default PREDICT_TIMEOUT_S)"},
                        {"name": "deadline", "in": "query", "schema": {"type": "number", "minimum": 0},
-                        "description": "seconds after which the request is skipped instead of computed"}],
+                        "description": "seconds after which the request is skipped instead of computed"},
+                       {"name": "cache", "in": "query", "schema": {"type": "boolean"},
+                        "description": "false: bypass the response cache (CACHE_TTL_S)"}, _CALLBACK],
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": ["image"],
             "properties": {"image": {"type": "string", "format": "binary"}}}}}},
         "responses": {
-            "200": _json(_ref("PredictResult"), "the labels"),
+            "200": _json({"oneOf": [_ref("PredictResult"), _ref("CachedResult")]}, "the labels"),
             "202": _json(_ref("Accepted"), "not answered within the timeout: poll result_url"),
             "400": _error("missing field, bad parameter, unknown model, or a corrupt image"),
             "401": _error("API_KEYS is set and no valid key was sent"),
@@ -185,7 +208,7 @@ PATHS: dict[str, Any] = {
     }},
     "/jobs": {"post": {
         "summary": "Start a job: many images and zips, or one video; answered at once",
-        "parameters": [_MODEL, _VERSION_PARAM],
+        "parameters": [_MODEL, _VERSION_PARAM, _CALLBACK],
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
             "type": "object",
             "properties": {

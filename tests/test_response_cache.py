@@ -55,6 +55,13 @@ def test_the_same_upload_is_answered_from_the_cache_until_what_computes_it_chang
     assert again["predictions"] == first["predictions"] and again["model_version"] == 1
     assert hits(service) == before + 1
 
+    from jsonschema import Draft202012Validator
+
+    spec = httpx.get(service.url + "/openapi.json", timeout=10).json()
+    schema = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    validator = Draft202012Validator({**schema, "components": spec["components"]})
+    assert not list(validator.iter_errors(first)) and not list(validator.iter_errors(again))  # both documented
+
     bypassed = predict(service, cache="false")
     assert "cached" not in bypassed and bypassed["id"] and bypassed["predictions"] == first["predictions"]
     assert predict(service, top=2)["cached"] is False  # `top` is part of the key
