@@ -25,9 +25,9 @@ import httpx
 
 from scripts.benchmark import service_counters
 from scripts.benchmark_evaluation import MODEL, model_repository
-from scripts.redis_server import free_port, ping, redis_argv
+from scripts.redis_server import start_scratch_redis
 from scripts.service_process import ServiceProcess
-from scripts.supervise import ProcessGroup, wait_until
+from scripts.supervise import ProcessGroup
 
 
 def _phase(url: str, image: bytes, requests: int, cached: bool) -> dict:
@@ -72,10 +72,7 @@ def main() -> int:
     group = ProcessGroup()
     try:
         repo, _ = model_repository(work, args.model)
-        port = free_port()
-        group.start("redis", redis_argv(port, str(work / "redis"), durable=False))
-        redis_url = f"redis://127.0.0.1:{port}/0"
-        assert wait_until(lambda: ping(redis_url), 15)
+        redis_url = start_scratch_redis(group, work)
         svc = ServiceProcess(env={"REDIS_URL": redis_url, "MODEL_REPOSITORY": str(repo), "MODELS": MODEL,
                                   "UPLOAD_DIR": str(work / "uploads"), "CACHE_TTL_S": "3600"},
                              log_path=work / "service.log").start()

@@ -35,9 +35,9 @@ import httpx
 import numpy as np
 import redis
 
-from scripts.redis_server import free_port, ping, redis_argv
+from scripts.redis_server import start_scratch_redis
 from scripts.service_process import ServiceProcess
-from scripts.supervise import ProcessGroup, wait_until
+from scripts.supervise import ProcessGroup
 
 MODEL = "held_out"
 SIZE = 64
@@ -200,10 +200,7 @@ def main() -> int:
     group = ProcessGroup()
     try:
         repo, classes = model_repository(work, args.model)
-        port = free_port()
-        group.start("redis", redis_argv(port, str(work / "redis"), durable=False))
-        redis_url = f"redis://127.0.0.1:{port}/0"
-        assert wait_until(lambda: ping(redis_url), 15)
+        redis_url = start_scratch_redis(group, work)
         sizes = [int(n) for n in args.images.split(",")]
         svc = ServiceProcess(env={"REDIS_URL": redis_url, "MODEL_REPOSITORY": str(repo), "MODELS": MODEL,
                                   "UPLOAD_DIR": str(work / "uploads"), "MAX_JOB_UPLOAD_MB": "4096"},

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from scripts.redis_server import free_port, ping, redis_argv
+from scripts.redis_server import start_scratch_redis
 from scripts.service_process import ServiceProcess
 from scripts.supervise import ProcessGroup, wait_until
 
@@ -52,10 +52,7 @@ def main() -> int:
     _save_resnet(work / "v2", seed=2)
 
     group = ProcessGroup()
-    port = free_port()
-    group.start("redis", redis_argv(port, str(work / "redis"), durable=False))
-    redis_url = f"redis://127.0.0.1:{port}/0"
-    assert wait_until(lambda: ping(redis_url), 15)
+    redis_url = start_scratch_redis(group, work)
     svc = ServiceProcess(env={"REDIS_URL": redis_url, "MODEL_REPOSITORY": str(repo), "MODELS": "resnet",
                               "MODEL_POLL_S": "2", "UPLOAD_DIR": str(work / "uploads")},
                          log_path=work / "service.log").start()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from scripts.redis_server import free_port, ping, redis_argv
+from scripts.redis_server import start_scratch_redis
 from scripts.service_process import ServiceProcess
 from scripts.supervise import ProcessGroup, wait_until
 
@@ -166,10 +166,7 @@ def main() -> int:
     group = ProcessGroup()
     try:
         repo = _repository(work)
-        port = free_port()
-        group.start("redis", redis_argv(port, str(work / "redis"), durable=False))
-        redis_url = f"redis://127.0.0.1:{port}/0"
-        assert wait_until(lambda: ping(redis_url), 15)
+        redis_url = start_scratch_redis(group, work)
         svc = ServiceProcess(env={"REDIS_URL": redis_url, "MODEL_REPOSITORY": str(repo), "MODELS": MODEL,
                                   "MODEL_POLL_S": "1", "ADMIN_API_KEYS": ADMIN, "UPLOAD_DIR": str(work / "uploads"),
                                   "SHADOW_DEVICE": args.shadow_device},

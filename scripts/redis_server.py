@@ -8,8 +8,11 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from pathlib import Path
 
 import redis
+
+from scripts.supervise import ProcessGroup, wait_until
 
 
 def free_port(preferred: int = 0) -> int:
@@ -143,3 +146,13 @@ class SentinelCluster:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def start_scratch_redis(group: ProcessGroup, folder: Path) -> str:
+    """A Redis without persistence for a benchmark, under `group` (stopped with it); its URL once it answers."""
+    port = free_port()
+    group.start("redis", redis_argv(port, str(folder / "redis"), durable=False))
+    url = f"redis://127.0.0.1:{port}/0"
+    if not wait_until(lambda: ping(url), 15):
+        raise RuntimeError(f"the benchmark's Redis did not answer on port {port}")
+    return url
