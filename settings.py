@@ -108,8 +108,11 @@ BATCH_WAIT_MS: float = max(0.0, _float("BATCH_WAIT_MS", 0.0))
 #: How long POST /predict waits for its answer before replying 202 (default and upper bound).
 PREDICT_TIMEOUT_S: float = _float("PREDICT_TIMEOUT_S", 30.0)
 MAX_PREDICT_TIMEOUT_S: float = _float("MAX_PREDICT_TIMEOUT_S", 300.0)
-#: Comma-separated API keys; empty (default): no authentication.
+#: Comma-separated API keys; empty (default): no authentication. An entry may carry limits:
+#: `key1:rate=20/s:burst=40:daily=100000` (images per second, minute or hour; bucket size; images per UTC day).
 API_KEYS: list[str] = [k.strip() for k in os.environ.get("API_KEYS", "").split(",") if k.strip()]
+#: A file of more keys, one entry per line (the same syntax, `#` comments), re-read when it changes.
+API_KEYS_FILE: str = _str("API_KEYS_FILE", "")
 #: Comma-separated keys for the control API (POST /v2/repository/..., PUT /models/<m>/policy, POST
 #: /models/<m>/versions); API_KEYS do not open it. Empty (default): those routes answer 403.
 ADMIN_API_KEYS: list[str] = [k.strip() for k in os.environ.get("ADMIN_API_KEYS", "").split(",") if k.strip()]

@@ -12,10 +12,11 @@ from celery import Celery
 from flask import Flask
 
 import settings
-from api import admin, health, jobs, models, openapi, predict, results, v2, web
+from api import admin, health, jobs, models, openapi, predict, results, usage, v2, web
 from api.auth import init_auth
 from api.errors import register_error_handlers
 from api.forms import UploadRequest
+from api.keyring import KeyRing
 from api.metrics import init_metrics
 from api.waiter import ResultWaiter
 from models.decode_budget import DecodeBudget
@@ -43,9 +44,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["decode_budget"] = DecodeBudget(int(settings.DECODE_BUDGET_MB * 2**20))
 
     register_error_handlers(app)
-    init_auth(app, settings.API_KEYS)
+    init_auth(app, KeyRing(settings.API_KEYS, settings.API_KEYS_FILE))
     init_metrics(app)
-    for blueprint in (predict.bp, jobs.bp, results.bp, models.bp, health.bp, openapi.bp, web.bp, v2.bp, admin.bp):
+    for blueprint in (predict.bp, jobs.bp, results.bp, models.bp, health.bp, openapi.bp, web.bp, v2.bp, admin.bp,
+                      usage.bp):
         app.register_blueprint(blueprint)
     return app
 

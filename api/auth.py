@@ -8,23 +8,18 @@ under a hash of the key that submitted it, so one key cannot read another's resu
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 
 from api.errors import APIError
+from api.keyring import KeyRing, Limits, owner_of
 
 # Health checks (ours and the Open Inference Protocol's), metrics (aggregate counts only), the API's
 # documentation and the web page (which asks for a key itself) need no key.
 _OPEN_ENDPOINTS = {"health.healthz", "health.readyz", "metrics.metrics", "openapi.openapi_json", "openapi.docs",
                    "web.index", "static", "v2.live", "v2.ready"}
 ANONYMOUS = "-"
-
-
-def owner_of(key: str) -> str:
-    """A stable, non-reversible id for a key (what Redis stores, never the key itself)."""
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def presented_key(authorization: str, api_key: str | None) -> str | None:
@@ -40,18 +35,26 @@ def known_owner(key: str | None, owners: list[str]) -> str | None:
     return owner if any(hmac.compare_digest(owner, known) for known in owners) else None
 
 
-def init_auth(app: Flask, keys: list[str]) -> None:
-    """Check keys before every request when `keys` is non-empty; `g.owner` says who asked."""
-    owners = [owner_of(k) for k in keys]
+def init_auth(app: Flask, keyring: KeyRing) -> None:
+    """Check keys before every request when the service has any; `g.owner` says who asked, `g.limits` with
+    which limits (api.quotas); admitted responses carry the RateLimit headers of their charge."""
+    app.extensions["keyring"] = keyring
 
     @app.before_request
     def _authenticate() -> None:
-        g.owner = ANONYMOUS
-        if not owners or request.endpoint in _OPEN_ENDPOINTS or (request.endpoint or "").startswith("admin."):
+        g.owner, g.limits = ANONYMOUS, Limits()
+        if not keyring.enabled or request.endpoint in _OPEN_ENDPOINTS or (request.endpoint or "").startswith("admin."):
             return  # the control API checks its own keys (api.admin)
-        owner = known_owner(presented_key(request.headers.get("Authorization", ""), request.headers.get("X-API-Key")),
-                            owners)
-        if owner is None:
+        key = presented_key(request.headers.get("Authorization", ""), request.headers.get("X-API-Key"))
+        found = keyring.lookup(key)
+        if found is None:
             raise APIError(401, "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
                            {"WWW-Authenticate": "Bearer"})
-        g.owner = owner
+        g.owner, g.limits = found
+
+    @app.after_request
+    def _rate_limit_headers(response: Response) -> Response:
+        decision = g.get("rate_limit")
+        if decision is not None:
+            response.headers.update(decision.headers())
+        return response

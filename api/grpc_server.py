@@ -23,7 +23,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 import settings
 from api import create_app
-from api.auth import ANONYMOUS, known_owner, owner_of, presented_key
+from api.auth import ANONYMOUS, presented_key
 from api.errors import APIError
 from api.grpc_health import Health
 from api.inference_protocol import (
@@ -43,7 +43,9 @@ from api.inference_protocol import (
     pixels_from_values,
     split_bytes,
 )
+from api.keyring import KeyRing, Limits
 from api.models import Route
+from api.quotas import charge_request
 from api.v2 import model_config, model_metadata, model_ready, server_metadata, server_ready
 from api.v2_inference import run, served_input
 
@@ -53,6 +55,7 @@ logger = logging.getLogger("api.grpc")
 _CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
           404: grpc.StatusCode.NOT_FOUND, 409: grpc.StatusCode.FAILED_PRECONDITION,
           413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
+          429: grpc.StatusCode.RESOURCE_EXHAUSTED,
           503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
 _TYPES = {"TYPE_STRING": model_config_pb2.TYPE_STRING, "TYPE_UINT8": model_config_pb2.TYPE_UINT8,
           "TYPE_FP32": model_config_pb2.TYPE_FP32}
@@ -74,12 +77,12 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, app: Flask) -> None:
         self.app = app
-        self.owners = [owner_of(k) for k in settings.API_KEYS]
+        self.keyring: KeyRing = app.extensions["keyring"]
 
     def _call(self, context: grpc.ServicerContext, body: Callable[[], T], open_call: bool = False) -> T:
         with self.app.app_context():
             try:
-                g.owner = ANONYMOUS if open_call else self._owner(context)
+                g.owner, g.limits = (ANONYMOUS, Limits()) if open_call else self._owner(context)
                 return body()
             except APIError as exc:
                 if "Retry-After" in exc.headers:
@@ -90,14 +93,14 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
         raise AssertionError("abort raises")  # pragma: no cover
 
-    def _owner(self, context: grpc.ServicerContext) -> str:
-        if not self.owners:
-            return ANONYMOUS
+    def _owner(self, context: grpc.ServicerContext) -> tuple[str, Limits]:
+        if not self.keyring.enabled:
+            return ANONYMOUS, Limits()
         metadata = dict(context.invocation_metadata())
-        owner = known_owner(presented_key(metadata.get("authorization", ""), metadata.get("x-api-key")), self.owners)
-        if owner is None:
+        found = self.keyring.lookup(presented_key(metadata.get("authorization", ""), metadata.get("x-api-key")))
+        if found is None:
             raise APIError(401, "a valid API key is required (metadata authorization: Bearer <key>, or x-api-key)")
-        return owner
+        return found
 
     def ServerLive(self, request, context):  # noqa: N802 (the protocol's names)
         return service_pb2.ServerLiveResponse(live=True)
@@ -136,6 +139,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         def body():
             size = served_input(request.model_name, request.model_version or None)
             parsed = _parse_infer(request, size)
+            charge_request(parsed.count)
             return _encode_infer(parsed, run(parsed, size, context.time_remaining()))
         return self._call(context, body)
 

@@ -27,6 +27,7 @@ import settings
 from api.callbacks import requested_callback
 from api.errors import APIError
 from api.models import Route, requested_model, requested_version, route
+from api.quotas import charge_request
 from api.submissions import issued, queue_unavailable, record_accepted, redis_client, refuse_when_full
 from api.uploads import flag, form_number
 from models.labelled_sets import LabelledSetError, csv_labels, folder_labels
@@ -79,6 +80,7 @@ def submit_job():
                 spec["evaluate"] = {"versions": versions, "images": len(items) // len(versions), "labels": labels}
             write_items(folder, items)
             total = len(items)
+        charge_request(total)  # a job counts its images (or frames)
         spec.update(model=model, top=top, version=chosen.version, pinned=chosen.pinned,
                     **({"callback_url": callback} if callback else {}))
         _start(job_id, spec, total)

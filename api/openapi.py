@@ -199,6 +199,7 @@ PATHS: dict[str, Any] = {
             "202": _json(_ref("Accepted"), "not answered within the timeout: poll result_url"),
             "400": _error("missing field, bad parameter, unknown model, or a corrupt image"),
             "401": _error("API_KEYS is set and no valid key was sent"),
+            "429": _error("the key is over its rate limit or daily quota (Retry-After, RateLimit-* headers)"),
             "404": _error("the version asked for is not served (the served ones are listed)"),
             "413": _error("body over MAX_UPLOAD_MB or image over MAX_IMAGE_PIXELS"),
             "415": _error("not an image format this service reads"),
@@ -229,6 +230,7 @@ PATHS: dict[str, Any] = {
                           "folders, labels or files that match no class"),
             "404": _error("a version asked for is not served"),
             "401": _error("API_KEYS is set and no valid key was sent"),
+            "429": _error("the key is over its rate limit or daily quota (Retry-After, RateLimit-* headers)"),
             "413": _error("over MAX_JOB_UPLOAD_MB, MAX_JOB_FILES, MAX_UNZIPPED_MB, MAX_VIDEO_SECONDS or "
                           "MAX_VIDEO_FRAMES"),
             "415": _error("the video cannot be decoded"),
@@ -253,6 +255,16 @@ PATHS: dict[str, Any] = {
                       "404": _error("never issued to this caller, or expired; with format=png, a version the job "
                                     "did not evaluate"),
                       "409": _error("format=csv or png for an evaluation job that has not finished")},
+    }},
+    "/usage": {"get": {
+        "summary": "The calling key's limits and use today (API_KEYS entries with rate, burst, daily)",
+        "responses": {
+            "200": _json({"type": "object", "required": ["key_id", "limits", "today"], "properties": {
+                "key_id": {"type": "string"}, "limits": {"type": "object"}, "today": {"type": "object"},
+                "tokens": {"type": ["number", "null"]}}}, "the key's figures"),
+            "401": _error("no valid key was sent"),
+            "404": _error("the service has no API keys"),
+        },
     }},
     "/models": {"get": {"summary": "Served models: versions and their states, input, preprocessing, workers",
                         "responses": {"200": _json(_ref("Models"), "the models")}}},

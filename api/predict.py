@@ -16,6 +16,7 @@ from api.callbacks import requested_callback
 from api.errors import APIError
 from api.metrics import CACHE_REQUESTS
 from api.models import requested_model, requested_version, route
+from api.quotas import charge_request
 from api.response_cache import cache_key, lookup, store
 from api.submissions import queue_unavailable, redis_client, submit_classify, wait_for
 from api.uploads import decode_upload, flag, query_number, uploaded
@@ -33,6 +34,7 @@ def predict():
     timeout = query_number("timeout", default=settings.PREDICT_TIMEOUT_S, low=0, high=settings.MAX_PREDICT_TIMEOUT_S)
     deadline = query_number("deadline", default=0, low=0, high=settings.RESULT_TTL_S)
     model = g.model = requested_model()
+    charge_request(1)
     size = route(model, requested_version())
     g.model_version = size.version
     callback = requested_callback()

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, jsonify, request
 from api.errors import APIError
 from api.inference_protocol import EXTENSIONS, encode_http, parse_http
 from api.models import served
+from api.quotas import charge_request
 from api.submissions import queue_unavailable, redis_client
 from api.v2_inference import described, known_model, model_versions, run, served_input
 from tasks.readiness import live_workers
@@ -140,6 +141,7 @@ def infer(model: str, version: str | None = None):
         raise APIError(400, f"{HEADER_LENGTH} is {header_length}; the body has {len(body)} bytes")
     size = served_input(model, version)
     parsed = parse_http(body, header_length, model, version, (size.height, size.width))
+    charge_request(parsed.count)
     payload, json_length = encode_http(parsed, run(parsed, size))
     if json_length is None:
         return Response(payload, mimetype="application/json")

@@ -18,5 +18,5 @@ def index():
     host = request.host.rsplit(":", 1)[0] if not request.host.startswith("[") else request.host.split("]")[0] + "]"
     flower = settings.FLOWER_URL or f"{request.scheme}://{host}:{settings.FLOWER_PORT}"
     return render_template("index.html", flower_url=flower, models=current_app.config["MODELS"],
-                           auth=bool(settings.API_KEYS), max_upload_mb=settings.MAX_UPLOAD_MB,
+                           auth=current_app.extensions["keyring"].enabled, max_upload_mb=settings.MAX_UPLOAD_MB,
                            max_job_mb=settings.MAX_JOB_UPLOAD_MB)

@@ -186,3 +186,77 @@ def test_open_inference_takes_keys_from_headers_and_grpc_metadata_and_refuses_pa
         for process in (server, api):
             process.terminate()
             process.wait(20)
+
+
+def test_rate_limits_and_quotas_are_shared_by_every_api_process_and_answer_429(api_alone, tmp_path):
+    """Two API processes, one Redis: a key's bucket and daily quota are one; over them 429 with Retry-After and
+    RateLimit-* headers (RESOURCE_EXHAUSTED over gRPC); another key is not slowed; GET /usage; the keys file."""
+    import grpc as grpc_lib
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    _, client, _ = api_alone
+    redis_url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text("limited:rate=30/min:burst=3:daily=5\n")  # a token every 2 s
+    env = {"API_KEYS": "other", "API_KEYS_FILE": str(keys_file), "MAX_QUEUE_DEPTH": "1000"}
+    first, first_url = start_api(redis_url, env)
+    second, second_url = start_api(redis_url, env)
+    grpc_port = free_port()
+    grpc_server = subprocess.Popen([sys.executable, "-m", "api.grpc_server"], cwd=ROOT, env={
+        **os.environ, "REDIS_URL": redis_url, "MODEL": MODEL, "HOST": "127.0.0.1", "GRPC_PORT": str(grpc_port),
+        "CUDA_VISIBLE_DEVICES": "", **env})
+    limited, other = {"X-API-Key": "limited"}, {"X-API-Key": "other"}
+    client.delete(QUEUE)
+    channel = grpc_lib.insecure_channel(f"127.0.0.1:{grpc_port}")
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    try:
+        assert wait_until(lambda: _grpc_up(stub), 30)
+        answers = [post(url, "0", limited) for url in (first_url, second_url, first_url)]
+        assert [a.status_code for a in answers] == [202, 202, 202]
+        assert [a.headers["RateLimit-Remaining"] for a in answers] == ["2", "1", "0"]
+        assert answers[0].headers["RateLimit-Limit"] == "3"
+        refused = post(second_url, "0", limited)  # the other process: the same bucket
+        assert refused.status_code == 429 and "rate limit (0.5 images/s, burst 3)" in refused.json()["error"]
+        assert int(refused.headers["Retry-After"]) >= 1 and refused.headers["RateLimit-Remaining"] == "0"
+        request = service_pb2.ModelInferRequest(model_name=MODEL)
+        request.inputs.add(name="pixels", datatype="UINT8", shape=[1, 224, 224, 3])
+        request.raw_input_contents.append(bytes(224 * 224 * 3))
+        with pytest.raises(grpc_lib.RpcError) as err:
+            stub.ModelInfer(request, metadata=[("x-api-key", "limited")], timeout=10)
+        assert err.value.code() == grpc_lib.StatusCode.RESOURCE_EXHAUSTED and "rate limit" in err.value.details()
+        assert all(post(first_url, "0", other).status_code == 202 for _ in range(5))  # another key: no limit
+
+        time.sleep(2.2)  # one token back
+        assert [post(second_url, "0", limited).status_code for _ in range(2)] == [202, 429]
+        time.sleep(2.2)
+        last = post(first_url, "0", limited)  # 5 used today, 5 allowed: then the quota is spent
+        assert last.status_code == 202, last.text
+        time.sleep(2.2)
+        spent = post(first_url, "0", limited)
+        assert spent.status_code == 429 and "daily quota of 5 images is used up" in spent.json()["error"]
+        usage = httpx.get(first_url + "/usage", headers=limited, timeout=10).json()
+        assert usage["key_id"] == owner_of("limited") and usage["today"] == {"used": 5, "remaining": 0}
+        assert usage["limits"] == {"rate_per_s": 0.5, "burst": 3.0, "daily": 5}
+        assert httpx.get(first_url + "/usage", headers=other, timeout=10).json()["today"]["used"] == 0
+        metrics = httpx.get(first_url + "/metrics", headers=other, timeout=10).text
+        assert f'imageclf_key_requests_total{{key_id="{owner_of("limited")}",status="429"}}' in metrics
+
+        keys_file.write_text("fresh\n")  # re-read without a restart
+        assert wait_until(lambda: post(second_url, "0", {"X-API-Key": "fresh"}).status_code == 202, 10)
+        assert post(second_url, "0", limited).status_code == 401
+    finally:
+        channel.close()
+        client.delete(QUEUE)
+        for process in (first, second, grpc_server):
+            process.terminate()
+            process.wait(20)
+
+
+def _grpc_up(stub) -> bool:
+    import grpc as grpc_lib
+    from tritonclient.grpc import service_pb2
+
+    try:
+        return stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=2).live
+    except grpc_lib.RpcError:
+        return False
