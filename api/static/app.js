@@ -49,6 +49,7 @@ function explain(status, message) {
     409: "The job had already finished.",
     413: "That is too large for this service.",
     415: "That is not a file this service can read.",
+    429: "This API key has used its share for now. Please wait a moment (or until tomorrow for a daily quota).",
     503: "The service is busy or restarting. Please try again in a few seconds.",
     504: "The service did not get to it in time.",
   }[status] || `The service answered with an error (${status}).`;
