@@ -33,8 +33,8 @@ def predict():
     top = int(query_number("top", default=5, low=1, high=1000, integer=True))
     timeout = query_number("timeout", default=settings.PREDICT_TIMEOUT_S, low=0, high=settings.MAX_PREDICT_TIMEOUT_S)
     deadline = query_number("deadline", default=0, low=0, high=settings.RESULT_TTL_S)
+    charge_request(1)  # first: a refused request costs no parsing of its body
     model = g.model = requested_model()
-    charge_request(1)
     size = route(model, requested_version())
     g.model_version = size.version
     callback = requested_callback()

@@ -100,7 +100,7 @@ def main() -> int:
                                   "UPLOAD_DIR": str(work / "uploads"), "API_KEYS": keys},
                              log_path=work / "service.log").start()
         try:
-            _phase(svc.url, image, min(5.0, args.seconds), 0)  # warm-up, not reported
+            _phase(svc.url, image, min(15.0, args.seconds), 0)  # warm-up, not reported
             phases = [_phase(svc.url, image, args.seconds, rate) for rate in (0, args.rate * args.overload, 0)]
             for row in phases:
                 print(json.dumps(row), flush=True)
