@@ -3,7 +3,7 @@
     python -m scripts.benchmark_cache --requests 400 --out docs/benchmark-cache
     python -m scripts.benchmark_cache --model resnet50 --requests 200 --out docs/benchmark-cache-resnet50
 
-Serves a user's `.keras` model (near-free, or ResNet50 with random weights: scripts.benchmark_evaluation
+Serves a user's `.keras` model (near-free, or ResNet50 with random weights: scripts.scratch_service
 builds both) with CACHE_TTL_S set, and sends one photo from one sequential client, phases alternating:
 `?cache=false` (decoded, queued, batched and computed every time), then the same upload with the cache (the
 first request computes and stores, every later one is a hit), twice each. Reported per phase: requests,
@@ -15,19 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
 from scripts.benchmark import service_counters
-from scripts.benchmark_evaluation import MODEL, model_repository
-from scripts.redis_server import start_scratch_redis
-from scripts.service_process import ServiceProcess
-from scripts.supervise import ProcessGroup
+from scripts.scratch_service import scratch_service
 
 
 def _phase(url: str, image: bytes, requests: int, cached: bool) -> dict:
@@ -68,26 +63,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
     args = parser.parse_args()
     image = args.image.read_bytes()
-    work = Path(tempfile.mkdtemp(prefix="cache-"))
-    group = ProcessGroup()
-    try:
-        repo, _ = model_repository(work, args.model)
-        redis_url = start_scratch_redis(group, work)
-        svc = ServiceProcess(env={"REDIS_URL": redis_url, "MODEL_REPOSITORY": str(repo), "MODELS": MODEL,
-                                  "UPLOAD_DIR": str(work / "uploads"), "CACHE_TTL_S": "3600"},
-                             log_path=work / "service.log").start()
-        try:
-            _phase(svc.url, image, min(20, args.requests), cached=False)  # warm-up, not reported
-            phases = []
-            for cached in (False, True, False, True):
-                row = _phase(svc.url, image, args.requests, cached)
-                print(json.dumps(row), flush=True)
-                phases.append(row)
-        finally:
-            svc.stop()
-    finally:
-        group.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+    phases = []
+    with scratch_service(args.model, {"CACHE_TTL_S": "3600"}, "cache-") as scratch:
+        _phase(scratch.svc.url, image, min(20, args.requests), cached=False)  # warm-up, not reported
+        for cached in (False, True, False, True):
+            row = _phase(scratch.svc.url, image, args.requests, cached)
+            print(json.dumps(row), flush=True)
+            phases.append(row)
 
     def mean(cached: bool, key: str) -> float:
         return statistics.fmean(p[key] for p in phases if p["cache"] == cached)

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import shutil
 import statistics
-import tempfile
 import threading
 import time
 import zipfile
@@ -35,38 +33,11 @@ import httpx
 import numpy as np
 import redis
 
-from scripts.redis_server import start_scratch_redis
+from scripts.scratch_service import SIZE, scratch_service
 from scripts.service_process import ServiceProcess
-from scripts.supervise import ProcessGroup
 
-MODEL = "held_out"
-SIZE = 64
 #: Which role a process of the service plays, by a piece of its command line (first match wins).
 _ROLES = (("gunicorn", "api"), ("flower", "flower"), ("--queues jobs", "decoders"), ("celery", "model worker"))
-
-
-def model_repository(work: Path, kind: str) -> tuple[Path, list[str]]:
-    """A model repository with the model, and the class names its dataset uses."""
-    import keras
-
-    repo = work / "repository"
-    (repo / MODEL / "1").mkdir(parents=True)
-    if kind == "resnet50":
-        labels = [f"class_{i}" for i in range(1000)]
-        config = {"preprocess": "caffe"}
-        keras.utils.set_random_seed(1)
-        model = keras.applications.ResNet50(weights=None)
-    else:
-        labels = [f"colour_{i}" for i in range(10)]
-        config = {"preprocess": "scale", "input_size": [SIZE, SIZE]}
-        model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.GlobalAveragePooling2D(),
-                                  keras.layers.Dense(len(labels), activation="softmax")])
-        weights = np.random.default_rng(1).normal(0, 6.0, (3, len(labels))).astype(np.float32)
-        model.layers[-1].set_weights([weights, -weights.mean(axis=0) / 2])
-    (repo / MODEL / "labels.txt").write_text("\n".join(labels) + "\n")
-    (repo / MODEL / "config.json").write_text(json.dumps(config))
-    model.save(repo / MODEL / "1" / "model.keras")
-    return repo, labels[:10]
 
 
 def _labelled_zip(path: Path, count: int, classes: list[str]) -> None:
@@ -196,28 +167,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
     args = parser.parse_args()
     image = args.image.read_bytes()
-    work = Path(tempfile.mkdtemp(prefix="evaluation-"))
-    group = ProcessGroup()
-    try:
-        repo, classes = model_repository(work, args.model)
-        redis_url = start_scratch_redis(group, work)
-        sizes = [int(n) for n in args.images.split(",")]
-        svc = ServiceProcess(env={"REDIS_URL": redis_url, "MODEL_REPOSITORY": str(repo), "MODELS": MODEL,
-                                  "UPLOAD_DIR": str(work / "uploads"), "MAX_JOB_UPLOAD_MB": "4096"},
-                             log_path=work / "service.log").start()
-        try:
-            runs = []
-            for count in sizes:
-                archive = work / f"held_out_{count}.zip"
-                _labelled_zip(archive, count, classes)
-                run = _run(svc, redis_url, archive, image, args.idle, args.every)
-                print(json.dumps({k: v for k, v in run.items() if k != "samples"}), flush=True)
-                runs.append(run)
-        finally:
-            svc.stop()
-    finally:
-        group.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+    runs = []
+    with scratch_service(args.model, {"MAX_JOB_UPLOAD_MB": "4096"}, "evaluation-") as scratch:
+        for count in (int(n) for n in args.images.split(",")):
+            archive = scratch.work / f"held_out_{count}.zip"
+            _labelled_zip(archive, count, scratch.classes)
+            run = _run(scratch.svc, scratch.redis_url, archive, image, args.idle, args.every)
+            print(json.dumps({k: v for k, v in run.items() if k != "samples"}), flush=True)
+            runs.append(run)
     report = {"model": ("ResNet50, random weights" if args.model == "resnet50" else
                         "mean colour + softmax, 10 classes, 64x64 (near-free)"), "runs": runs}
     if args.out:

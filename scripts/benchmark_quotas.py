@@ -2,7 +2,7 @@
 
     python -m scripts.benchmark_quotas --seconds 20 --out docs/benchmark-quotas
 
-Serves a user's `.keras` model (near-free, or ResNet50 with random weights: scripts.benchmark_evaluation
+Serves a user's `.keras` model (near-free, or ResNet50 with random weights: scripts.scratch_service
 builds both) with two keys: `noisy` limited to `--rate` images/s and `quiet` without limits. One sequential
 client sends /predict with `quiet`; it runs alone, then beside `noisy` sending open-loop (Poisson) requests
 at `--overload` times its rate limit, then alone again. Reported per phase: quiet's requests and p50/p95,
@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import statistics
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from scripts.benchmark_evaluation import MODEL, model_repository
-from scripts.redis_server import start_scratch_redis
-from scripts.service_process import ServiceProcess
-from scripts.supervise import ProcessGroup
+from scripts.scratch_service import scratch_service
 
 
 def _phase(url: str, image: bytes, seconds: float, noisy_rate: float) -> dict:
@@ -90,25 +85,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
     args = parser.parse_args()
     image = args.image.read_bytes()
-    work = Path(tempfile.mkdtemp(prefix="quotas-"))
-    group = ProcessGroup()
-    try:
-        repo, _ = model_repository(work, args.model)
-        redis_url = start_scratch_redis(group, work)
-        keys = f"noisy:rate={args.rate:g}/s:burst={max(1.0, args.rate):g},quiet"
-        svc = ServiceProcess(env={"REDIS_URL": redis_url, "MODEL_REPOSITORY": str(repo), "MODELS": MODEL,
-                                  "UPLOAD_DIR": str(work / "uploads"), "API_KEYS": keys},
-                             log_path=work / "service.log").start()
-        try:
-            _phase(svc.url, image, min(15.0, args.seconds), 0)  # warm-up, not reported
-            phases = [_phase(svc.url, image, args.seconds, rate) for rate in (0, args.rate * args.overload, 0)]
-            for row in phases:
-                print(json.dumps(row), flush=True)
-        finally:
-            svc.stop()
-    finally:
-        group.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+    keys = f"noisy:rate={args.rate:g}/s:burst={max(1.0, args.rate):g},quiet"
+    with scratch_service(args.model, {"API_KEYS": keys}, "quotas-") as scratch:
+        url = scratch.svc.url
+        _phase(url, image, min(15.0, args.seconds), 0)  # warm-up, not reported
+        phases = [_phase(url, image, args.seconds, rate) for rate in (0, args.rate * args.overload, 0)]
+        for row in phases:
+            print(json.dumps(row), flush=True)
     alone = statistics.fmean([phases[0]["quiet_p50_ms"], phases[2]["quiet_p50_ms"]])
     report = {"model": args.model, "rate": args.rate, "overload": args.overload, "seconds": args.seconds,
               "phases": phases, "ratio_p50": round(phases[1]["quiet_p50_ms"] / alone, 2)}
