@@ -117,9 +117,10 @@ def start_scheduler(client: redis.Redis, poll_s: float = 0.5) -> None:
     """In a decoder process: move due attempts to the webhooks queue until the process ends."""
     def loop() -> None:
         while True:
-            try:
-                for raw in client.eval(_POP_DUE, 1, DUE_KEY, time.time(), 100):
-                    deliver_webhook.apply_async((json.loads(raw),), queue=settings.WEBHOOKS_QUEUE)
+            try:  # a plain read each round; the popping script only when something is due
+                if client.zrangebyscore(DUE_KEY, "-inf", time.time(), start=0, num=1):
+                    for raw in client.eval(_POP_DUE, 1, DUE_KEY, time.time(), 100):
+                        deliver_webhook.apply_async((json.loads(raw),), queue=settings.WEBHOOKS_QUEUE)
             except (redis.RedisError, OSError) as exc:  # Redis away: the entries wait in Redis
                 logger.warning("webhook scheduler: %s", exc)
             time.sleep(poll_s)
