@@ -148,6 +148,12 @@ WEBHOOK_BACKOFF_S: float = max(0.0, _float("WEBHOOK_BACKOFF_S", 30.0))
 WEBHOOK_TIMEOUT_S: float = max(0.1, _float("WEBHOOK_TIMEOUT_S", 10.0))
 WEBHOOK_ALLOW_HOSTS: frozenset[str] = frozenset(
     h.strip().lower() for h in _str("WEBHOOK_ALLOW_HOSTS", "").split(",") if h.strip())
+#: OpenTelemetry traces (tasks/tracing.py) are sent when OTEL_EXPORTER_OTLP_ENDPOINT (or
+#: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set, unless OTEL_SDK_DISABLED=true; the SDK reads the other OTEL_*
+#: variables itself (OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...). Unset: no tracing.
+TRACING: bool = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+                     or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()) and \
+    os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() != "true"
 #: Deepest nesting of arrays and objects accepted in a JSON body (checked before parsing it).
 MAX_JSON_DEPTH: int = max(2, _int("MAX_JSON_DEPTH", 32))
 #: Largest accepted POST /predict body, and largest image inside a job (also after unzipping), in megabytes.

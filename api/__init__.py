@@ -20,6 +20,7 @@ from api.keyring import KeyRing
 from api.metrics import init_metrics
 from api.waiter import ResultWaiter
 from models.decode_budget import DecodeBudget
+from tasks import tracing
 from tasks.model_records import InputLookup
 from tasks.redis_clients import connect
 
@@ -43,6 +44,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["model_inputs"] = InputLookup(app.extensions["redis"])
     app.extensions["decode_budget"] = DecodeBudget(int(settings.DECODE_BUDGET_MB * 2**20))
 
+    tracing.start_if_configured("imageclf-api")
+    tracing.instrument_api(app, app.extensions["redis"])
     register_error_handlers(app)
     init_auth(app, KeyRing(settings.API_KEYS, settings.API_KEYS_FILE))
     init_metrics(app)

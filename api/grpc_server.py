@@ -48,6 +48,7 @@ from api.models import Route
 from api.quotas import charge_request
 from api.v2 import model_config, model_metadata, model_ready, server_metadata, server_ready
 from api.v2_inference import run, served_input
+from tasks import tracing
 
 logger = logging.getLogger("api.grpc")
 
@@ -141,7 +142,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             parsed = _parse_infer(request, size)
             charge_request(parsed.count)
             return _encode_infer(parsed, run(parsed, size, context.time_remaining()))
-        return self._call(context, body)
+        with tracing.served("inference.GRPCInferenceService/ModelInfer", dict(context.invocation_metadata())):
+            return self._call(context, body)
 
 
 def _parse_infer(request: service_pb2.ModelInferRequest, size: Route) -> InferRequest:

@@ -32,6 +32,7 @@ from api.submissions import issued, queue_unavailable, record_accepted, redis_cl
 from api.uploads import flag, form_number
 from models.labelled_sets import LabelledSetError, csv_labels, folder_labels
 from models.video import VideoDecodeError, probe, sample_times
+from tasks import tracing
 from tasks.job_store import cancel, create_job, discard, job_dir, read_job, write_items
 from tasks.model_records import read_labels
 from tasks.webhooks import schedule
@@ -266,5 +267,7 @@ def _start(job_id: str, spec: dict[str, Any], total: int) -> None:
         with client.pipeline(transaction=True) as pipe:
             create_job(pipe, job_id, spec["kind"], total, spec, settings.RESULT_TTL_S)
             pipe.execute()
-        current_app.extensions["celery"].send_task("job_step", args=[job_id])
+        # The API has no Celery instrumentation (its sender app does not know the task): the job's trace goes
+        # in the headers where the decoders' instrumentation looks for it.
+        current_app.extensions["celery"].send_task("job_step", args=[job_id], headers=tracing.carrier())
     record_accepted(job_id, {"kind": "job", "model": spec["model"]})

@@ -21,6 +21,7 @@ from kombu.exceptions import OperationalError
 import settings
 from api.errors import APIError
 from api.waiter import ResultWaiter
+from tasks import tracing
 from tasks.payloads import ISSUED_PREFIX, QueueFull, enqueue_classify
 from tasks.result_store import read_meta
 
@@ -52,8 +53,9 @@ def submit_classify(pixels: bytes, size: tuple[int, int], top: int, model: str,
     task_id = str(uuid.uuid4())
     waiter = _waiter()
     waiter.expect(task_id)
+    trace = tracing.carrier()  # the request's span: the worker's spans are its children, beside `enqueue`
     try:
-        with queue_unavailable():
+        with queue_unavailable(), tracing.span("enqueue", **{"imageclf.task_id": task_id}):
             try:
                 confirmed = enqueue_classify(
                     _celery(), redis_client(), task_id, pixels, size, top, settings.RESULT_TTL_S,
@@ -61,7 +63,7 @@ def submit_classify(pixels: bytes, size: tuple[int, int], top: int, model: str,
                     max_depth=settings.MAX_QUEUE_DEPTH, probabilities=probabilities,
                     issued=_issued_record({"kind": "predict", "model": model}),
                     wait_replicas=settings.REDIS_WAIT_REPLICAS, wait_ms=settings.REDIS_WAIT_MS,
-                    version=version, pinned=pinned, shadow=shadow)
+                    version=version, pinned=pinned, shadow=shadow, trace=trace)
             except QueueFull as full:
                 raise overloaded(full.depth) from None
         _check_replicas(confirmed)
@@ -135,6 +137,12 @@ def _waiter() -> ResultWaiter:
 
 
 def wait_for(task_id: str, timeout: float) -> dict[str, Any]:
-    return _waiter().wait(task_id, timeout, lambda: fetch_meta(task_id))
+    """The task's stored state once it ended or `timeout` passed; an answer is traced as `result`, from the
+    worker's end of its batch to now."""
+    meta = _waiter().wait(task_id, timeout, lambda: fetch_meta(task_id))
+    done_at = (meta.get("result") or {}).get("done_at") if meta["status"] == "SUCCESS" else None
+    if done_at:
+        tracing.record("result", done_at, time.time())
+    return meta
 
 

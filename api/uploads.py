@@ -10,6 +10,7 @@ import settings
 from api.errors import APIError
 from models.decode_budget import DecodeBusy
 from models.images import ImageDecodeError, decode_to_pixels
+from tasks import tracing
 
 _STATUS_FOR_REASON = {
     ImageDecodeError.UNSUPPORTED: 415,
@@ -33,8 +34,9 @@ def decode_upload(data: bytes, name: str, size: tuple[int, int], resize: str) ->
     """`data` decoded to (height, width) = `size` RGB bytes within the decode budget, or a 4xx/503 APIError
     naming `name`."""
     try:
-        return decode_to_pixels(data, size, current_app.config["MAX_IMAGE_PIXELS"], resize,
-                                current_app.extensions["decode_budget"], settings.DECODE_WAIT_S)
+        with tracing.span("decode", **{"imageclf.bytes": len(data)}):
+            return decode_to_pixels(data, size, current_app.config["MAX_IMAGE_PIXELS"], resize,
+                                    current_app.extensions["decode_budget"], settings.DECODE_WAIT_S)
     except ImageDecodeError as exc:
         raise APIError(_STATUS_FOR_REASON[exc.reason], f"{name}: {exc}") from None
     except DecodeBusy as exc:

@@ -27,7 +27,7 @@ from celery.utils.log import get_logger
 from PIL import Image
 
 import settings
-from tasks import celery_app
+from tasks import celery_app, tracing
 from tasks.batching import AdaptiveBatches
 from tasks.payloads import PROBABILITIES_PREFIX, drop_pixels, fetch_pixels
 from tasks.result_store import store_success
@@ -222,6 +222,14 @@ def _classify_group(model: Classifier, group: list, summary: dict) -> list:
             summary["failed"][req.id] = f"{type(exc).__name__}: {exc}"
         return []
     batch_id = uuid.uuid4().hex
+    if tracing.enabled():
+        tracing.record_batch(
+            [(req.kwargs.get("trace"), req.kwargs.get("sent_at"), getattr(req, "received_at", None))
+             for req in requests],
+            started, started + inference_ms / 1000.0, **{
+                "imageclf.model": model.name, "imageclf.version": model.version,
+                "imageclf.batch_size": len(requests), "imageclf.batch_id": batch_id,
+                "imageclf.padded_to": model.bucket_for(len(requests)), "imageclf.worker": worker_role()})
     logger.info(json.dumps({"event": "batch", "batch_id": batch_id, "model": model.name,
                             "model_version": model.version, "worker": worker_role(), "size": len(requests),
                             "padded": model.bucket_for(len(requests)), "inference_ms": round(inference_ms, 1)}))

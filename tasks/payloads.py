@@ -83,7 +83,8 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
                      expires_at: float | None = None, max_depth: int | None = None,
                      probabilities: bool = False, issued: str | None = None,
                      wait_replicas: int = 0, wait_ms: int = 1000, version: int | None = None,
-                     pinned: bool = False, shadow: int | None = None) -> int:
+                     pinned: bool = False, shadow: int | None = None,
+                     trace: dict[str, str] | None = None) -> int:
     """Store the pixels ((height, width) = `size`, RGB) with a TTL and queue the classify task, in one script.
 
     With `max_depth`, raises QueueFull instead, storing nothing, when `queue` already holds that many
@@ -93,7 +94,8 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
     ISSUED_PREFIX key in the same script; with `wait_replicas`, Redis WAITs for that many replicas
     (at most `wait_ms`) in the same round trip. `version` is the model version to compute it (None: the
     default), `pinned` when the client named it, `shadow` a version to compute it again in the bulk lane
-    (tasks.shadow). Returns the replicas that confirmed (0 without WAIT).
+    (tasks.shadow), `trace` the request's trace context (tasks.tracing). Returns the replicas that confirmed (0
+    without WAIT).
     """
     queue = queue or celery.conf.task_default_queue
     kwargs: dict[str, Any] = {"pixels_key": PIXELS_PREFIX + task_id, "size": list(size), "top": top,
@@ -108,6 +110,8 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
         kwargs["pinned"] = True
     if shadow is not None:
         kwargs["shadow"] = shadow
+    if trace:
+        kwargs["trace"] = trace
     # Flower shows kwargsrepr and parses it again (ast.literal_eval) on every event it indexes: only what
     # a person reads there, not the pixels' key or timestamps.
     shown = {"top": top, "size": list(size), **({"version": version} if version is not None else {}),

@@ -28,7 +28,7 @@ import redis
 from celery.utils.log import get_logger
 
 import settings
-from tasks import celery_app
+from tasks import celery_app, tracing
 from tasks.job_store import FINAL
 from tasks.result_bodies import WEBHOOK_PREFIX, result_body
 from tasks.webhook_targets import TargetRefused, check_target
@@ -47,10 +47,14 @@ return due
 
 
 def schedule(client: redis.Redis | redis.client.Pipeline, task_id: str, kind: str, url: str,
-             delay_s: float = 0.0, attempt: int = 1, delivery: str | None = None) -> None:
-    """Deliver the end of `task_id` (a "job" or a "request") to `url` once it has ended, `delay_s` from now."""
+             delay_s: float = 0.0, attempt: int = 1, delivery: str | None = None,
+             trace: dict[str, str] | None = None) -> None:
+    """Deliver the end of `task_id` (a "job" or a "request") to `url` once it has ended, `delay_s` from now.
+    Its attempts join the trace `trace` (tasks.tracing; default: the current span's)."""
+    trace = trace or tracing.carrier()
     entry = json.dumps({"id": task_id, "kind": kind, "url": url, "attempt": attempt,
-                        "delivery": delivery or str(uuid.uuid4()), "since": time.time()})
+                        "delivery": delivery or str(uuid.uuid4()), "since": time.time(),
+                        **({"trace": trace} if trace else {})})
     client.zadd(DUE_KEY, {entry: time.time() + delay_s})
 
 
@@ -70,10 +74,16 @@ def deliver_webhook(entry: dict[str, Any]) -> None:
         return
     if body["status"] not in FINAL:
         if time.time() - entry["since"] < settings.RESULT_TTL_S:
-            schedule(client, entry["id"], entry["kind"], entry["url"], _WATCH_S, entry["attempt"], entry["delivery"])
+            schedule(client, entry["id"], entry["kind"], entry["url"], _WATCH_S, entry["attempt"], entry["delivery"],
+                     entry.get("trace"))
         return
     data = json.dumps(body).encode()
-    status, error = _post(entry, f"{'job' if entry['kind'] == 'job' else 'request'}.{body['status'].lower()}", data)
+    event = f"{'job' if entry['kind'] == 'job' else 'request'}.{body['status'].lower()}"
+    started = time.time()
+    status, error = _post(entry, event, data)
+    tracing.record("webhook", started, time.time(), **{
+        "imageclf.event": event, "imageclf.attempt": entry["attempt"], "imageclf.delivery": entry["delivery"],
+        "http.response.status_code": status or 0, **({"error.type": error[:100]} if error else {})})
     key = WEBHOOK_PREFIX + entry["id"]
     with client.pipeline(transaction=True) as pipe:
         pipe.hincrby(key, "attempts", 1)
@@ -85,7 +95,8 @@ def deliver_webhook(entry: dict[str, Any]) -> None:
         retry = not ended and not refused and entry["attempt"] < settings.WEBHOOK_MAX_ATTEMPTS
         if retry:
             schedule(pipe, entry["id"], entry["kind"], entry["url"],
-                     settings.WEBHOOK_BACKOFF_S * 2 ** (entry["attempt"] - 1), entry["attempt"] + 1, entry["delivery"])
+                     settings.WEBHOOK_BACKOFF_S * 2 ** (entry["attempt"] - 1), entry["attempt"] + 1, entry["delivery"],
+                     entry.get("trace"))
         pipe.execute()
     logger.info("webhook %s attempt %d for %s: %s%s", entry["delivery"], entry["attempt"], entry["id"],
                 status or error, "" if retry else " (done)")
@@ -120,7 +131,9 @@ def start_scheduler(client: redis.Redis, poll_s: float = 0.5) -> None:
             try:  # a plain read each round; the popping script only when something is due
                 if client.zrangebyscore(DUE_KEY, "-inf", time.time(), start=0, num=1):
                     for raw in client.eval(_POP_DUE, 1, DUE_KEY, time.time(), 100):
-                        deliver_webhook.apply_async((json.loads(raw),), queue=settings.WEBHOOKS_QUEUE)
+                        entry = json.loads(raw)
+                        with tracing.within(entry.get("trace")):  # the attempt's task joins the event's trace
+                            deliver_webhook.apply_async((entry,), queue=settings.WEBHOOKS_QUEUE)
             except (redis.RedisError, OSError) as exc:  # Redis away: the entries wait in Redis
                 logger.warning("webhook scheduler: %s", exc)
             time.sleep(poll_s)

@@ -26,7 +26,7 @@ from celery.utils.log import get_logger
 import settings
 from models.registry import MODELS as BUILT_IN
 from models.repository import RepositoryError, file_revision, model_dir
-from tasks import batch_size, celery_app
+from tasks import batch_size, celery_app, tracing
 from tasks.job_store import sweep_orphans
 from tasks.model_records import clear_failure, read_unloaded, record_failure, record_labels, record_served
 from tasks.model_versions import ServedModel
@@ -153,6 +153,8 @@ def _announce() -> None:
 def load_model(**_: object) -> None:
     global _served
     if _served_model is None:
+        tracing.start_if_configured("imageclf-decoder")
+        tracing.instrument_celery()
         removed = sweep_orphans(pixel_store(), older_than_s=3600)
         if removed:
             logger.info("deleted the uploads of %d expired jobs", len(removed))
@@ -161,6 +163,7 @@ def load_model(**_: object) -> None:
 
         start_scheduler(pixel_store())
         return
+    tracing.start_if_configured("imageclf-worker")
     try:
         served = _open(_served_model)
         served.start()
