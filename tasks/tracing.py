@@ -77,6 +77,17 @@ def start(service: str, exporter: SpanExporter | None = None) -> None:
     _enabled = True
 
 
+def stop() -> None:
+    """Export what is still buffered. A Celery pool process ends with os._exit, past the SDK's atexit hook."""
+    if not _enabled:
+        return
+    from opentelemetry import trace
+
+    shutdown = getattr(trace.get_tracer_provider(), "shutdown", None)
+    if shutdown is not None:
+        shutdown()
+
+
 def _otlp_exporter() -> SpanExporter:
     """OTLP over HTTP (protobuf), or over gRPC when OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL says `grpc`."""
     protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
@@ -91,22 +102,40 @@ def _otlp_exporter() -> SpanExporter:
 
 
 def _sampler() -> Any:
-    """OTEL_TRACES_SAMPLER when set; else every request is traced, but a Redis command made outside any
-    request (a health poll, a key file reload) starts no trace of its own."""
-    if os.environ.get("OTEL_TRACES_SAMPLER"):
+    """Parent-based: a request continues its caller's decision. A new trace starts for every request (or a
+    share of them: OTEL_TRACES_SAMPLER=parentbased_traceidratio with OTEL_TRACES_SAMPLER_ARG), but never for a
+    Redis command made outside any request (a health poll, a key file reload). Any other OTEL_TRACES_SAMPLER
+    is the SDK's own."""
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    if name not in ("parentbased_always_on", "parentbased_traceidratio"):
         return None  # the SDK reads it
-    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult
+    from opentelemetry.sdk.trace.sampling import (
+        ALWAYS_ON,
+        Decision,
+        ParentBased,
+        Sampler,
+        SamplingResult,
+        TraceIdRatioBased,
+    )
     from opentelemetry.trace import SpanKind
+
+    if name == "parentbased_traceidratio":
+        try:
+            roots: Sampler = TraceIdRatioBased(min(1.0, max(0.0, float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", 1)))))
+        except ValueError:
+            raise SystemExit("OTEL_TRACES_SAMPLER_ARG must be a number between 0 and 1") from None
+    else:
+        roots = ALWAYS_ON
 
     class NoLoneCommands(Sampler):
         def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
                           attributes: Any = None, links: Any = None, trace_state: Any = None) -> Any:
             if kind == SpanKind.CLIENT:
                 return SamplingResult(Decision.DROP)
-            return ALWAYS_ON.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+            return roots.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
         def get_description(self) -> str:
-            return "NoLoneCommands"
+            return f"NoLoneCommands({roots.get_description()})"
 
     return ParentBased(root=NoLoneCommands())
 

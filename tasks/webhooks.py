@@ -6,11 +6,12 @@ the same on every attempt, so a receiver can drop repeats) and `X-Imageclf-Signa
 of the body with WEBHOOK_SECRET>`.
 
 Each attempt is one `deliver_webhook` Celery task on the decoders' `webhooks` queue (never a model worker),
-acknowledged late, so a killed worker's attempt is delivered again. Waits live in Redis, not in Celery
-countdowns (which the Redis broker would redeliver past its visibility timeout): a sorted set of due
-attempts, which every decoder process's scheduler thread moves to the queue when due, one atomic pop at a
-time. A 2xx ends the delivery, a 410 stops it, anything else is retried after WEBHOOK_BACKOFF_S × 2^n, at most
-WEBHOOK_MAX_ATTEMPTS attempts (8: about an hour). Every attempt is recorded for GET /result's `webhook`.
+acknowledged late and requeued when its process is killed (reject_on_worker_lost), so a killed worker's attempt
+is made again. Waits live in Redis, not in Celery countdowns (which the Redis broker would redeliver past its
+visibility timeout): a sorted set of due attempts, which every decoder process's scheduler thread claims when
+due (atomically, so no two take the same one) and removes once their tasks are queued. A 2xx ends the delivery, a
+410 stops it, anything else is retried after WEBHOOK_BACKOFF_S × 2^n, at most WEBHOOK_MAX_ATTEMPTS attempts (8:
+about an hour). Every attempt is recorded for GET /result's `webhook`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import redis
 from celery.utils.log import get_logger
+from kombu.exceptions import OperationalError
 
 import settings
 from tasks import celery_app, tracing
@@ -38,10 +41,14 @@ logger = get_logger(__name__)
 DUE_KEY = "imageclf:webhooks:due"
 MAX_RESPONSE_BYTES = 64 * 1024
 _WATCH_S = 1.0  # how often a request not yet ended is looked at again
-# Pop the entries due by ARGV[1] (at most ARGV[2]) so that no two schedulers take the same one.
-_POP_DUE = """
+#: How long a scheduler's claim on a due attempt lasts: if its process dies before the attempt's task is queued,
+#: the attempt is due again after this.
+CLAIM_S = 60.0
+# Claim the entries due by ARGV[1] (at most ARGV[2]): each is moved to ARGV[3], so that no other scheduler takes it
+# meanwhile; it leaves the set only once its task is queued.
+_CLAIM_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+for _, entry in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', ARGV[3], entry) end
 return due
 """
 
@@ -62,7 +69,7 @@ def signature(body: bytes) -> str:
     return "sha256=" + hmac.new(settings.WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
 
 
-@celery_app.task(name="deliver_webhook", acks_late=True, ignore_result=True)
+@celery_app.task(name="deliver_webhook", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def deliver_webhook(entry: dict[str, Any]) -> None:
     """One attempt (or, for a request still running, one look at it)."""
     from tasks.worker import pixel_store
@@ -124,17 +131,35 @@ def _post(entry: dict[str, Any], event: str, data: bytes) -> tuple[int | None, s
         return None, f"{type(exc).__name__}: {exc}"[:300]
 
 
+def send_due(client: redis.Redis, send: Callable[[dict[str, Any]], None], now: float | None = None,
+             claim_s: float = CLAIM_S) -> int:
+    """Queue (with `send`) every attempt due by `now`; how many were sent. Each is claimed first and removed only
+    once sent: a process that dies in between leaves it to be sent again `claim_s` later (at least once; the
+    receiver tells repeats by X-Imageclf-Delivery)."""
+    now = time.time() if now is None else now
+    if not client.zrangebyscore(DUE_KEY, "-inf", now, start=0, num=1):  # a plain read; the script only when due
+        return 0
+    sent = 0
+    for raw in client.eval(_CLAIM_DUE, 1, DUE_KEY, now, 100, now + claim_s):
+        entry = json.loads(raw)
+        with tracing.within(entry.get("trace")):  # the attempt's task joins the event's trace
+            send(entry)
+        client.zrem(DUE_KEY, raw)
+        sent += 1
+    return sent
+
+
+def _queue_attempt(entry: dict[str, Any]) -> None:
+    deliver_webhook.apply_async((entry,), queue=settings.WEBHOOKS_QUEUE)
+
+
 def start_scheduler(client: redis.Redis, poll_s: float = 0.5) -> None:
     """In a decoder process: move due attempts to the webhooks queue until the process ends."""
     def loop() -> None:
         while True:
-            try:  # a plain read each round; the popping script only when something is due
-                if client.zrangebyscore(DUE_KEY, "-inf", time.time(), start=0, num=1):
-                    for raw in client.eval(_POP_DUE, 1, DUE_KEY, time.time(), 100):
-                        entry = json.loads(raw)
-                        with tracing.within(entry.get("trace")):  # the attempt's task joins the event's trace
-                            deliver_webhook.apply_async((entry,), queue=settings.WEBHOOKS_QUEUE)
-            except (redis.RedisError, OSError) as exc:  # Redis away: the entries wait in Redis
+            try:
+                send_due(client, _queue_attempt)
+            except (redis.RedisError, OSError, OperationalError) as exc:  # Redis away: the entries wait in Redis
                 logger.warning("webhook scheduler: %s", exc)
             time.sleep(poll_s)
 

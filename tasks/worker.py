@@ -214,3 +214,4 @@ def on_shutdown(**_: object) -> None:
     if _served is not None:
         _served.stop()
     stop_heartbeat()
+    tracing.stop()

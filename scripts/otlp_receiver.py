@@ -1,7 +1,8 @@
-"""An OTLP/HTTP trace receiver on 127.0.0.1 for the tests: what the service's processes export with
-OTEL_EXPORTER_OTLP_ENDPOINT pointing here, decoded with the protocol's own protobuf messages
-(opentelemetry-proto). The OpenTelemetry Collector and Jaeger are Go programs that no registry reachable here
-ships (PyPI, npm, Debian), so the test's receiver stands in for them on the wire."""
+"""An OTLP/HTTP trace receiver on 127.0.0.1 for the tests and the tracing benchmark: what the service's
+processes export with OTEL_EXPORTER_OTLP_ENDPOINT pointing here, decoded with the protocol's own protobuf
+messages (opentelemetry-proto). The OpenTelemetry Collector and Jaeger are Go programs that none of the
+registries this project builds from ships (PyPI, npm, Debian), so this receiver stands in for them on the
+wire."""
 
 from __future__ import annotations
 
