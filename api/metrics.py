@@ -9,9 +9,12 @@ scrape of any API process shows the whole service.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
 import os
+import queue
 import sys
 import time
 from collections.abc import Iterator
@@ -50,11 +53,20 @@ request_log = logging.getLogger("imageclf.requests")
 
 
 def line_log(logger: logging.Logger) -> logging.Logger:
-    """`logger` writing each message as one line on stderr, whatever the root logger does (gunicorn's)."""
+    """`logger` writing each message as one line on stderr, whatever the root logger does (gunicorn's).
+
+    The request threads only queue their lines; one thread of the process writes them. Written by each request
+    thread itself, the stream handler's lock was where a busy API's threads queued up behind one another (under
+    a key's overload, half the samples of request handling, py-spy; docs/BENCHMARKS-QUOTAS.md).
+    """
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+        lines: queue.SimpleQueue = queue.SimpleQueue()
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("%(message)s"))
+        writer = logging.handlers.QueueListener(lines, stream)
+        writer.start()
+        atexit.register(writer.stop)  # the lines still queued are written before the process ends
+        logger.addHandler(logging.handlers.QueueHandler(lines))
         logger.setLevel(logging.INFO)
         logger.propagate = False
     return logger

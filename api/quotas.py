@@ -6,6 +6,12 @@ larger than what the bucket holds is admitted once the bucket is full, and leave
 is never refused forever and still pays for every image. Over a limit: 429 (RESOURCE_EXHAUSTED over gRPC)
 with Retry-After and the RateLimit-Limit / RateLimit-Remaining / RateLimit-Reset headers, which admitted
 responses carry too. Polling results is free.
+
+A refusal is remembered by the API process: until the key's bucket could hold the tokens asked for again
+(it refills at its rate, and other processes can only take from it) or, past its daily quota, for the rest
+of the day, the key's requests are refused here without asking Redis. Under a key's overload that is most of
+its requests, each one round trip to Redis less (docs/BENCHMARKS-QUOTAS.md). It never refuses what Redis
+would admit: the tokens are counted from before the refused call was sent.
 """
 
 from __future__ import annotations
@@ -74,6 +80,42 @@ class Decision:
                 "RateLimit-Reset": str(math.ceil(self.reset_s))}
 
 
+@dataclass(frozen=True)
+class _Refused:
+    """A key's last refusal: its bucket held `tokens` at the latest at `asked_at` (monotonic seconds), or
+    `daily_left` images were left on `day`."""
+    limits: Limits
+    why: str
+    asked_at: float
+    tokens: float
+    daily_left: float
+    day: str
+    used_today: int
+
+
+#: The last refusal of each key by this process (bounded by the number of keys).
+_refused: dict[str, _Refused] = {}
+
+
+def _still_refused(owner: str, limits: Limits, cost: int) -> Decision | None:
+    """The refusal `charge` would give now, known from the key's last one without asking Redis; None when Redis
+    must be asked (it may admit)."""
+    last = _refused.get(owner)
+    if last is None or last.limits != limits:
+        return None
+    if last.why == "daily":
+        if last.day != _day() or cost <= last.daily_left:
+            return None
+        midnight = _seconds_to_midnight()
+        return Decision(False, "daily", float(limits.daily or 0), last.daily_left, midnight, midnight, last.used_today)
+    rate, burst = limits.rate or 0.0, limits.burst or 0.0
+    tokens = min(burst, last.tokens + (time.monotonic() - last.asked_at) * rate)
+    need = min(cost, burst)
+    if rate <= 0 or tokens >= need:
+        return None
+    return Decision(False, "rate", burst, tokens, (burst - tokens) / rate, (need - tokens) / rate, last.used_today)
+
+
 def _day() -> str:
     return time.strftime("%Y%m%d", time.gmtime())
 
@@ -86,10 +128,18 @@ def charge(client: redis.Redis, owner: str, limits: Limits, cost: int) -> Decisi
     """Take `cost` tokens from `owner`'s limits; None when the key has none; the Decision either way."""
     if limits.rate is None and limits.daily is None:
         return None
+    known = _still_refused(owner, limits, cost)
+    if known is not None:
+        return known
+    asked_at = time.monotonic()
     admitted, why, remaining, reset, retry, used = client.eval(
         _CHARGE, 2, BUCKET_PREFIX + owner, f"{DAY_PREFIX}{owner}:{_day()}",
         limits.rate or 0, limits.burst or 0, cost, limits.daily or 0)
     why = why.decode() if isinstance(why, bytes) else why
+    if admitted:
+        _refused.pop(owner, None)
+    else:
+        _refused[owner] = _Refused(limits, why, asked_at, float(remaining), float(remaining), _day(), int(float(used)))
     if why == "daily" or (limits.rate is None and limits.daily is not None):
         limit, reset_s = float(limits.daily or 0), _seconds_to_midnight()
         remaining_f = float(remaining) if why == "daily" else float(limits.daily or 0) - float(used)

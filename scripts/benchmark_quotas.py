@@ -5,20 +5,24 @@
 Serves a user's `.keras` model (near-free, or ResNet50 with random weights: scripts.scratch_service
 builds both) with two keys: `noisy` limited to `--rate` images/s and `quiet` without limits. One sequential
 client sends /predict with `quiet`; it runs alone, then beside `noisy` sending open-loop (Poisson) requests
-at `--overload` times its rate limit, then alone again. Reported per phase: quiet's requests and p50/p95,
-noisy's answers by status. Figures are compared within one run (the machine is shared and noisy).
+at `--overload` times its rate limit (from a process of its own, on asyncio with prebuilt request bytes, so the
+load generator takes little of the CPU the service and quiet share), then alone again. Reported per phase:
+quiet's requests and p50/p95, noisy's answers by status. Figures are compared within one run (the machine is
+shared and noisy).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import multiprocessing
 import random
 import statistics
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -38,40 +42,107 @@ def _phase(url: str, image: bytes, seconds: float, noisy_rate: float) -> dict:
                 if http.post(url + "/predict", files={"image": ("q.jpg", image)}).status_code == 200:
                     quiet_ms.append(1000 * (time.perf_counter() - sent))
 
-    def one(http: httpx.Client) -> None:
-        status = http.post(url + "/predict", files={"image": ("n.jpg", image)}).status_code
-        noisy[status] = noisy.get(status, 0) + 1
-
-    def arrivals() -> None:
-        rng = random.Random(1)
-        with httpx.Client(timeout=120, headers={"X-API-Key": "noisy"},
-                          limits=httpx.Limits(max_connections=64)) as http, ThreadPoolExecutor(64) as pool:
-            while not stop.is_set():
-                pool.submit(one, http)
-                time.sleep(rng.expovariate(noisy_rate))
-
-    threads = [threading.Thread(target=quiet)] + ([threading.Thread(target=arrivals)] if noisy_rate else [])
-    for thread in threads:
-        thread.start()
+    results: multiprocessing.Queue = multiprocessing.Queue()
+    sender = multiprocessing.Process(target=_noisy_process, args=(url, image, noisy_rate, seconds, results))
+    if noisy_rate:
+        sender.start()
+    thread = threading.Thread(target=quiet)
+    thread.start()
     time.sleep(seconds)
     stop.set()
-    for thread in threads:
-        thread.join()
+    thread.join()
+    noisy_cpu_s = 0.0
+    if noisy_rate:
+        sent = results.get(timeout=60)
+        noisy.update(sent["statuses"])
+        noisy_cpu_s = sent["cpu_s"]
+        sender.join(30)
     ms = sorted(quiet_ms)
     return {"noisy_offered_per_s": noisy_rate, "quiet_requests": len(ms),
             "quiet_p50_ms": round(statistics.median(ms), 1), "quiet_p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 1),
-            "noisy_by_status": {str(k): v for k, v in sorted(noisy.items())}}
+            "noisy_by_status": {str(k): v for k, v in sorted(noisy.items())},
+            "noisy_client_cpu_share": round(noisy_cpu_s / seconds, 3)}
+
+
+def _request(url: str, image: bytes) -> bytes:
+    """noisy's /predict upload as raw HTTP/1.1 bytes, built once."""
+    parts = urlsplit(url)
+    boundary = "imageclf-benchmark"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"n.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST /predict HTTP/1.1\r\nHost: {parts.netloc}\r\nX-API-Key: noisy\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+def _noisy_process(url: str, image: bytes, rate: float, seconds: float, results: multiprocessing.Queue) -> None:
+    """noisy's open-loop (Poisson) arrivals at `rate`/s for `seconds`, from a process of its own (not sharing the
+    quiet client's interpreter lock) on asyncio with prebuilt request bytes: a load generator costing little
+    CPU, so what quiet measures is the service. Puts its {status: count} and CPU seconds on `results`."""
+    statuses = asyncio.run(_arrivals(url, _request(url, image), rate, seconds))
+    results.put({"statuses": statuses, "cpu_s": time.process_time()})
+
+
+async def _arrivals(url: str, request: bytes, rate: float, seconds: float) -> dict[int, int]:
+    parts = urlsplit(url)
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    statuses: dict[int, int] = {}
+
+    async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, bool]:
+        """(status, whether the connection stays open)."""
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        await reader.readexactly(int(fields.get("content-length", 0)))
+        return int(lines[0].split()[1]), fields.get("connection", "").lower() != "close"
+
+    async def one() -> None:
+        # A kept connection may have been closed by the server meanwhile (gunicorn closes one whose refused
+        # upload it did not read): then the request goes again on a new one, as an HTTP client's pool does.
+        for reused in ([True] if idle else []) + [False]:
+            reader, writer = idle.pop() if reused else await asyncio.open_connection(parts.hostname, parts.port)
+            try:
+                status, kept = await send(reader, writer)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                writer.close()
+                if reused:
+                    continue
+                statuses[0] = statuses.get(0, 0) + 1  # a fresh connection that broke: counted
+                return
+            statuses[status] = statuses.get(status, 0) + 1
+            if kept:
+                idle.append((reader, writer))
+            else:
+                writer.close()
+            return
+
+    rng = random.Random(1)
+    pending = set()
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        task = asyncio.ensure_future(one())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        await asyncio.sleep(rng.expovariate(rate))
+    await asyncio.gather(*pending)
+    for _, writer in idle:
+        writer.close()
+    return statuses
 
 
 def markdown(report: dict) -> str:
-    lines = ["| phase | noisy offered /s | noisy answers by status | quiet requests | quiet p50 ms | quiet p95 ms |",
-             "|---|---:|---|---:|---:|---:|"]
+    lines = ["| phase | noisy offered /s | noisy answers by status | noisy client's CPU (cores) | quiet requests | "
+             "quiet p50 ms | quiet p95 ms |", "|---|---:|---|---:|---:|---:|---:|"]
     for name, row in zip(("alone", "beside noisy", "alone again"), report["phases"]):
         statuses = ", ".join(f"{k}: {v}" for k, v in row["noisy_by_status"].items()) or "-"
-        lines.append(f"| {name} | {row['noisy_offered_per_s']} | {statuses} | {row['quiet_requests']} | "
+        lines.append(f"| {name} | {row['noisy_offered_per_s']} | {statuses} | {row['noisy_client_cpu_share']} | "
+                     f"{row['quiet_requests']} | "
                      f"{row['quiet_p50_ms']} | {row['quiet_p95_ms']} |")
     lines += ["", f"- quiet's p50 beside noisy: × {report['ratio_p50']} its value alone (mean of the two alone "
-                  f"phases); noisy limited to {report['rate']} images/s, offered {report['overload']} times that"]
+                  f"phases); noisy limited to {report['rate']} images/s, offered {report['overload']} times that; "
+                  f"API_WORKERS={report['api_workers']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -81,19 +152,21 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="noisy's rate limit, images/s")
     parser.add_argument("--overload", type=float, default=10.0, help="noisy offers this many times its limit")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    parser.add_argument("--api-workers", type=int, default=2, help="API_WORKERS: gunicorn processes")
     parser.add_argument("--image", type=Path, default=Path("../shared/assets/images/cat_720p.jpg"))
     parser.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
     args = parser.parse_args()
     image = args.image.read_bytes()
     keys = f"noisy:rate={args.rate:g}/s:burst={max(1.0, args.rate):g},quiet"
-    with scratch_service(args.model, {"API_KEYS": keys}, "quotas-") as scratch:
+    with scratch_service(args.model, {"API_KEYS": keys, "API_WORKERS": str(args.api_workers)}, "quotas-") as scratch:
         url = scratch.svc.url
         _phase(url, image, min(15.0, args.seconds), 0)  # warm-up, not reported
         phases = [_phase(url, image, args.seconds, rate) for rate in (0, args.rate * args.overload, 0)]
         for row in phases:
             print(json.dumps(row), flush=True)
     alone = statistics.fmean([phases[0]["quiet_p50_ms"], phases[2]["quiet_p50_ms"]])
-    report = {"model": args.model, "rate": args.rate, "overload": args.overload, "seconds": args.seconds,
+    report = {"model": args.model, "api_workers": args.api_workers, "rate": args.rate, "overload": args.overload,
+              "seconds": args.seconds,
               "phases": phases, "ratio_p50": round(phases[1]["quiet_p50_ms"] / alone, 2)}
     if args.out:
         args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")

@@ -44,3 +44,34 @@ def test_the_keys_file_is_re_read_when_it_changes_and_a_broken_one_keeps_the_old
     os.utime(path, (time.time() + 10, time.time() + 10))
     assert ring.lookup("gamma")[1] == Limits(None, None, 3)  # the broken edit is not applied
     assert KeyRing([], "").enabled is False and KeyRing([], str(tmp_path / "none.txt")).enabled is True
+
+
+def test_a_refused_key_is_refused_again_here_without_redis_until_a_token_can_be_there(redis_url):
+    import redis
+
+    from api import quotas
+
+    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/15")
+    client.flushdb()
+    limits, owner = Limits(rate=5.0, burst=2.0), "key-refused-locally"
+
+    def evals() -> int:
+        return int(client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0))
+
+    assert quotas.charge(client, owner, limits, 1).admitted and quotas.charge(client, owner, limits, 1).admitted
+    refused = quotas.charge(client, owner, limits, 1)
+    assert not refused.admitted and 0 < refused.retry_after_s <= 0.2
+    before = evals()
+    again = [quotas.charge(client, owner, limits, 1) for _ in range(20)]  # within the same 0.2 s
+    assert not any(d.admitted for d in again) and evals() == before  # refused here, Redis not asked
+    assert all(0 < d.retry_after_s <= refused.retry_after_s for d in again)
+    time.sleep(refused.retry_after_s + 0.01)
+    assert quotas.charge(client, owner, limits, 1).admitted and evals() == before + 1  # a token was there again
+    assert owner not in quotas._refused
+
+    daily = Limits(daily=3)
+    assert quotas.charge(client, "key-daily", daily, 3).admitted
+    assert not quotas.charge(client, "key-daily", daily, 1).admitted
+    before = evals()
+    assert quotas.charge(client, "key-daily", daily, 1).why == "daily" and evals() == before
+    client.flushdb()
