@@ -11,16 +11,20 @@ export CLASS_INDEX ?= $(wildcard $(CURDIR)/../shared/assets/imagenet_class_index
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements/api.txt requirements/worker.txt requirements/client.txt requirements/dev.txt
+$(VENV)/.installed: pyproject.toml requirements/api.txt requirements/model.txt requirements/worker.txt \
+                   requirements/client.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 run: install
-	$(PY) -m scripts.run
+	$(PY) -m imageclf run
 
+# The documentation site first (broken links and missing pages fail it), then the tests.
 test: install browser
+	$(PY) -m mkdocs build --strict --quiet --site-dir var/site
 	$(PY) -m pytest
 
 # The browser tests drive Debian's chromium; install it when missing (needs root, as in CI).

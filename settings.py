@@ -1,8 +1,9 @@
 """Every setting of the service, read once from the environment.
 
-This is the one place that reads environment variables; the README's configuration
-table mirrors it. Importing it is cheap and pulls in no TensorFlow, so the API,
-the workers, the scripts and the tests all share it.
+This is the one place that reads environment variables. Each setting's `#:` comment is its description:
+the documentation's Configuration page and `imageclf run --help` are generated from them
+(imageclf/settings_reference.py), and a test fails for a setting without one. Importing it is cheap and pulls
+in no TensorFlow, so the API, the workers, the scripts and the tests all share it.
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ REDIS_SENTINEL_MASTER: str = _str("REDIS_SENTINEL_MASTER", "")
 #: for it, at most REDIS_WAIT_MS; else 503 + Retry-After. Replication is asynchronous: without it a
 #: failover can lose work the client was told was accepted. Default 1 with Sentinels, else 0 (off).
 REDIS_WAIT_REPLICAS: int = max(0, _int("REDIS_WAIT_REPLICAS", 1 if REDIS_URL.startswith("sentinel://") else 0))
+#: Most milliseconds the API waits for REDIS_WAIT_REPLICAS replicas to confirm an accepted request.
 REDIS_WAIT_MS: int = max(1, _int("REDIS_WAIT_MS", 1000))
 #: Where the embedded Redis keeps its append-only file (only when REDIS_URL is unset).
 REDIS_DATA_DIR: str = _str("REDIS_DATA_DIR", os.path.join("var", "redis"))
-#: Address and port of the HTTP API.
+#: Address the HTTP API (and the gRPC service) listen on.
 HOST: str = _str("HOST", "127.0.0.1")
+#: Port of the HTTP API.
 PORT: int = _int("PORT", 5000)
 #: Port of the Open Inference Protocol's gRPC service (inference.GRPCInferenceService), on HOST.
 GRPC_PORT: int = _int("GRPC_PORT", 8001)
@@ -94,6 +97,7 @@ CLASS_INDEX: str = _str("CLASS_INDEX", "")
 #: Largest batch the worker runs (celery-batches flush_every). Unset: up to 32, and each model worker times its
 #: model at start and runs the smallest batch within 5 % of its best images/s (tasks/batch_size.py).
 BATCH_SIZE: int = max(1, _int("BATCH_SIZE", 32))
+#: (Not a variable of its own: whether BATCH_SIZE was left unset, so that the batch size is measured.)
 BATCH_SIZE_AUTO: bool = not os.environ.get("BATCH_SIZE", "").strip()
 #: Job images and video frames fill a batch only up to this size, so /predict requests never wait behind a
 #: long batch of bulk work. Empty: BATCH_SIZE when the worker sees a GPU (batching is nearly free there),
@@ -105,8 +109,9 @@ BATCH_PADDING: str = _str("BATCH_PADDING", "auto")
 #: 0: none, batches form from what arrives while the model is busy.
 BATCH_WAIT_MS: float = max(0.0, _float("BATCH_WAIT_MS", 0.0))
 
-#: How long POST /predict waits for its answer before replying 202 (default and upper bound).
+#: Seconds POST /predict waits for its answer before replying 202, when the request does not say (`timeout`).
 PREDICT_TIMEOUT_S: float = _float("PREDICT_TIMEOUT_S", 30.0)
+#: Largest `timeout` a /predict request may ask for, in seconds.
 MAX_PREDICT_TIMEOUT_S: float = _float("MAX_PREDICT_TIMEOUT_S", 300.0)
 #: Comma-separated API keys; empty (default): no authentication. An entry may carry limits:
 #: `key1:rate=20/s:burst=40:daily=100000` (images per second, minute or hour; bucket size; images per UTC day).
@@ -138,14 +143,16 @@ RESULT_TTL_S: int = _int("RESULT_TTL_S", 3600)
 UPLOAD_DIR: str = _str("UPLOAD_DIR", os.path.join("var", "uploads"))
 #: Seconds a /predict answer is kept for the same upload (bytes, model, version, preprocessing, top); 0: no cache.
 CACHE_TTL_S: float = max(0.0, _float("CACHE_TTL_S", 0.0))
-#: Completion webhooks (`callback_url`): the HMAC-SHA256 key of their X-Imageclf-Signature header (unset: a
-#: callback_url is refused), most attempts per event, the first retry's delay (doubled after each attempt:
-#: 8 attempts over about an hour), one attempt's time limit, and hosts that may receive them although they
-#: resolve to loopback or private addresses (comma-separated; e.g. a receiver on this machine).
+#: The HMAC-SHA256 key of completion webhooks' X-Imageclf-Signature header; unset, a `callback_url` is refused.
 WEBHOOK_SECRET: str = _str("WEBHOOK_SECRET", "")
+#: Most delivery attempts of one webhook event.
 WEBHOOK_MAX_ATTEMPTS: int = max(1, _int("WEBHOOK_MAX_ATTEMPTS", 8))
+#: Seconds before a webhook's first retry, doubled after each attempt (8 attempts: about an hour).
 WEBHOOK_BACKOFF_S: float = max(0.0, _float("WEBHOOK_BACKOFF_S", 30.0))
+#: Time limit of one webhook attempt, in seconds (the answer's body is read up to 64 KB).
 WEBHOOK_TIMEOUT_S: float = max(0.1, _float("WEBHOOK_TIMEOUT_S", 10.0))
+#: Hosts (comma-separated) that may receive webhooks although they resolve to loopback or private addresses,
+#: e.g. a receiver on this machine.
 WEBHOOK_ALLOW_HOSTS: frozenset[str] = frozenset(
     h.strip().lower() for h in _str("WEBHOOK_ALLOW_HOSTS", "").split(",") if h.strip())
 #: OpenTelemetry traces (tasks/tracing.py) are sent when OTEL_EXPORTER_OTLP_ENDPOINT (or
@@ -187,18 +194,24 @@ MAX_IMAGE_PIXELS: int = _int("MAX_IMAGE_PIXELS", 64_000_000)
 #: wait for room, an API request at most DECODE_WAIT_S before a 503 + Retry-After. The default decodes one
 #: image of MAX_IMAGE_PIXELS at a time beside small ones; a larger image is decoded alone.
 DECODE_BUDGET_MB: float = max(1.0, _float("DECODE_BUDGET_MB", 256.0))
+#: Seconds an upload waits for decode room (DECODE_BUDGET_MB) before POST /predict answers 503 + Retry-After.
 DECODE_WAIT_S: float = max(0.0, _float("DECODE_WAIT_S", 10.0))
 
-#: gunicorn processes and threads per process for the API.
+#: gunicorn processes of the API. Under a flood of uploads each process's threads take turns on one
+#: interpreter lock: more processes keep other clients' latency down (docs/BENCHMARKS-QUOTAS.md).
 API_WORKERS: int = _int("API_WORKERS", 2)
+#: Threads per API process.
 API_THREADS: int = _int("API_THREADS", 32)
 
-#: Celery queues, per model: single images (/predict), and job images and frames (same workers, served
-#: second), and shadow copies for a shadow worker (SHADOW_DEVICE); and the job drivers that the decoder
-#: workers run.
+# Celery queues (not variables), per model: single images (/predict), job images and frames (same workers,
+# served second), shadow copies for a shadow worker (SHADOW_DEVICE); and the job drivers the decoders run.
+#: Queue of a model's single images.
 INTERACTIVE_PREFIX: str = "interactive."
+#: Queue of a model's job images and video frames.
 BULK_PREFIX: str = "bulk."
+#: Queue of a model's shadow copies (SHADOW_DEVICE).
 SHADOW_PREFIX: str = "shadow."
+#: Queue of the job drivers (decoders).
 JOBS_QUEUE: str = "jobs"
 #: Where webhook deliveries wait for a decoder worker (never a model worker).
 WEBHOOKS_QUEUE: str = "webhooks"

@@ -7,8 +7,6 @@ Errors are the protocol's `{"error": "..."}`.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -20,14 +18,13 @@ from api.models import served
 from api.quotas import charge_request
 from api.submissions import queue_unavailable, redis_client
 from api.v2_inference import described, known_model, model_versions, run, served_input
+from imageclf import __version__
 from tasks.readiness import live_workers
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
 SERVER_NAME = "imageclf"
-#: The project's version, written once in pyproject.toml.
-SERVER_VERSION = re.search(r'^version = "([^"]+)"', (Path(__file__).resolve().parent.parent / "pyproject.toml")
-                           .read_text(), re.MULTILINE).group(1)
+SERVER_VERSION = __version__
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 

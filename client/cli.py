@@ -27,7 +27,11 @@ from client import Client, ServiceError, collect_files, is_video
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return run_command(_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run `classify` or `evaluate` with their parsed arguments (also `imageclf classify|evaluate`)."""
     if args.command == "evaluate":
         return _evaluate(args)
     try:
@@ -61,8 +65,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m client", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    classify = commands.add_parser("classify", help="classify images, folders, zips and videos")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def add_commands(commands: argparse._SubParsersAction, **options: Any) -> None:
+    """The `classify` and `evaluate` commands, on `python -m client` or `imageclf` (`options` go to each
+    command's parser: an epilog, a formatter)."""
+    classify = commands.add_parser("classify", help="classify images, folders, zips and videos", **options)
     classify.add_argument("paths", nargs="+", help="image files, folders of images, zips of images, videos")
     _service_options(classify)
     classify.add_argument("--top", type=int, default=5, help="labels per image (default 5)")
@@ -72,14 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--max-frames", type=int, help="sample at most this many video frames")
     _output_options(classify, "print the service's JSON answers", "print one CSV row per image or frame")
     evaluate = commands.add_parser("evaluate", help="a model's figures on labelled images (ImageFolder zips, or "
-                                                    "images with a file,label CSV)")
+                                                    "images with a file,label CSV)", **options)
     evaluate.add_argument("paths", nargs="+", help="zips in ImageFolder layout (<class>/<file>), images, folders")
     _service_options(evaluate)
     evaluate.add_argument("--versions", help="versions to evaluate and compare, e.g. 1,2 (default: the default)")
     evaluate.add_argument("--labels", type=Path, help="a CSV with the columns file,label instead of class folders")
     evaluate.add_argument("--min-accuracy", type=float, help="exit 1 when a version's accuracy is below this")
     _output_options(evaluate, "print the evaluation's JSON result", "print one CSV row per image and version")
-    return parser
 
 
 def _output_options(parser: argparse.ArgumentParser, json_help: str, csv_help: str) -> None:

@@ -1,12 +1,23 @@
 # Workers: TensorFlow + the model. Build with --build-arg TF_PACKAGE="tensorflow[and-cuda]" for GPU hosts.
+# The project is installed as its wheel (built in the first stage), its dependencies from requirements/.
+FROM python:3.11-slim AS wheel
+WORKDIR /src
+COPY pyproject.toml MANIFEST.in README.md settings.py celeryconfig.py ./
+COPY requirements requirements
+COPY imageclf imageclf
+COPY api api
+COPY tasks tasks
+COPY models models
+COPY client client
+COPY scripts scripts
+RUN pip wheel --no-cache-dir --no-deps -w /wheels .
+
 FROM python:3.11-slim
 ARG TF_PACKAGE=tensorflow-cpu==2.21.0
+COPY requirements /tmp/requirements
+RUN sed -i "s|^tensorflow-cpu==.*|${TF_PACKAGE}|" /tmp/requirements/model.txt \
+ && pip install --no-cache-dir -r /tmp/requirements/worker.txt -r /tmp/requirements/client.txt
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-cache-dir --no-deps /wheels/imageclf-*.whl
 WORKDIR /app
-COPY requirements requirements
-RUN sed -i "s|^tensorflow-cpu==.*|${TF_PACKAGE}|" requirements/worker.txt \
- && pip install --no-cache-dir -r requirements/worker.txt
-COPY settings.py celeryconfig.py ./
-COPY models models
-COPY tasks tasks
-COPY scripts scripts
-CMD ["python", "-m", "scripts.start_workers"]
+CMD ["imageclf", "worker"]

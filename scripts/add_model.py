@@ -123,30 +123,23 @@ def _check(name: str, staging: Path, sample: Path | None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from imageclf.cli import add_model_arguments
+
     parser = argparse.ArgumentParser(prog="python -m scripts.add_model", description=__doc__.split("\n\n")[0])
-    parser.add_argument("path", type=Path, help="a .keras, .h5 or .onnx file, or a SavedModel folder")
-    parser.add_argument("--name", required=True, help="the model's name (MODELS=..., ?model=...)")
-    parser.add_argument("--labels", type=Path, help="class names, one per line (line i is class_id i); "
-                                                    "required for a new model")
-    parser.add_argument("--repository", type=Path, default=Path(settings.MODEL_REPOSITORY),
-                        help=f"the model repository (default: MODEL_REPOSITORY, {settings.MODEL_REPOSITORY})")
-    parser.add_argument("--sample", type=Path, help="an image to classify as a check (default: a grey image)")
-    parser.add_argument("--preprocess", choices=("scale", "caffe", "tf", "torch"),
-                        help="scale (x*scale, then (x-mean)/std; default), or a family preset")
-    parser.add_argument("--scale", help="pixel multiplier, one number or three (default 1/255)")
-    parser.add_argument("--mean", help="subtracted after scaling, one number or three (default 0)")
-    parser.add_argument("--std", help="divided by after that, one number or three (default 1)")
-    parser.add_argument("--channels", choices=("RGB", "BGR"))
-    parser.add_argument("--layout", choices=("NHWC", "NCHW"), help="NCHW for ONNX exported from PyTorch")
-    parser.add_argument("--input-size", help="HEIGHT,WIDTH, when the model's input leaves it open")
-    parser.add_argument("--resize", choices=("squash", "center_crop"))
-    parser.add_argument("--output", choices=("softmax", "logits", "sigmoid"))
-    args = parser.parse_args(argv)
+    add_model_arguments(parser)
+    return add_from_arguments(parser.parse_args(argv))
+
+
+def add_from_arguments(args: argparse.Namespace) -> int:
+    """Check and add the model `args` name (imageclf add-model's options, and this module's); the exit status:
+    0 added, 1 the model does not work, 2 a usage error."""
     if not args.name.replace("_", "").replace("-", "").replace(".", "").isalnum() or args.name.startswith("."):
-        parser.error(f"--name {args.name!r}: use letters, digits, '_', '-' and '.'")
+        print(f"error: --name {args.name!r}: use letters, digits, '_', '-' and '.'", file=sys.stderr)
+        return 2
     for path in (args.path, args.labels, args.sample):
         if path is not None and not path.exists():
-            parser.error(f"{path}: no such file or folder")
+            print(f"error: {path}: no such file or folder", file=sys.stderr)
+            return 2
     try:
         config = config_from(args)
         version, predictions = add(args.path, args.name, args.repository, args.labels, config, args.sample)

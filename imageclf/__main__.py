@@ -1,0 +1,5 @@
+import sys
+
+from imageclf.cli import main
+
+sys.exit(main())
