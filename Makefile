@@ -24,7 +24,7 @@ run: install
 
 # The documentation site first (broken links and missing pages fail it), then the tests.
 test: install browser
-	$(PY) -m mkdocs build --strict --quiet --site-dir var/site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir var/site
 	$(PY) -m pytest
 
 # The browser tests drive Debian's chromium; install it when missing (needs root, as in CI).

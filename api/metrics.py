@@ -18,6 +18,7 @@ import queue
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -39,15 +40,47 @@ REQUESTS = Counter("imageclf_http_requests", "HTTP requests answered, by route, 
 LATENCY = Histogram("imageclf_http_request_seconds", "Time to answer an HTTP request, by route, model and version",
                     ["route", "model", "version"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
-#: CPU the request's own thread spent (parsing, decoding, queueing, encoding): what an API process pays per
-#: request, apart from the time it waits for the model.
 #: Requests per API key, by the key's id (a hash: never the key itself) and status.
 KEY_REQUESTS = Counter("imageclf_key_requests", "HTTP requests answered per API key, by the key's id (the first "
                        "32 hex digits of its SHA-256) and status", ["key_id", "status"])
 CACHE_REQUESTS = Counter("imageclf_cache_requests", "POST /predict requests looked up in the response cache "
                          "(CACHE_TTL_S), by model and result (hit or miss)", ["model", "result"])
+#: CPU the request's own thread spent (parsing, decoding, queueing, encoding): what an API process pays per
+#: request, apart from the time it waits for the model.
 CPU = Histogram("imageclf_http_request_cpu_seconds", "CPU time of the thread that answered an HTTP request, by route",
                 ["route"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0))
+
+#: The API process's own metrics (prometheus_client; added up over gunicorn's processes).
+PROCESS_METRICS = (REQUESTS, LATENCY, KEY_REQUESTS, CACHE_REQUESTS, CPU)
+#: The metrics read from Redis at each scrape (_ServiceCollector; the workers write their figures there): name →
+#: (family, help, labels). The one declaration of each, for /metrics and for the documentation's Metrics page.
+SERVICE_METRICS: dict[str, tuple[type, str, list[str]]] = {
+    "imageclf_redis_up": (GaugeMetricFamily, "Whether Redis answered this scrape", []),
+    "imageclf_queue_depth": (GaugeMetricFamily, "Tasks waiting in a queue", ["queue"]),
+    "imageclf_bulk_in_flight": (GaugeMetricFamily, "Job images and frames sent to a model and not yet gathered",
+                                ["model"]),
+    "imageclf_workers": (GaugeMetricFamily, "Live worker processes", ["role", "model"]),
+    "imageclf_model_version_workers": (GaugeMetricFamily, "Live model worker processes serving each version (two "
+                                       "versions show a rollout in progress)", ["model", "version"]),
+    "imageclf_worker_memory_bytes": (GaugeMetricFamily, "Resident memory of each live worker process (its last "
+                                     "heartbeat)", ["role", "model", "worker"]),
+    "imageclf_shadow_agreement_ratio": (GaugeMetricFamily, "Share of shadow requests on which `version` gave the "
+                                        "same top-1 class as the default version `against`",
+                                        ["model", "version", "against"]),
+    "imageclf_images_classified": (CounterMetricFamily, "Images and frames run through the model (shadow copies "
+                                   "included)", ["model", "version"]),
+    "imageclf_batch_size": (HistogramMetricFamily, "Requests per model call", ["model", "version"]),
+    "imageclf_inference_seconds": (HistogramMetricFamily, "Seconds per model call", ["model", "version"]),
+    "imageclf_model_busy_seconds": (CounterMetricFamily, "Seconds model processes spent on batches (fetch pixels, "
+                                    "model call, store answers); its rate over the model workers is their busy "
+                                    "ratio", ["model"]),
+}
+
+
+def _family(name: str) -> Any:
+    kind, documentation, labels = SERVICE_METRICS[name]
+    return kind(name, documentation, labels=labels)
+
 
 request_log = logging.getLogger("imageclf.requests")
 
@@ -109,11 +142,8 @@ def metrics() -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)
     else:
-        registry.register(REQUESTS)
-        registry.register(LATENCY)
-        registry.register(CPU)
-        registry.register(KEY_REQUESTS)
-        registry.register(CACHE_REQUESTS)
+        for metric in PROCESS_METRICS:
+            registry.register(metric)
     registry.register(_ServiceCollector(current_app.extensions["redis"]))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
@@ -125,25 +155,21 @@ class _ServiceCollector:
         self.client = client
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("imageclf_redis_up", "Whether Redis answered this scrape")
+        up = _family("imageclf_redis_up")
         try:
-            depth = GaugeMetricFamily("imageclf_queue_depth", "Tasks waiting in a queue", labels=["queue"])
-            in_flight = GaugeMetricFamily("imageclf_bulk_in_flight", "Job images and frames sent to a model "
-                                          "and not yet gathered", labels=["model"])
+            depth = _family("imageclf_queue_depth")
+            in_flight = _family("imageclf_bulk_in_flight")
             for model in settings.MODELS:
                 for queue in dict.fromkeys((settings.interactive_queue(model), settings.bulk_queue(model),
                                             settings.shadow_copies_queue(model))):
                     depth.add_metric([queue], self.client.llen(queue))
                 in_flight.add_metric([model], self.client.zcard(bulk_in_flight_key(model)))
             depth.add_metric([settings.JOBS_QUEUE], self.client.llen(settings.JOBS_QUEUE))
-            workers = GaugeMetricFamily("imageclf_workers", "Live worker processes", labels=["role", "model"])
-            versions = GaugeMetricFamily("imageclf_model_version_workers", "Live model worker processes serving "
-                                         "each version (two versions show a rollout in progress)",
-                                         labels=["model", "version"])
+            workers = _family("imageclf_workers")
+            versions = _family("imageclf_model_version_workers")
             counts: dict[tuple[str, str], int] = {}
             serving: dict[tuple[str, str], int] = {}
-            memory = GaugeMetricFamily("imageclf_worker_memory_bytes", "Resident memory of each live worker process "
-                                       "(its last heartbeat)", labels=["role", "model", "worker"])
+            memory = _family("imageclf_worker_memory_bytes")
             alive = live_workers(self.client)
             for w in alive:
                 key = (w.get("role", "model"), w.get("model", ""))
@@ -159,9 +185,7 @@ class _ServiceCollector:
             for (model, version), n in sorted(serving.items()):
                 versions.add_metric([model, version], n)
             stats = read_stats(self.client)
-            agreement = GaugeMetricFamily("imageclf_shadow_agreement_ratio", "Share of shadow requests on which "
-                                          "`version` gave the same top-1 class as the default version `against`",
-                                          labels=["model", "version", "against"])
+            agreement = _family("imageclf_shadow_agreement_ratio")
             for model in settings.MODELS:
                 for pair in read_comparisons(self.client, model):
                     if pair["top1_agreement"] is not None:
@@ -177,14 +201,10 @@ class _ServiceCollector:
 
 
 def _worker_stats(stats: dict[str, dict[str, float]]) -> Iterator[Metric]:
-    images = CounterMetricFamily("imageclf_images_classified", "Images and frames run through the model (shadow "
-                                 "copies included)", labels=["model", "version"])
-    sizes = HistogramMetricFamily("imageclf_batch_size", "Requests per model call", labels=["model", "version"])
-    inference = HistogramMetricFamily("imageclf_inference_seconds", "Seconds per model call",
-                                      labels=["model", "version"])
-    busy = CounterMetricFamily("imageclf_model_busy_seconds", "Seconds model processes spent on batches (fetch "
-                               "pixels, model call, store answers); its rate over the model workers is their busy "
-                               "ratio", labels=["model"])
+    images = _family("imageclf_images_classified")
+    sizes = _family("imageclf_batch_size")
+    inference = _family("imageclf_inference_seconds")
+    busy = _family("imageclf_model_busy_seconds")
     for model, fields in sorted(stats.items()):
         busy.add_metric([model], fields.get("busy_seconds_sum", 0.0))
         for version, counts in sorted(by_version(fields).items()):
