@@ -11,7 +11,7 @@ export CLASS_INDEX ?= $(wildcard $(CURDIR)/../shared/assets/imagenet_class_index
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml requirements/api.txt requirements/model.txt requirements/worker.txt \
+$(VENV)/.installed: pyproject.toml imageclf/__init__.py requirements/api.txt requirements/model.txt requirements/worker.txt \
                    requirements/client.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
@@ -34,9 +34,9 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	  else echo "the browser tests need chromium: run 'sudo apt-get install chromium'"; exit 1; fi; }
 
-# Triton's perf_analyzer (C++) for the benchmark's Open Inference Protocol table: see scripts/perf_analyzer.py.
+# Triton's perf_analyzer (C++) for the benchmark's Open Inference Protocol table: see benchmarks/perf_analyzer.py.
 perf-analyzer: install
-	$(PY) -m scripts.perf_analyzer --install
+	$(PY) -m benchmarks.perf_analyzer --install
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -3,7 +3,7 @@
 This is the one place that reads environment variables. Each setting's `#:` comment is its description:
 the documentation's Configuration page and `imageclf run --help` are generated from them
 (imageclf/settings_reference.py), and a test fails for a setting without one. Importing it is cheap and pulls
-in no TensorFlow, so the API, the workers, the scripts and the tests all share it.
+in no TensorFlow, so the API, the workers, the launchers, the benchmarks and the tests all share it.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ ADMIN_API_KEYS: list[str] = [k.strip() for k in os.environ.get("ADMIN_API_KEYS",
 #: Where shadow copies of requests (config.json's `shadow`) run. Empty: in the bulk lane of the model's own
 #: workers, on their compute (a request may wait for a copy that is running); `cpu`: in a shadow worker per
 #: model (`-Q shadow.<model>`) on the CPU at the lowest scheduling priority; a GPU id: in a shadow worker per
-#: model on that GPU, which the model workers then leave alone. scripts.start_workers starts them.
+#: model on that GPU, which the model workers then leave alone. imageclf.start_workers starts them.
 SHADOW_DEVICE: str = _str("SHADOW_DEVICE", "")
 #: Shadow copies are skipped, and counted, while the queue they go to holds this many messages: a slow
 #: shadow version never piles work up.

@@ -5,11 +5,11 @@
     POST /v2/repository/models/<m>/load        serve the model again after an unload
     POST /v2/repository/models/<m>/unload      its workers drop every version; requests get 503 meanwhile
     PUT  /models/<m>/policy                    change version_policy, traffic and shadow (config.json)
-    POST /models/<m>/versions                  upload a new version (scripts.add_model's checks)
+    POST /models/<m>/versions                  upload a new version (imageclf.add_model's checks)
 
 Files stay the source of truth: a policy is written to the model's config.json (atomically,
 under a lock), and the model's workers apply it within MODEL_POLL_S as they apply an edit by
-hand. A new version is checked by `scripts.add_model` in a child process (it loads the model
+hand. A new version is checked by `imageclf.add_model` in a child process (it loads the model
 with TensorFlow, which this process never imports). Every change is logged with who made it
 (the id of the admin key, never the key).
 """
@@ -48,7 +48,7 @@ changes = line_log(logging.getLogger("imageclf.admin"))
 
 #: How long load and unload wait for the model's workers to report the change before answering 202.
 WAIT_S = 60.0
-#: How long `scripts.add_model` may take to check an uploaded version.
+#: How long `imageclf.add_model` may take to check an uploaded version.
 ADD_MODEL_TIMEOUT_S = 600
 _MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
 #: OIP / Triton repository states of this service's version states.
@@ -202,11 +202,11 @@ def add_version(model: str):
     suffix = Path(upload.filename).suffix.lower()
     if suffix not in _MODEL_SUFFIXES:
         raise APIError(400, f"{upload.filename[:100]!r}: not a model file this service loads from an upload "
-                            f"({', '.join(_MODEL_SUFFIXES)}); add a SavedModel with scripts.add_model")
+                            f"({', '.join(_MODEL_SUFFIXES)}); add a SavedModel with `imageclf add-model`")
     with tempfile.TemporaryDirectory(prefix="imageclf-upload-") as staging:
         source = Path(staging) / f"model{suffix}"
         upload.save(source)
-        command = [sys.executable, "-m", "scripts.add_model", str(source), "--name", model,
+        command = [sys.executable, "-m", "imageclf", "add-model", str(source), "--name", model,
                    "--repository", settings.MODEL_REPOSITORY]
         sample = request.files.get("sample")
         if sample is not None and sample.filename:

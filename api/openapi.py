@@ -301,7 +301,7 @@ PATHS: dict[str, Any] = {
                                     "current policy stays"),
                       "409": _error("the model has no folder in MODEL_REPOSITORY here"), **_ADMIN}}},
     "/models/{model}/versions": {"post": {
-        "summary": "Control API: upload a new version, checked as scripts.add_model checks it",
+        "summary": "Control API: upload a new version, checked as imageclf.add_model checks it",
         "parameters": [_MODEL_PATH],
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": ["model"],

@@ -7,6 +7,7 @@ Errors are the protocol's `{"error": "..."}`.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import redis
@@ -18,13 +19,23 @@ from api.models import served
 from api.quotas import charge_request
 from api.submissions import queue_unavailable, redis_client
 from api.v2_inference import described, known_model, model_versions, run, served_input
-from imageclf import __version__
 from tasks.readiness import live_workers
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
 SERVER_NAME = "imageclf"
-SERVER_VERSION = __version__
+
+
+def _installed_version() -> str:
+    """The version of the installed package (imageclf/__init__.py's, at install time; `make install` installs
+    it), read from its metadata so that the API depends on nothing above it."""
+    try:
+        return version("imageclf")
+    except PackageNotFoundError:  # a checkout run without installing it
+        return "0+unknown"
+
+
+SERVER_VERSION = _installed_version()
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 

@@ -9,7 +9,7 @@ COPY api api
 COPY tasks tasks
 COPY models models
 COPY client client
-COPY scripts scripts
+COPY benchmarks benchmarks
 RUN pip wheel --no-cache-dir --no-deps -w /wheels .
 
 FROM python:3.11-slim

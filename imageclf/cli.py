@@ -27,11 +27,11 @@ from imageclf import __version__
 
 #: `imageclf benchmark NAME` → its module (each has its own --help).
 BENCHMARKS = {
-    "service": "scripts.benchmark", "pipeline": "scripts.benchmark_pipeline", "jobs": "scripts.benchmark_jobs",
-    "evaluation": "scripts.benchmark_evaluation", "cache": "scripts.benchmark_cache",
-    "quotas": "scripts.benchmark_quotas", "tracing": "scripts.benchmark_tracing",
-    "rollout": "scripts.benchmark_rollout", "shadow": "scripts.benchmark_shadow",
-    "scaling": "scripts.benchmark_scaling",
+    "service": "benchmarks.service", "pipeline": "benchmarks.pipeline", "jobs": "benchmarks.jobs",
+    "evaluation": "benchmarks.evaluation", "cache": "benchmarks.cache",
+    "quotas": "benchmarks.quotas", "tracing": "benchmarks.tracing",
+    "rollout": "benchmarks.rollout", "shadow": "benchmarks.shadow",
+    "scaling": "benchmarks.scaling",
 }
 _CLIENT_VARIABLES = """environment:
   IMAGECLF_URL      the service (default http://127.0.0.1:5000); --url overrides it
@@ -54,8 +54,8 @@ def settings_epilog(names: set[str] | None = None) -> str:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """`imageclf add-model`'s options (also `python -m scripts.add_model`'s): defined here, where nothing of
-    the service is imported, so that --help works in a client-only install."""
+    """`imageclf add-model`'s options: defined here, where nothing of the service is imported, so that --help
+    works in a client-only install (imageclf.add_model imports the model code)."""
     import settings
 
     parser.add_argument("path", type=Path, help="a .keras, .h5 or .onnx file, or a SavedModel folder")
@@ -134,11 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(args)
     try:
         if args.command == "run":
-            run = importlib.import_module("scripts.run").main
+            run = importlib.import_module("imageclf.run").main
         elif args.command == "worker":
-            run = importlib.import_module("scripts.start_workers").main
+            run = importlib.import_module("imageclf.start_workers").main
         elif args.command == "add-model":
-            add = importlib.import_module("scripts.add_model").add_from_arguments
+            add = importlib.import_module("imageclf.add_model").add_from_arguments
             return int(add(args))
         else:
             module = importlib.import_module(BENCHMARKS[args.name])

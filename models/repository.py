@@ -4,7 +4,7 @@
     <MODEL_REPOSITORY>/<name>/labels.txt        one class name per line; line i is class_id i
     <MODEL_REPOSITORY>/<name>/<version>/model.keras | model.h5 | saved_model/ | model.onnx
 
-Pure Python, no TensorFlow: the worker reads it before loading, `scripts.add_model`
+Pure Python, no TensorFlow: the worker reads it before loading, `imageclf.add_model`
 writes it. Every problem is a RepositoryError whose message names the file (and the
 key) at fault, because that one line is what `make run` prints when it refuses to start.
 """

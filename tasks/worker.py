@@ -9,7 +9,7 @@ among the built-in Keras applications.
 
 A model that cannot be loaded at all stops its worker instead of letting Celery restart
 the pool process in a loop: the reason goes to the log in one line and to Redis, where
-the API, `/readyz` and the supervisor (`scripts.start_workers`, which then does not
+the API, `/readyz` and the supervisor (`imageclf.start_workers`, which then does not
 restart it) read it.
 """
 

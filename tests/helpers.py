@@ -11,9 +11,9 @@ import time
 
 import httpx
 
-from scripts.redis_server import free_port
-from scripts.service_process import ROOT
-from scripts.supervise import wait_until
+from imageclf.redis_server import free_port
+from imageclf.service_process import ROOT
+from imageclf.supervise import wait_until
 
 SHARED = ROOT.parent / "shared" / "assets"
 MOBILENET_FILE = SHARED / "models" / "mobilenet_v1_0.75_224_imagenet.keras"

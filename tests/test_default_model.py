@@ -10,8 +10,8 @@ from __future__ import annotations
 import httpx
 import psutil
 
-from scripts.redis_server import ping
-from scripts.service_process import ServiceProcess
+from imageclf.redis_server import ping
+from imageclf.service_process import ServiceProcess
 from tests.helpers import CLASS_INDEX, SHARED, labelled_photos
 
 
@@ -54,10 +54,10 @@ def test_resnet50_random_weights_serves_1000_class_probabilities_and_stops_clean
     finally:
         code = svc.stop()
     assert code == 0, svc.log_tail()
-    assert not ping(redis_url), "the embedded Redis outlived scripts.run"
+    assert not ping(redis_url), "the embedded Redis outlived imageclf.run"
     try:
         httpx.get(svc.url + "/healthz", timeout=2)
-        raise AssertionError("the API outlived scripts.run")
+        raise AssertionError("the API outlived imageclf.run")
     except httpx.ConnectError:
         pass
     assert (tmp_path / "redis" / "appendonlydir").exists() or any((tmp_path / "redis").glob("*.aof"))

@@ -16,9 +16,9 @@ import time
 
 import httpx
 
-from scripts.redis_server import free_port, ping, redis_argv
-from scripts.service_process import ROOT
-from scripts.supervise import wait_until
+from imageclf.redis_server import free_port, ping, redis_argv
+from imageclf.service_process import ROOT
+from imageclf.supervise import wait_until
 from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, labelled_photos, start_api
 
 
@@ -52,7 +52,7 @@ def test_accepted_requests_and_jobs_survive_a_redis_crash(tmp_path):
         server = subprocess.Popen(argv)
         assert wait_until(lambda: ping(url), 30)
 
-        workers = subprocess.Popen([sys.executable, "-m", "scripts.start_workers"], cwd=ROOT,
+        workers = subprocess.Popen([sys.executable, "-m", "imageclf.start_workers"], cwd=ROOT,
                                    env={**os.environ, **env}, start_new_session=True)
         deadline = time.monotonic() + 240
         states: dict[str, dict] = {}

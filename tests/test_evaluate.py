@@ -20,9 +20,9 @@ import httpx
 import numpy as np
 import pytest
 
+from imageclf.service_process import ServiceProcess
 from models.evaluation import Evaluation, Prediction, agreement
 from models.images import decode_to_pixels
-from scripts.service_process import ServiceProcess
 from tests.helpers import SHARED, labelled_photos, screenshot
 from tests.user_models import colour_classifier, coloured_images, write_model
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from scripts.service_process import ROOT
+from imageclf.service_process import ROOT
 from tasks.redis_clients import sentinel_nodes
 
 DEPLOY = ROOT / "deploy" / "kubernetes"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from scripts.service_process import ServiceProcess
+from imageclf.service_process import ServiceProcess
 from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, finished_job, labelled_photos
 
 

@@ -21,9 +21,9 @@ import httpx
 import pytest
 from celery import Celery
 
-from scripts.redis_server import free_port, ping, redis_argv
-from scripts.service_process import ROOT
-from scripts.supervise import wait_until
+from imageclf.redis_server import free_port, ping, redis_argv
+from imageclf.service_process import ROOT
+from imageclf.supervise import wait_until
 from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, finished_job, labelled_photos, start_api
 
 MODEL = "mobilenet_v1_0.75"

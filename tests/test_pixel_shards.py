@@ -15,9 +15,9 @@ import httpx
 import pytest
 import redis
 
-from scripts.redis_server import free_port, ping, redis_argv
-from scripts.service_process import ServiceProcess
-from scripts.supervise import wait_until
+from imageclf.redis_server import free_port, ping, redis_argv
+from imageclf.service_process import ServiceProcess
+from imageclf.supervise import wait_until
 from tasks.payloads import PIXELS_PREFIX
 from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, finished_job, labelled_photos
 

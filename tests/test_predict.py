@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from imageclf.service_process import ServiceProcess
 from models.images import decode_to_pixels
-from scripts.service_process import ServiceProcess
 from tests.helpers import SHARED, labelled_photos
 
 PHOTOS = labelled_photos()

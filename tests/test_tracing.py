@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from scripts.otlp_receiver import OTLPReceiver
-from scripts.redis_server import free_port
-from scripts.service_process import ServiceProcess
-from scripts.supervise import wait_until
+from benchmarks.otlp_receiver import OTLPReceiver
+from imageclf.redis_server import free_port
+from imageclf.service_process import ServiceProcess
+from imageclf.supervise import wait_until
 from tasks import tracing
 from tests.user_models import colour_classifier, coloured_images, write_model
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imageclf.start_workers import gpu_ids, worker_commands
 from models.images import ImageDecodeError, decode_to_pixels
 from models.registry import MODELS, get_spec
-from scripts.start_workers import gpu_ids, worker_commands
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

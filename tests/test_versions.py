@@ -26,9 +26,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
+from imageclf.service_process import ServiceProcess
+from imageclf.supervise import wait_until
 from models.images import decode_to_pixels
-from scripts.service_process import ServiceProcess
-from scripts.supervise import wait_until
 from tasks.readiness import live_workers
 from tests.helpers import screenshot
 from tests.user_models import LABELS, colour_classifier, coloured_images, write_model

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from api.waiter import ResultWaiter
-from scripts.supervise import wait_until
+from imageclf.supervise import wait_until
 from tasks.result_store import RESULT_KEY_PREFIX, read_meta
 
 

@@ -16,9 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from scripts.redis_server import free_port
-from scripts.service_process import ServiceProcess
-from scripts.supervise import wait_until
+from imageclf.redis_server import free_port
+from imageclf.service_process import ServiceProcess
+from imageclf.supervise import wait_until
 from tests.user_models import colour_classifier, coloured_images, write_model
 
 SECRET = "webhook-test-secret"

@@ -14,9 +14,9 @@ import pytest
 import redis
 
 from api.auth import owner_of
-from scripts.redis_server import free_port, ping, redis_argv
-from scripts.service_process import ROOT
-from scripts.supervise import wait_until
+from imageclf.redis_server import free_port, ping, redis_argv
+from imageclf.service_process import ROOT
+from imageclf.supervise import wait_until
 from tasks.payloads import PIXELS_PREFIX
 from tests.helpers import SHARED, grpc_health, labelled_photos, start_api
 

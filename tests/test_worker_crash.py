@@ -23,8 +23,8 @@ import psutil
 import pytest
 import redis
 
-from scripts.service_process import ServiceProcess
-from scripts.supervise import wait_until
+from imageclf.service_process import ServiceProcess
+from imageclf.supervise import wait_until
 from tasks.readiness import live_workers
 from tests.helpers import CLASS_INDEX, SHARED, labelled_photos
 

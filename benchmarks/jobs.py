@@ -1,11 +1,11 @@
 """Video jobs against the model's own speed, and what a running video job does to /predict latency.
 
-    python -m scripts.benchmark_jobs                        # ResNet50 (random weights), BULK_BATCH_SIZE 1 and 2
-    python -m scripts.benchmark_jobs --model mobilenet_v1_0.75 \\
+    python -m benchmarks.jobs                        # ResNet50 (random weights), BULK_BATCH_SIZE 1 and 2
+    python -m benchmarks.jobs --model mobilenet_v1_0.75 \\
         --weights ../shared/assets/models/mobilenet_v1_0.75_224_imagenet.keras --bulk-batch-sizes 1
 
 In one run: the worker's own Classifier in this process (raw images/s at a few batch
-sizes), then for each BULK_BATCH_SIZE a fresh service (own Redis, scripts.run) that
+sizes), then for each BULK_BATCH_SIZE a fresh service (own Redis, imageclf.run) that
 gets /predict requests while idle, then a video job sampling every frame of a shared
 clip: alone, then with a sequential /predict client beside it (closed loop: its next
 request follows each answer, the worst case, as it tends to arrive just after a bulk
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import httpx
 
-from scripts.benchmark import DEFAULT_PHOTO, LocalService, machine, raw_throughput, test_jpeg
-from scripts.service_process import ROOT
+from benchmarks.service import DEFAULT_PHOTO, LocalService, machine, raw_throughput, test_jpeg
+from imageclf.service_process import ROOT
 
 DEFAULT_VIDEO = ROOT.parent / "shared" / "assets" / "video" / "dog_border_collie.mp4"
 

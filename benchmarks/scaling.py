@@ -2,8 +2,8 @@
 what each image costs Redis (commands and bytes), from which the limit of N GPU hosts follows; and what
 waiting for a replica (REDIS_WAIT_REPLICAS) adds to accepting a request.
 
-    python -m scripts.benchmark_scaling                     # ResNet50 random weights, 32 clients
-    python -m scripts.benchmark_scaling --workers 1,2 --clients 32 --requests 256
+    python -m benchmarks.scaling                     # ResNet50 random weights, 32 clients
+    python -m benchmarks.scaling --workers 1,2 --clients 32 --requests 256
 
 Per worker count it starts its own Redis, one gunicorn API and N `celery worker` processes under
 `taskset -c <core>` (TensorFlow sizes its thread pool to the cores it may use), sends real
@@ -27,10 +27,10 @@ import httpx
 import redis
 from tqdm import tqdm
 
-from scripts.benchmark import DEFAULT_PHOTO, e2e, machine, test_jpeg
-from scripts.redis_server import free_port, ping, redis_argv
-from scripts.service_process import ROOT
-from scripts.supervise import wait_until
+from benchmarks.service import DEFAULT_PHOTO, e2e, machine, test_jpeg
+from imageclf.redis_server import free_port, ping, redis_argv
+from imageclf.service_process import ROOT
+from imageclf.supervise import wait_until
 
 
 def redis_counters(client: redis.Redis) -> dict[str, float]:
@@ -47,7 +47,7 @@ def wait_cost(rounds: int = 2000) -> dict[str, float]:
     import statistics
     import uuid
 
-    from scripts.redis_server import SentinelCluster
+    from imageclf.redis_server import SentinelCluster
     from tasks.redis_clients import connect
 
     cluster = SentinelCluster(tempfile.mkdtemp(prefix="scaling-sentinel-")).start()
@@ -142,7 +142,7 @@ def main() -> int:
     waits = wait_cost()
     levels = [run(int(n), args.model, args.clients, args.requests, image, log_dir) for n in args.workers.split(",")]
     base = levels[0]["images_per_s"]
-    report = {"command": "python -m scripts.benchmark_scaling " + " ".join(sys.argv[1:]), "machine": machine(),
+    report = {"command": "python -m benchmarks.scaling " + " ".join(sys.argv[1:]), "machine": machine(),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args.model,
               "image_bytes": len(image), "levels": levels, "wait_cost": waits}
     lines = [f"Model `{args.model}` (random weights), {args.clients} clients, {len(image):,}-byte JPEG; "

@@ -17,8 +17,8 @@ import urllib.error
 import urllib.request
 
 import settings
-from scripts.redis_server import free_port, ping, redis_argv
-from scripts.supervise import ProcessGroup, Stop, install_stop_handlers, log, returning_malloc, wait_until
+from imageclf.redis_server import free_port, ping, redis_argv
+from imageclf.supervise import ProcessGroup, Stop, install_stop_handlers, log, returning_malloc, wait_until
 
 
 def _ready(api_url: str) -> dict | None:
@@ -45,7 +45,7 @@ def start_all(group: ProcessGroup, metrics_dir: str) -> str:
         log("redis", f"using {redis_url}")
     env["REDIS_URL"] = redis_url
 
-    group.start("workers", [sys.executable, "-m", "scripts.start_workers"], env)
+    group.start("workers", [sys.executable, "-m", "imageclf.start_workers"], env)
 
     flower = [sys.executable, "-m", "celery", "-A", "tasks", "flower",
               "--address=127.0.0.1", f"--port={settings.FLOWER_PORT}"]

@@ -1,10 +1,10 @@
 """What OpenTelemetry tracing costs /predict: latency and CPU per request with traces off and on, in one run.
 
-    python -m scripts.benchmark_tracing --requests 300 --out docs/benchmark-tracing
+    python -m benchmarks.tracing --requests 300 --out docs/benchmark-tracing
 
-Serves the near-free model (scripts.scratch_service) four times in turn, tracing off, on, off, on (it is
+Serves the near-free model (benchmarks.scratch_service) four times in turn, tracing off, on, off, on (it is
 chosen when the processes start), and sends one photo from one sequential client each time. With tracing on,
-every process exports over OTLP/HTTP to a receiver in this process (scripts.otlp_receiver), so the exporters'
+every process exports over OTLP/HTTP to a receiver in this process (benchmarks.otlp_receiver), so the exporters'
 threads do their real work. Reported per phase: p50/p95 of the client's latency, the API's CPU per request
 (the thread that answered, from /metrics), every service process's CPU per request by role (the exporter
 threads included), and spans received per request.
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from scripts.benchmark import CpuMeter, service_counters
-from scripts.otlp_receiver import OTLPReceiver
-from scripts.scratch_service import scratch_service
+from benchmarks.otlp_receiver import OTLPReceiver
+from benchmarks.scratch_service import scratch_service
+from benchmarks.service import CpuMeter, service_counters
 
 
 def _phase(url: str, image: bytes, requests: int, meter: CpuMeter) -> dict:

@@ -1,7 +1,7 @@
 """Add a trained classifier to the model repository as its next version, after checking that it works.
 
-    python -m scripts.add_model disease_224.h5 --name plants --labels labels.txt --sample leaf.jpg
-    python -m scripts.add_model resnet.onnx --name parts --labels classes.txt --preprocess torch \\
+    imageclf add-model disease_224.h5 --name plants --labels labels.txt --sample leaf.jpg
+    imageclf add-model resnet.onnx --name parts --labels classes.txt --preprocess torch \\
         --layout NCHW --output logits --resize center_crop
 
 PATH is a `.keras`, a legacy `.h5`, a SavedModel folder, or an `.onnx` file. The model,
@@ -122,16 +122,8 @@ def _check(name: str, staging: Path, sample: Path | None) -> list[dict]:
     return classifier.top(classifier.predict(image[None])[0], 5)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from imageclf.cli import add_model_arguments
-
-    parser = argparse.ArgumentParser(prog="python -m scripts.add_model", description=__doc__.split("\n\n")[0])
-    add_model_arguments(parser)
-    return add_from_arguments(parser.parse_args(argv))
-
-
 def add_from_arguments(args: argparse.Namespace) -> int:
-    """Check and add the model `args` name (imageclf add-model's options, and this module's); the exit status:
+    """Check and add the model `args` name (imageclf add-model's options, imageclf.cli); the exit status:
     0 added, 1 the model does not work, 2 a usage error."""
     if not args.name.replace("_", "").replace("-", "").replace(".", "").isalnum() or args.name.startswith("."):
         print(f"error: --name {args.name!r}: use letters, digits, '_', '-' and '.'", file=sys.stderr)
@@ -154,6 +146,3 @@ def add_from_arguments(args: argparse.Namespace) -> int:
     print(f"serve it: MODELS={args.name} make run   (a running service picks it up within MODEL_POLL_S)")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
 """Soak test: drive twice the service's capacity for N minutes; nothing accepted may be lost,
 memory must not climb without bound.
 
-    python -m scripts.soak --minutes 5                       # ResNet50 random weights
-    python -m scripts.soak --minutes 5 --model mobilenet_v1_0.75 \\
+    python -m benchmarks.soak --minutes 5                       # ResNet50 random weights
+    python -m benchmarks.soak --minutes 5 --model mobilenet_v1_0.75 \\
         --weights ../shared/assets/models/mobilenet_v1_0.75_224_imagenet.keras
 
 It starts the service (its own Redis), measures capacity with 16 closed-loop clients, then
@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from scripts.benchmark import DEFAULT_PHOTO, LocalService, e2e, test_jpeg
+from benchmarks.service import DEFAULT_PHOTO, LocalService, e2e, test_jpeg
 
 
 def rss_by_part(root_pid: int) -> dict[str, float]:

@@ -1,9 +1,9 @@
 """Start one model worker per GPU and model (pinned with CUDA_VISIBLE_DEVICES), or one per model on a CPU
 host, a decoder worker, and with SHADOW_DEVICE a shadow worker per model (shadow copies only).
 
-    python -m scripts.start_workers            # every GPU nvidia-smi lists, else CPU workers
-    CUDA_VISIBLE_DEVICES=0,2 python -m scripts.start_workers   # only GPUs 0 and 2
-    MODELS=resnet50,mobilenet_v2 python -m scripts.start_workers   # two models on every GPU
+    imageclf worker            # every GPU nvidia-smi lists, else CPU workers
+    CUDA_VISIBLE_DEVICES=0,2 imageclf worker   # only GPUs 0 and 2
+    MODELS=resnet50,mobilenet_v2 imageclf worker   # two models on every GPU
 
 Each model worker is prefork with concurrency 1 (one process owns one GPU and
 batches inside) and serves the interactive queue before the bulk one. The decoder
@@ -26,7 +26,7 @@ import time
 import redis
 
 import settings
-from scripts.supervise import ProcessGroup, Stop, install_stop_handlers, log, returning_malloc
+from imageclf.supervise import ProcessGroup, Stop, install_stop_handlers, log, returning_malloc
 from tasks.model_records import read_failure
 from tasks.redis_clients import connect
 from tasks.worker import model_of_queues

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.redis_server import start_scratch_redis
-from scripts.service_process import ServiceProcess
-from scripts.supervise import ProcessGroup
+from imageclf.redis_server import start_scratch_redis
+from imageclf.service_process import ServiceProcess
+from imageclf.supervise import ProcessGroup
 
 MODEL = "held_out"
 SIZE = 64  # the near-free model's input
@@ -60,7 +60,7 @@ def model_repository(work: Path, kind: str) -> tuple[Path, list[str]]:
 
 @contextmanager
 def scratch_service(kind: str, env: dict[str, str], prefix: str) -> Iterator[Scratch]:
-    """`scripts.run` serving a `kind` model (near-free or resnet50) with `env`, on its own Redis."""
+    """`imageclf.run` serving a `kind` model (near-free or resnet50) with `env`, on its own Redis."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
     group = ProcessGroup()
     try:

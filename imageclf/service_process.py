@@ -1,4 +1,4 @@
-"""The whole service (`python -m scripts.run`) as a child process, for tests, benchmarks and soaks."""
+"""The whole service (`python -m imageclf.run`) as a child process, for tests, benchmarks and soaks."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import httpx
 
-from scripts.redis_server import free_port
+from imageclf.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServiceProcess:
-    """Start scripts.run with `env` on free ports, wait until /readyz, stop it with SIGTERM."""
+    """Start imageclf.run with `env` on free ports, wait until /readyz, stop it with SIGTERM."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
@@ -36,12 +36,12 @@ class ServiceProcess:
         self.url, self.flower_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{flower_port}"
         self.grpc_url = f"127.0.0.1:{grpc_port}"
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "scripts.run"], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "imageclf.run"], cwd=ROOT, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"scripts.run exited early:\n{self.log_tail()}")
+                raise RuntimeError(f"imageclf.run exited early:\n{self.log_tail()}")
             try:
                 if ready(self.url) if ready else httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return self
@@ -64,6 +64,6 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-                raise RuntimeError(f"scripts.run did not stop within {timeout_s:g} s") from None
+                raise RuntimeError(f"imageclf.run did not stop within {timeout_s:g} s") from None
         self.log.close()
         return self.proc.returncode

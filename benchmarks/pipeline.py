@@ -1,7 +1,7 @@
 """What the service itself costs per image: a near-free model served with `make run`'s defaults.
 
-    python -m scripts.benchmark_pipeline                      # 32 and 64 clients, 20 s each
-    python -m scripts.benchmark_pipeline --clients 32,64 --seconds 20 --out docs/benchmark-pipeline
+    python -m benchmarks.pipeline                      # 32 and 64 clients, 20 s each
+    python -m benchmarks.pipeline --clients 32,64 --seconds 20 --out docs/benchmark-pipeline
 
 The model (224×224×3 → global average pool → Dense(10), a repository model saved as
 `.keras`) computes almost nothing, so every CPU-millisecond measured is the API, Redis,
@@ -36,8 +36,8 @@ import httpx
 import psutil
 import redis
 
-from scripts.benchmark import DEFAULT_PHOTO, LocalService, machine
-from scripts.service_process import ROOT
+from benchmarks.service import DEFAULT_PHOTO, LocalService, machine
+from imageclf.service_process import ROOT
 
 MODEL_NAME = "nearfree"
 #: Published rates a GPU takes for ResNet50 (see docs/BENCHMARKS-PIPELINE.md for the sources).
@@ -72,7 +72,7 @@ def role_of(process: psutil.Process, parents: dict[int, str]) -> str:
             return "decoder"
         return "decoder" if "--queues jobs" in line else "model worker main"
     for key, role in (("gunicorn", "API (gunicorn)"), ("api.grpc_server", "gRPC server"), ("flower", "Flower"),
-                      ("redis-server", "Redis"), ("scripts.", "supervisors")):
+                      ("redis-server", "Redis"), ("imageclf", "supervisors")):
         if key in line:
             return role
     return "other"
@@ -472,8 +472,8 @@ def main() -> int:
 
 def start_redis_servers(n: int, work: Path) -> tuple[list[subprocess.Popen], list[str]]:
     """`n` throwaway Redis servers (the pixel shards) and their URLs."""
-    from scripts.redis_server import free_port, ping, redis_argv
-    from scripts.supervise import wait_until
+    from imageclf.redis_server import free_port, ping, redis_argv
+    from imageclf.supervise import wait_until
 
     procs, urls = [], []
     for i in range(n):

@@ -1,9 +1,9 @@
 """/predict with the response cache: a hit's latency and API CPU against a computed answer, in one run.
 
-    python -m scripts.benchmark_cache --requests 400 --out docs/benchmark-cache
-    python -m scripts.benchmark_cache --model resnet50 --requests 200 --out docs/benchmark-cache-resnet50
+    python -m benchmarks.cache --requests 400 --out docs/benchmark-cache
+    python -m benchmarks.cache --model resnet50 --requests 200 --out docs/benchmark-cache-resnet50
 
-Serves a user's `.keras` model (near-free, or ResNet50 with random weights: scripts.scratch_service
+Serves a user's `.keras` model (near-free, or ResNet50 with random weights: benchmarks.scratch_service
 builds both) with CACHE_TTL_S set, and sends one photo from one sequential client, phases alternating:
 `?cache=false` (decoded, queued, batched and computed every time), then the same upload with the cache (the
 first request computes and stores, every later one is a hit), twice each. Reported per phase: requests,
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from scripts.benchmark import service_counters
-from scripts.scratch_service import scratch_service
+from benchmarks.scratch_service import scratch_service
+from benchmarks.service import service_counters
 
 
 def _phase(url: str, image: bytes, requests: int, cached: bool) -> dict:

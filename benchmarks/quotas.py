@@ -1,8 +1,8 @@
 """One key overloading the service 10 times over its rate limit, and another key's /predict latency meanwhile.
 
-    python -m scripts.benchmark_quotas --seconds 20 --out docs/benchmark-quotas
+    python -m benchmarks.quotas --seconds 20 --out docs/benchmark-quotas
 
-Serves a user's `.keras` model (near-free, or ResNet50 with random weights: scripts.scratch_service
+Serves a user's `.keras` model (near-free, or ResNet50 with random weights: benchmarks.scratch_service
 builds both) with two keys: `noisy` limited to `--rate` images/s and `quiet` without limits. One sequential
 client sends /predict with `quiet`; it runs alone, then beside `noisy` sending open-loop (Poisson) requests
 at `--overload` times its rate limit (from a process of its own, on asyncio with prebuilt request bytes, so the
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from scripts.scratch_service import scratch_service
+from benchmarks.scratch_service import scratch_service
 
 
 def _phase(url: str, image: bytes, seconds: float, noisy_rate: float) -> dict:

@@ -1,12 +1,12 @@
 """How close the service comes to the model's own speed: raw in-process vs end to end, in one run.
 
-    python -m scripts.benchmark                                   # ResNet50 random weights, both backends
-    python -m scripts.benchmark --model mobilenet_v1_0.75 \\
+    python -m benchmarks.service                                   # ResNet50 random weights, both backends
+    python -m benchmarks.service --model mobilenet_v1_0.75 \\
         --weights ../shared/assets/models/mobilenet_v1_0.75_224_imagenet.keras --backends tensorflow
-    python -m scripts.benchmark --url http://127.0.0.1:5000 --backends tensorflow   # a running service
+    python -m benchmarks.service --url http://127.0.0.1:5000 --backends tensorflow   # a running service
 
 For each backend it measures the worker's own Classifier in this process (batch 1, 8,
-32: the ceiling), starts the service (its own Redis, scripts.run) with its defaults (the
+32: the ceiling), starts the service (its own Redis, imageclf.run) with its defaults (the
 worker picks its batch size; --batch-size sets BATCH_SIZE, "auto" to the best raw batch),
 sends real multipart uploads of a 1024x768 JPEG at each concurrency, and reads the
 per-stage timings every answer carries.
@@ -37,11 +37,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from imageclf.redis_server import free_port, ping, redis_argv
+from imageclf.service_process import ROOT, ServiceProcess
+from imageclf.supervise import wait_until
 from models.images import decode_to_pixels
 from models.registry import get_spec
-from scripts.redis_server import free_port, ping, redis_argv
-from scripts.service_process import ROOT, ServiceProcess
-from scripts.supervise import wait_until
 
 DEFAULT_PHOTO = ROOT.parent / "shared" / "assets" / "images" / "cat_720p.jpg"
 STAGES = ("decode_ms", "queue_ms", "batch_wait_ms", "inference_ms", "result_ms")
@@ -98,7 +98,7 @@ def service_counters(url: str) -> dict[str, float]:
 #: Process roles by a piece of their command line, first match wins.
 _ROLES = (("gunicorn", "API (gunicorn)"), ("api.grpc_server", "gRPC server"), ("flower", "Flower"),
           ("--queues jobs", "decoders"), ("redis-server", "Redis"), ("celery", "model worker's consumer"),
-          ("scripts.benchmark", "load client"), ("scripts.", "supervisors"))
+          ("benchmarks.service", "load client"), ("imageclf", "supervisors"))
 
 
 class CpuMeter:
@@ -232,7 +232,7 @@ def redis_bytes_per_image(redis_url: str, pixels: bytes, size: tuple[int, int], 
 
 def open_inference(svc: LocalService, model: str, image: bytes, levels: str) -> dict:
     """perf_analyzer's figures over v2 HTTP and gRPC at each of `levels` (comma-separated concurrencies)."""
-    from scripts import perf_analyzer
+    from benchmarks import perf_analyzer
 
     if not levels:
         return {"skipped": "--perf-analyzer is empty"}
@@ -250,7 +250,7 @@ def open_inference(svc: LocalService, model: str, image: bytes, levels: str) -> 
 
 
 class LocalService:
-    """Its own Redis plus the service (scripts.run) for one backend, stopped on exit."""
+    """Its own Redis plus the service (imageclf.run) for one backend, stopped on exit."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env, self.log_path = env, log_path
@@ -403,7 +403,7 @@ def main() -> int:
                         help="the service's BATCH_SIZE; default: unset (the worker picks); auto: the best raw batch")
     parser.add_argument("--perf-analyzer", default="1,32", metavar="CLIENTS",
                         help="also run Triton's perf_analyzer over v2 HTTP and gRPC at these concurrencies "
-                             "(installed on first use, see scripts/perf_analyzer.py); empty: skip")
+                             "(installed on first use, see benchmarks/perf_analyzer.py); empty: skip")
     parser.add_argument("--url", help="benchmark this running service (one backend) instead of starting one")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
@@ -413,7 +413,7 @@ def main() -> int:
     pixels = decode_to_pixels(image, spec.input_size, 10**9)
     levels = [int(c) for c in args.concurrency.split(",")]
     report = {
-        "command": "python -m scripts.benchmark " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.service " + " ".join(sys.argv[1:]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(), "model": args.model, "weights": args.weights,
         "image": f"{args.photo.name} re-encoded 1024x768, {len(image):,} bytes", "backends": {},

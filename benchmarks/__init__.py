@@ -1,0 +1,1 @@
+"""Benchmarks: each measures one thing about the running service and writes its figures to docs/."""
