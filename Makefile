@@ -22,8 +22,9 @@ $(VENV)/.installed: pyproject.toml imageclf/__init__.py requirements/api.txt req
 run: install
 	$(PY) -m imageclf run
 
-# The documentation site first (broken links and missing pages fail it), then the tests.
+# Type checks and the documentation site first (broken links and missing pages fail it), then the tests.
 test: install browser
+	$(PY) -m mypy
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir var/site
 	$(PY) -m pytest
 

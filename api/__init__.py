@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import Celery
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 import settings
 from api import admin, health, jobs, models, openapi, predict, results, usage, v2, web
@@ -35,7 +36,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.config.update(config or {})
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False
 
     celery = celery_init_app(app)
     broker_url = celery.conf.broker_url

@@ -54,6 +54,8 @@ class MultipartFormParser(FormDataParser):
                         sink = bytearray() if event.filename is None else self.stream_factory(
                             total_content_length=content_length, content_type=event.content_type,
                             filename=event.filename, content_length=None)
+                    elif segment is None:  # the parser yields a segment before its data and its end
+                        raise AssertionError("multipart data before its headers")
                     elif event and isinstance(sink, bytearray):
                         if self.max_form_memory_size is not None and len(sink) + len(event) > self.max_form_memory_size:
                             raise RequestEntityTooLarge(f"form field {segment.name!r} is too large")

@@ -36,7 +36,7 @@ def readiness() -> tuple[bool, dict[str, Any]]:
         return False, {"ready": False, "reason": f"redis unavailable: {type(exc).__name__}"}
     per_model = {name: sum(w.get("model") == name and w.get("role") == "model" for w in workers) for name in failures}
     decoders = sum(w.get("role") == "decoder" for w in workers)
-    reasons = [f"model {name!r} cannot be served: {failures[name]['error']}" if failures[name]
+    reasons = [f"model {name!r} cannot be served: {failure['error']}" if (failure := failures[name])
                else f"no worker has loaded model {name!r} yet" for name, n in per_model.items() if not n]
     if not decoders:
         reasons.append("no decoder worker is running (jobs would wait)")

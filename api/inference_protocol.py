@@ -55,7 +55,9 @@ class InferRequest:
 
     @property
     def count(self) -> int:
-        return len(self.images) if self.images is not None else len(self.pixels)
+        if self.images is not None:
+            return len(self.images)
+        return len(self.pixels) if self.pixels is not None else 0
 
     def wanted(self) -> list[RequestedOutput]:
         """The outputs to return: those asked for, or `probabilities` (the only output) when none were."""
@@ -106,7 +108,8 @@ def check_output(output: RequestedOutput) -> None:
 
 def split_bytes(data: bytes, count: int) -> list[bytes]:
     """BYTES elements from the binary form: each a 4-byte little-endian length, then that many bytes."""
-    items, offset = [], 0
+    items: list[bytes] = []
+    offset = 0
     while offset < len(data):
         if offset + 4 > len(data):
             raise APIError(400, "BYTES tensor data ends inside an element's 4-byte length")
@@ -199,6 +202,8 @@ def parse_http(body: bytes, header_length: int | None, model: str, version: str 
         if not isinstance(spec, dict):
             raise APIError(400, "each input must be an object with name, datatype, shape and data")
         name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
+        if not isinstance(name, str) or not isinstance(datatype, str):
+            raise APIError(400, "each input's 'name' and 'datatype' must be strings")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
             raise APIError(400, f"input {name!r}: 'shape' must be a list of integers")
         check_input(name, datatype, shape, size)
@@ -295,10 +300,19 @@ class OutputTensor:
 
     def raw(self) -> bytes:
         """The binary form (HTTP's binary data extension, gRPC's raw_output_contents)."""
-        return join_bytes(self.entries) if self.entries is not None else self.array.astype("<f4").tobytes()
+        if self.entries is not None:
+            return join_bytes(self.entries)
+        return self._array().astype("<f4").tobytes()
 
     def json_data(self) -> list:
-        return [e.decode() for e in self.entries] if self.entries is not None else self.array.reshape(-1).tolist()
+        if self.entries is not None:
+            return [e.decode() for e in self.entries]
+        return self._array().reshape(-1).tolist()
+
+    def _array(self) -> np.ndarray:
+        if self.array is None:
+            raise ValueError(f"output {self.name!r} holds neither entries nor an array")
+        return self.array
 
 
 def output_tensors(request: InferRequest, answer: InferAnswer) -> list[OutputTensor]:

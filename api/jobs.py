@@ -64,7 +64,7 @@ def submit_job():
     chosen = route(model, requested_version(), interactive=False)  # refuse now (503, 404) what cannot be served
     versions = _evaluated_versions(model, chosen) if evaluate else []
     g.model_version = chosen.version
-    top = int(form_number("top", default=5, low=1, high=1000, integer=True))
+    top = int(form_number("top", default=5, low=1, high=1000, integer=True) or 5)
     if evaluate:
         top = max(top, 5)  # for the top-5 accuracy
     job_id = g.task_id = str(uuid.uuid4())
@@ -251,7 +251,8 @@ def _video_spec(upload: FileStorage, folder: Path) -> dict[str, Any]:
     if info.duration_s > settings.MAX_VIDEO_SECONDS:
         raise APIError(413, f"{name}: the video lasts {info.duration_s:.0f} s; the limit is "
                             f"{settings.MAX_VIDEO_SECONDS:g} s (MAX_VIDEO_SECONDS)")
-    frames = len(sample_times(info, fps, every, max_frames or settings.MAX_VIDEO_FRAMES + 1))
+    frames = len(sample_times(info, fps, None if every is None else int(every),
+                              int(max_frames or settings.MAX_VIDEO_FRAMES + 1)))
     if max_frames is None and frames > settings.MAX_VIDEO_FRAMES:
         raise APIError(413, f"{name}: sampling it would give {frames} frames; the limit is "
                             f"{settings.MAX_VIDEO_FRAMES} (MAX_VIDEO_FRAMES): lower 'fps' or set 'max_frames'")

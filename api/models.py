@@ -137,8 +137,9 @@ def describe_models() -> list[dict[str, Any]]:
             **info,
             "workers": [{k: w[k] for k in _WORKER_KEYS if k in w} for w in mine],
         }
-        if failures[name]:
-            entry["error"] = failures[name]["error"]
+        failure = failures[name]
+        if failure:
+            entry["error"] = failure["error"]
         described.append(entry)
     return described
 

@@ -169,7 +169,7 @@ def usage(client: redis.Redis, owner: str, limits: Limits) -> dict[str, Any]:
     used = int(client.get(f"{DAY_PREFIX}{owner}:{_day()}") or 0)
     available = None
     if limits.rate is not None:
-        available = limits.burst if tokens is None else min(
+        available = limits.burst if tokens is None or at is None else min(
             limits.burst or 0.0, float(tokens) + (time.time() - float(at)) * limits.rate)
     return {"key_id": owner, "limits": limits.describe(),
             "today": {"used": used, "remaining": None if limits.daily is None else max(0, limits.daily - used)},

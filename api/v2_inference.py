@@ -56,8 +56,10 @@ def run(request: InferRequest, size: Route, timeout_s: float | None = None) -> I
     shape = (size.height, size.width)
     if request.images is not None:
         pixels = [decode_upload(data, f"image[{i}]", shape, size.resize) for i, data in enumerate(request.images)]
-    else:
+    elif request.pixels is not None:
         pixels = [np.ascontiguousarray(row).tobytes() for row in request.pixels]
+    else:
+        raise APIError(400, "send one input: 'image' (encoded files) or 'pixels' (resized RGB)")
     top, wants_rows = request.top_k(), request.needs_probabilities()
     expires_at = time.time() + timeout_s if timeout_s is not None else None
     ids = [submit_classify(p, shape, top, request.model, expires_at, probabilities=wants_rows, version=size.version,
@@ -81,7 +83,9 @@ def run(request: InferRequest, size: Route, timeout_s: float | None = None) -> I
     if wants_rows:
         keys = [PROBABILITIES_PREFIX + i for i in ids]
         with queue_unavailable(), redis_client().pipeline(transaction=False) as pipe:
-            raws, _ = pipe.mget(keys).delete(*keys).execute()
+            pipe.mget(keys)
+            pipe.delete(*keys)
+            raws, _ = pipe.execute()
         if any(raw is None for raw in raws):
             raise APIError(500, "a probability row expired before it was read")
         rows = np.stack([np.frombuffer(raw, "<f4") for raw in raws])

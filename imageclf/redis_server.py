@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -105,8 +106,9 @@ class SentinelCluster:
         """The master as the first Sentinel that answers names it."""
         for port in self.sentinel_ports:
             try:
-                host, master_port = self._sentinel(port).sentinel_get_master_addr_by_name(self.name)
-                return host, int(master_port)
+                answer: Any = self._sentinel(port).sentinel_get_master_addr_by_name(self.name)
+                host, master_port = answer  # (host, port); None while no master is known (TypeError)
+                return str(host), int(master_port)
             except (redis.RedisError, TypeError):
                 continue
         return None

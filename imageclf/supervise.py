@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
 
@@ -87,7 +87,7 @@ class ProcessGroup:
             signal.signal(signal.SIGTERM, previous[1])
 
 
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.2) -> bool:
+def wait_until(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.2) -> bool:
     """Poll `predicate()` until it is true or `timeout_s` passes."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

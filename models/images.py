@@ -44,7 +44,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     """RGB for every mode: alpha composited on white, 16/32-bit scaled, not clipped."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # convert("L") would clip a 16-bit range to white; scale to 8 bits first.
-        lo, hi = img.getextrema()
+        lo, hi = img.getextrema()  # a single band: (low, high)
+        assert isinstance(lo, (int, float)) and isinstance(hi, (int, float))
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         img = img.convert("F").point(lambda v: (v - lo) * scale).convert("L")
     if img.mode == "P":
@@ -127,7 +128,7 @@ def decode_to_pixels(data: bytes, size: int | tuple[int, int], max_pixels: int, 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             if img.width * img.height > max_pixels:
                 raise ImageDecodeError(
                     ImageDecodeError.TOO_LARGE,

@@ -80,8 +80,8 @@ def _three(path: Path, key: str, value: Any, positive: bool = False) -> tuple[fl
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v <= 0):
             kind = "positive numbers" if positive else "numbers"
             raise RepositoryError(f"{path}: {key!r} must be {kind}, got {value!r}")
-    floats = tuple(float(v) for v in values)
-    return floats if len(floats) == 3 else (floats[0],) * 3  # type: ignore[return-value]
+    floats = [float(v) for v in values]
+    return (floats[0], floats[1], floats[2]) if len(floats) == 3 else (floats[0],) * 3
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> ModelConfig:

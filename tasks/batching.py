@@ -95,7 +95,7 @@ class PriorityBuffer:
 
 
 def _drain(queue: Queue, limit: int) -> list:
-    taken = []
+    taken: list[Any] = []
     while len(taken) < limit:
         try:
             taken.append(queue.get_nowait())
@@ -106,6 +106,7 @@ def _drain(queue: Queue, limit: int) -> list:
 
 class AdaptiveBatches(Batches):
     abstract = True
+    _tref: Any  # celery-batches' flush timer (set in its __init__)
     #: Flush as soon as a request arrives while no batch is running (no waiting for companions).
     flush_when_idle = False
     #: Requests from queues named with this prefix are served after the others.
@@ -203,7 +204,8 @@ class AdaptiveBatches(Batches):
 
     def flush(self, requests: list) -> None:
         """Run the batch, except redelivered requests: each alone, or failed past `max_deliveries`."""
-        fresh, redelivered = [], []
+        fresh: list[Any] = []
+        redelivered: list[Any] = []
         for request in requests:
             (redelivered if (request.delivery_info or {}).get("redelivered") else fresh).append(request)
         if fresh:

@@ -20,7 +20,7 @@ celeryconfig.py names these as `broker_transport`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -38,6 +38,9 @@ class _OneClient:
     """Reuses one client on the channel's pool; a new pool (after a reconnect) gets a new client."""
 
     _shared_client: redis.Redis | None = None
+    # kombu's Redis channel, which this is mixed into, provides these.
+    pool: Any
+    _create_client: Any
 
     @contextmanager
     def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
@@ -99,7 +102,8 @@ class QoS(kombu_redis.QoS):
 
     @contextmanager
     def acks_together(self) -> Iterator[None]:
-        self._collecting = tags = []
+        tags: list[str] = []
+        self._collecting = tags
         try:
             yield
         finally:
@@ -140,6 +144,17 @@ class _TakesMany:
 
     #: Most messages taken after one BRPOP, within the prefetch window.
     take_at_most = 64
+    # kombu's Redis channel, which this is mixed into, provides these.
+    client: Any
+    connection: Any
+    connection_errors: tuple[type[BaseException], ...]
+    sep: str
+    qos: Any
+    global_keyprefix: str
+    _queue_cycle: Any
+    _in_poll: Any
+    _flush_brpop_reauth: Callable[[], None]
+    conn_or_acquire: Callable[..., Any]
 
     def _brpop_read(self, **options: Any) -> bool:
         # kombu 5.7's Channel._brpop_read, delivering every message the script took.

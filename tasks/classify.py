@@ -19,7 +19,7 @@ import json
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import redis
@@ -133,7 +133,7 @@ def classify(requests: list) -> dict:
     return summary
 
 
-def _pixels_key(req: object) -> str:
+def _pixels_key(req: Any) -> str:
     return str(req.kwargs.get("pixels_key", ""))
 
 
@@ -253,7 +253,7 @@ def _classify_group(model: Classifier, group: list, summary: dict) -> list:
     return answers
 
 
-def _timings(req: object, batch_started: float, inference_ms: float) -> dict[str, float]:
+def _timings(req: Any, batch_started: float, inference_ms: float) -> dict[str, float]:
     """Milliseconds spent in the broker queue, waiting for a batch, and in the model."""
     sent = req.kwargs.get("sent_at")
     received = getattr(req, "received_at", None)

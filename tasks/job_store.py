@@ -25,12 +25,13 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 import settings
 from tasks.payloads import PIXELS_PREFIX, drop_pixels
+from tasks.redis_clients import text
 
 JOB_PREFIX = "imageclf:job:"
 BULK_IN_FLIGHT_PREFIX = "imageclf:bulk:in-flight:"
@@ -98,7 +99,7 @@ def read_csv(client: redis.Redis, job_id: str) -> Iterator[bytes]:
         page = client.lindex(csv_key(job_id), index)
         if page is None:
             return
-        yield page
+        yield cast(bytes, page)  # the clients never decode replies (redis-py types them bytes | str)
 
 
 def create_job(pipe: redis.client.Pipeline, job_id: str, kind: str, total: int, spec: dict[str, Any],
@@ -117,7 +118,7 @@ def read_job(client: redis.Redis, job_id: str) -> dict[str, Any] | None:
     raw = client.hgetall(job_key(job_id))
     if not raw:
         return None
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    fields = {text(k): text(v) for k, v in raw.items()}
     job: dict[str, Any] = {
         "status": fields["status"], "kind": fields["kind"],
         "done": int(fields.get("done", 0)), "total": int(fields.get("total", 0)),
@@ -165,7 +166,7 @@ def discard(client: redis.Redis, job_id: str) -> None:
 
     Classify requests whose pixels are gone fail at once without running the model.
     """
-    sent = [tid.decode() for tid in client.hkeys(pending_key(job_id))]
+    sent = [text(tid) for tid in client.hkeys(pending_key(job_id))]
     with client.pipeline(transaction=False) as pipe:  # one round trip when the pixels live on the broker
         pipe.delete(pending_key(job_id), items_key(job_id))
         drop_on_shards = drop_pixels(pipe, [PIXELS_PREFIX + tid for tid in sent])

@@ -27,7 +27,7 @@ import time
 import uuid
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import redis
@@ -58,6 +58,7 @@ from tasks.job_store import (
 from tasks.model_records import InputLookup, ModelInput, ModelUnavailable
 from tasks.payloads import ISSUED_PREFIX, enqueue_classify
 from tasks.readiness import live_workers
+from tasks.redis_clients import text
 from tasks.result_store import READY_STATES, RESULT_KEY_PREFIX, failure_message
 from tasks.webhooks import schedule
 from tasks.worker import pixel_store
@@ -183,7 +184,7 @@ class _Driver:
         finally:
             items.close()
 
-    def _items(self, spec: dict[str, Any], start: int, total: int) -> Iterator[_Item]:
+    def _items(self, spec: dict[str, Any], start: int, total: int) -> Generator[_Item, None, None]:
         """(index, record, pixels or an error message, the listed item) for each item from `start` on.
 
         Items are sized for the job's version (chosen at submit: named, or by the traffic shares);
@@ -198,6 +199,8 @@ class _Driver:
                 raise ModelUnavailable(f"model {spec['model']!r} version {version} is not served now; served "
                                        f"versions: {', '.join(map(str, routes.versions()))}")
             self.input = self.input or routes.default
+            if self.input is None:
+                raise ModelUnavailable(f"model {spec['model']!r} serves no version now")
             self.inputs = routes.inputs
         except ModelUnavailable as exc:
             return ((i, {"i": i}, str(exc), {}) for i in range(start, total))
@@ -205,17 +208,23 @@ class _Driver:
             return self._frames(spec, start)
         return self._images(start)
 
+    def _job_input(self) -> ModelInput:
+        """The job's input, which _items sets before any item is read."""
+        if self.input is None:
+            raise RuntimeError("the job's input was read before its items were listed")
+        return self.input
+
     def _input_for(self, item: dict[str, Any]) -> ModelInput:
         """What an item is sized for: its own version's input (an evaluation item), else the job's."""
         if "version" not in item:
-            return self.input
+            return self._job_input()
         found = self.inputs.get(item["version"])
         if found is None:
             raise _ItemError(f"version {item['version']} is not served now; served versions: "
                              f"{', '.join(map(str, sorted(self.inputs)))}")
         return found
 
-    def _images(self, start: int) -> Iterator[_Item]:
+    def _images(self, start: int) -> Generator[_Item, None, None]:
         archives: dict[str, zipfile.ZipFile] = {}
         try:
             for index, item in enumerate(read_items(self.job_id, start), start):
@@ -251,12 +260,13 @@ class _Driver:
             raise _ItemError(f"larger than {settings.MAX_UPLOAD_MB:g} MB (MAX_UPLOAD_MB)")
         return data
 
-    def _frames(self, spec: dict[str, Any], start: int) -> Iterator[_Item]:
+    def _frames(self, spec: dict[str, Any], start: int) -> Generator[_Item, None, None]:
         info = VideoInfo(**spec["video"])
         times = sample_times(info, spec.get("fps"), spec.get("every_n_frames"), spec["max_frames"])
         path = str(job_dir(self.job_id) / spec["file"])
-        size = (self.input.height, self.input.width)
-        for offset, frame in enumerate(decode_frames(path, times[start:], info.frame_rate, size, self.input.resize)):
+        sized = self._job_input()
+        for offset, frame in enumerate(decode_frames(path, times[start:], info.frame_rate, (sized.height, sized.width),
+                                                     sized.resize)):
             yield start + offset, {"i": start + offset, "t": frame.t, "frame": frame.index}, frame.pixels, {}
 
     def _send(self, spec: dict[str, Any], index: int, record: dict[str, Any], pixels: bytes | str,
@@ -281,7 +291,7 @@ class _Driver:
 
     def _collect(self) -> tuple[int, int]:
         """Move answered items from pending to items; returns (items with an outcome, items in flight)."""
-        pending = {tid.decode(): json.loads(raw) for tid, raw in self.client.hgetall(pending_key(self.job_id)).items()}
+        pending = {text(tid): json.loads(raw) for tid, raw in self.client.hgetall(pending_key(self.job_id)).items()}
         metas = self.client.mget([RESULT_KEY_PREFIX + tid for tid in pending]) if pending else []
         now = time.time()
         with self.client.pipeline(transaction=False) as pipe:  # the moves and both counts in one round trip

@@ -179,7 +179,7 @@ def routes(info: dict[str, Any], ready: set[int] | None = None) -> ModelRoutes |
         version = info.get("version") or 1
         return ModelRoutes({version: ModelInput(height, width, info.get("resize", "squash"), version)},
                            Routing(version, {version: 100.0}, None, []))
-    inputs = {int(v): ModelInput(*i["input_size"], i["resize"], int(v), i.get("revision", ""))
+    inputs = {int(v): ModelInput(i["input_size"][0], i["input_size"][1], i["resize"], int(v), i.get("revision", ""))
               for v, i in info["inputs"].items()}
     routing = Routing.from_description(info["routing"]) if info.get("routing") else None
     if ready is not None and ready != set(inputs) and ready & set(inputs) and info.get("policy"):

@@ -122,7 +122,7 @@ class ServedModel:
         return {str(v): {"input_size": list(c.input_shape[:2]), "resize": c.resize,
                          "revision": self._revisions.get(v, "")} for v, c in self.served.items()}
 
-    def _publish(self, served: dict[int, Classifier], draining: set[int] = frozenset()) -> None:
+    def _publish(self, served: dict[int, Classifier], draining: frozenset[int] | set[int] = frozenset()) -> None:
         """Make `served` the ready set and route over it (less `draining`, which takes no new requests)."""
         self._revisions = self._current_revisions(served)
         self.served = dict(sorted(served.items()))
@@ -206,8 +206,8 @@ class ServedModel:
             if not missing:
                 break
             target = missing[0]
-            if settle:
-                before = fingerprint(self.model_dir / str(target))  # type: ignore[operator]  (a repository model)
+            if settle and self.model_dir is not None:  # a repository model (a built-in has no folder to watch)
+                before = fingerprint(self.model_dir / str(target))
                 if self._stop.wait(SETTLE_S) or fingerprint(self.model_dir / str(target)) != before:
                     return  # still being written: next poll
             try:

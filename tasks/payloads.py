@@ -15,7 +15,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import Celery
@@ -174,11 +174,11 @@ def fetch_pixels(client: redis.Redis, keys: list[str]) -> list[bytes | None]:
     """The pixels under each key (None where missing): one MGET on the broker, or one per shard."""
     shards = pixel_shards()
     if not keys or not shards:
-        return client.mget(keys) if keys else []
+        return cast(list[bytes | None], client.mget(keys)) if keys else []  # replies are never decoded here
     found: list[bytes | None] = [None] * len(keys)
     for shard, positions in shards.by_shard(keys):
         for i, blob in zip(positions, shard.mget([keys[i] for i in positions])):
-            found[i] = blob
+            found[i] = cast(bytes | None, blob)
     return found
 
 

@@ -55,3 +55,9 @@ def connect(url: str, master: str | None = None, **options: Any) -> redis.Redis:
     nodes, db, password = sentinel_nodes(url)
     sentinel = Sentinel(nodes, sentinel_kwargs={"socket_timeout": 2, "socket_connect_timeout": 2})
     return sentinel.master_for(master, db=db, password=password, **options)
+
+
+def text(value: bytes | str) -> str:
+    """A key or field of a reply as text. The clients here never decode replies (they carry pixels), but
+    redis-py types every reply as bytes or str."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -8,6 +8,7 @@ from typing import Any
 import redis
 
 from tasks.job_store import read_job
+from tasks.redis_clients import text
 from tasks.result_store import failure_message, read_meta
 
 #: imageclf:webhook:<id>  hash: attempts, last_status, delivered_at, error of the id's completion webhook
@@ -66,7 +67,7 @@ def with_webhook(client: redis.Redis, body: dict[str, Any]) -> dict[str, Any]:
     """`body` with `webhook: {attempts, last_status, delivered_at}` when its id has a callback_url that was tried."""
     raw = client.hgetall(WEBHOOK_PREFIX + body["id"])
     if raw:
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        fields = {text(k): text(v) for k, v in raw.items()}
         body["webhook"] = {"attempts": int(fields.get("attempts", 0)),
                            "last_status": int(fields["last_status"]) if fields.get("last_status") else None,
                            "delivered_at": float(fields["delivered_at"]) if fields.get("delivered_at") else None,

@@ -23,6 +23,7 @@ import numpy as np
 import redis
 
 from tasks.payloads import task_message
+from tasks.redis_clients import text
 
 SHADOW_PREFIX = "imageclf:shadow:"
 #: Per-image inference times kept for the percentiles (the newest).
@@ -86,9 +87,11 @@ def read_comparisons(client: redis.Redis, model: str) -> list[dict[str, Any]]:
     keys = sorted(k for k in client.scan_iter(match=prefix + "*", count=1000) if not k.endswith(b":times"))
     pairs = []
     for key in keys:
-        version, against = (int(p) for p in key.decode()[len(prefix):].split(":"))
+        version, against = (int(p) for p in text(key)[len(prefix):].split(":"))
         with client.pipeline(transaction=False) as pipe:
-            fields, times = pipe.hgetall(key).lrange(key + b":times", 0, -1).execute()
+            pipe.hgetall(key)
+            pipe.lrange(key + b":times", 0, -1)
+            fields, times = pipe.execute()
         record = {k.decode(): float(v) for k, v in fields.items()}
         compared = int(record.get("compared", 0))
         samples = [json.loads(t) for t in times]

@@ -12,6 +12,8 @@ import bisect
 
 import redis
 
+from tasks.redis_clients import text
+
 STATS_PREFIX = "imageclf:stats:"
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 INFERENCE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -47,7 +49,7 @@ def read_stats(client: redis.Redis) -> dict[str, dict[str, float]]:
     stats = {}
     for key in client.scan_iter(match=STATS_PREFIX + "*", count=100):
         fields = client.hgetall(key)
-        stats[key.decode()[len(STATS_PREFIX):]] = {k.decode(): float(v) for k, v in fields.items()}
+        stats[text(key)[len(STATS_PREFIX):]] = {text(k): float(v) for k, v in fields.items()}
     return stats
 
 

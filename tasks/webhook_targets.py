@@ -45,7 +45,7 @@ def check_target(url: str) -> str:
     if host in settings.WEBHOOK_ALLOW_HOSTS:
         return url
     try:
-        found = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+        found = {str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
     except (socket.gaierror, UnicodeError) as exc:
         raise TargetRefused(f"callback_url's host {host!r} does not resolve ({exc})") from None
     private = sorted(a for a in found if not _public(a))

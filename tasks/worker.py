@@ -69,7 +69,7 @@ def pixel_store() -> redis.Redis:
     return _pixel_store
 
 
-def model_of_queues(queues: object) -> str | None:
+def model_of_queues(queues: str | list[str] | None) -> str | None:
     """The model a worker started with `-Q queues` serves (None: a decoder; no -Q: the default model)."""
     if not queues:
         return settings.MODELS[0]
@@ -81,7 +81,7 @@ def model_of_queues(queues: object) -> str | None:
     return models.pop() if models else None
 
 
-def shadow_only(queues: object) -> bool:
+def shadow_only(queues: str | list[str] | None) -> bool:
     """Whether a worker started with `-Q queues` takes only shadow copies (a shadow worker, SHADOW_DEVICE)."""
     names = [n.strip() for n in (queues.split(",") if isinstance(queues, str) else queues or [])]
     return bool(names) and all(n.startswith(settings.SHADOW_PREFIX) for n in names)
@@ -173,7 +173,8 @@ def load_model(**_: object) -> None:
     # and leave the API saying "not loaded yet" until it fails once more.
     clear_failure(pixel_store(), _served_model)
     _served = served
-    _choose_batch_size(served.current)
+    if served.current is not None:
+        _choose_batch_size(served.current)
     _announce()
     start_heartbeat(celery_app.conf.broker_url, _status)
 
