@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.reports import publish
 from benchmarks.scratch_service import scratch_service
 from benchmarks.service import service_counters
 
@@ -77,10 +78,7 @@ def main() -> int:
     report = {"model": args.model, "image": args.image.name, "image_bytes": len(image), "phases": phases,
               "ratios": {"p50": round(mean(True, "p50_ms") / mean(False, "p50_ms"), 3),
                          "api_cpu": round(mean(True, "api_cpu_ms") / mean(False, "api_cpu_ms"), 3)}}
-    if args.out:
-        args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    publish(report, args.out, markdown)
     return 0
 
 

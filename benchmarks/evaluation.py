@@ -33,6 +33,7 @@ import httpx
 import numpy as np
 import redis
 
+from benchmarks.reports import publish
 from benchmarks.scratch_service import SIZE, scratch_service
 from imageclf.service_process import ServiceProcess
 
@@ -177,10 +178,7 @@ def main() -> int:
             runs.append(run)
     report = {"model": ("ResNet50, random weights" if args.model == "resnet50" else
                         "mean colour + softmax, 10 classes, 64x64 (near-free)"), "runs": runs}
-    if args.out:
-        args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    publish(report, args.out, markdown)
     return 0
 
 

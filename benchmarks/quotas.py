@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from benchmarks.reports import publish
 from benchmarks.scratch_service import scratch_service
 
 
@@ -168,10 +169,7 @@ def main() -> int:
     report = {"model": args.model, "api_workers": args.api_workers, "rate": args.rate, "overload": args.overload,
               "seconds": args.seconds,
               "phases": phases, "ratio_p50": round(phases[1]["quiet_p50_ms"] / alone, 2)}
-    if args.out:
-        args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    publish(report, args.out, markdown)
     return 0
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.otlp_receiver import OTLPReceiver
+from benchmarks.reports import publish
 from benchmarks.scratch_service import scratch_service
 from benchmarks.service import CpuMeter, service_counters
 
@@ -103,10 +104,7 @@ def main() -> int:
               "ratios": {"p50": round(mean(True, "p50_ms") / mean(False, "p50_ms"), 3),
                          "api_thread_cpu": round(mean(True, "api_thread_cpu_ms") / mean(False, "api_thread_cpu_ms"), 3),
                          "service_cpu": round(service_cpu(True) / service_cpu(False), 3)}}
-    if args.out:
-        args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    publish(report, args.out, markdown)
     return 0
 
 
