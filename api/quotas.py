@@ -82,13 +82,12 @@ class Decision:
 
 @dataclass(frozen=True)
 class _Refused:
-    """A key's last refusal: its bucket held `tokens` at the latest at `asked_at` (monotonic seconds), or
-    `daily_left` images were left on `day`."""
+    """A key's last refusal: by its rate (`why` "rate"), its bucket held `remaining` tokens at the latest at
+    `asked_at` (monotonic seconds); by its daily quota, `remaining` images were left on `day`."""
     limits: Limits
     why: str
     asked_at: float
-    tokens: float
-    daily_left: float
+    remaining: float
     day: str
     used_today: int
 
@@ -104,12 +103,12 @@ def _still_refused(owner: str, limits: Limits, cost: int) -> Decision | None:
     if last is None or last.limits != limits:
         return None
     if last.why == "daily":
-        if last.day != _day() or cost <= last.daily_left:
+        if last.day != _day() or cost <= last.remaining:
             return None
         midnight = _seconds_to_midnight()
-        return Decision(False, "daily", float(limits.daily or 0), last.daily_left, midnight, midnight, last.used_today)
+        return Decision(False, "daily", float(limits.daily or 0), last.remaining, midnight, midnight, last.used_today)
     rate, burst = limits.rate or 0.0, limits.burst or 0.0
-    tokens = min(burst, last.tokens + (time.monotonic() - last.asked_at) * rate)
+    tokens = min(burst, last.remaining + (time.monotonic() - last.asked_at) * rate)
     need = min(cost, burst)
     if rate <= 0 or tokens >= need:
         return None
@@ -139,7 +138,7 @@ def charge(client: redis.Redis, owner: str, limits: Limits, cost: int) -> Decisi
     if admitted:
         _refused.pop(owner, None)
     else:
-        _refused[owner] = _Refused(limits, why, asked_at, float(remaining), float(remaining), _day(), int(float(used)))
+        _refused[owner] = _Refused(limits, why, asked_at, float(remaining), _day(), int(float(used)))
     if why == "daily" or (limits.rate is None and limits.daily is not None):
         limit, reset_s = float(limits.daily or 0), _seconds_to_midnight()
         remaining_f = float(remaining) if why == "daily" else float(limits.daily or 0) - float(used)

@@ -221,7 +221,7 @@ def _classify_group(model: Classifier, group: list, summary: dict) -> list:
             backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
             summary["failed"][req.id] = f"{type(exc).__name__}: {exc}"
         return []
-    batch_id = uuid.uuid4().hex
+    batch_id, padded = uuid.uuid4().hex, model.bucket_for(len(requests))
     if tracing.enabled():
         tracing.record_batch(
             [(req.kwargs.get("trace"), req.kwargs.get("sent_at"), getattr(req, "received_at", None))
@@ -229,10 +229,10 @@ def _classify_group(model: Classifier, group: list, summary: dict) -> list:
             started, started + inference_ms / 1000.0, **{
                 "imageclf.model": model.name, "imageclf.version": model.version,
                 "imageclf.batch_size": len(requests), "imageclf.batch_id": batch_id,
-                "imageclf.padded_to": model.bucket_for(len(requests)), "imageclf.worker": worker_role()})
+                "imageclf.padded_to": padded, "imageclf.worker": worker_role()})
     logger.info(json.dumps({"event": "batch", "batch_id": batch_id, "model": model.name,
                             "model_version": model.version, "worker": worker_role(), "size": len(requests),
-                            "padded": model.bucket_for(len(requests)), "inference_ms": round(inference_ms, 1)}))
+                            "padded": padded, "inference_ms": round(inference_ms, 1)}))
     done_at = time.time()
     answers = []
     for (req, _, top), row in zip(group, probabilities):
