@@ -62,7 +62,8 @@ def start_api(redis_url: str, env: dict[str, str]) -> tuple[subprocess.Popen, st
 
 
 def screenshot(page, name: str) -> None:
-    """With WEB_SCREENSHOTS=docs/screenshots, save the page as <name>.png there (the README shows them)."""
+    """With WEB_SCREENSHOTS=docs/screenshots, save the page as <name>.png there (docs/getting-started.md shows
+    them)."""
     folder = os.environ.get("WEB_SCREENSHOTS")
     if folder:
         (ROOT / folder).mkdir(parents=True, exist_ok=True)

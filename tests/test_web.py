@@ -1,6 +1,6 @@
 """The web page at / in a real browser: Playwright driving Debian's Chromium against the live service.
 
-Set WEB_SCREENSHOTS=docs/screenshots to save a picture of each state (the README shows them).
+Set WEB_SCREENSHOTS=docs/screenshots to save a picture of each state (docs/getting-started.md shows them).
 """
 
 from __future__ import annotations
