@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
+from flask.typing import ResponseReturnValue
 
 import settings
 from api.auth import known_owner, owner_of, presented_key
@@ -105,7 +106,7 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 @bp.post("/v2/repository/index")
-def repository_index():
+def repository_index() -> ResponseReturnValue:
     body = parse_json(request.get_data(), "the request body") if request.content_length else {}
     ready_only = body.get("ready", False) if isinstance(body, dict) else None
     if not isinstance(ready_only, bool):
@@ -124,7 +125,7 @@ def repository_index():
 
 
 @bp.post("/v2/repository/models/<model>/unload")
-def unload(model: str):
+def unload(model: str) -> ResponseReturnValue:
     _known(model)
     with queue_unavailable():
         record_unloaded(redis_client(), model, g.admin)
@@ -134,7 +135,7 @@ def unload(model: str):
 
 
 @bp.post("/v2/repository/models/<model>/load")
-def load(model: str):
+def load(model: str) -> ResponseReturnValue:
     _known(model)
     with queue_unavailable():
         was_unloaded = clear_unloaded(redis_client(), model)
@@ -164,7 +165,7 @@ def _wait(done: Callable[[], bool]) -> bool:
 
 
 @bp.put("/models/<model>/policy")
-def put_policy(model: str):
+def put_policy(model: str) -> ResponseReturnValue:
     """Merge the body's version_policy, traffic and shadow (null removes one) into config.json, after checking
     them against the versions on disk; 400 leaves the current policy as it is."""
     folder = _folder(model)
@@ -192,7 +193,7 @@ def put_policy(model: str):
 
 
 @bp.post("/models/<model>/versions")
-def add_version(model: str):
+def add_version(model: str) -> ResponseReturnValue:
     """Upload a model file as the next version (with an optional `sample` image to check it on)."""
     folder = _folder(model)
     upload = request.files.get("model")

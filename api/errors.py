@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 
@@ -16,7 +16,7 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None):
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     response = jsonify(success=False, error=message)
     response.status_code = status
     response.headers.update(headers or {})
@@ -25,11 +25,11 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
-    def _api_error(exc: APIError):
+    def _api_error(exc: APIError) -> Response:
         return error_response(exc.status, exc.message, exc.headers)
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
+    def _http_error(exc: HTTPException) -> Response:
         if exc.code == 413:
             limit = request.max_content_length or 0
             setting = g.get("upload_limit_setting", "MAX_UPLOAD_MB")
@@ -37,6 +37,6 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
+    def _unexpected(exc: Exception) -> Response:
         app.logger.exception("unhandled error")
         return error_response(500, "internal error; the server log has the details")

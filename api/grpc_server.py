@@ -103,21 +103,21 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise APIError(401, "a valid API key is required (metadata authorization: Bearer <key>, or x-api-key)")
         return found
 
-    def ServerLive(self, request, context):  # noqa: N802 (the protocol's names)
+    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 (the protocol's names)
         return service_pb2.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request, context):  # noqa: N802
+    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return self._call(context, lambda: service_pb2.ServerReadyResponse(ready=server_ready()[0]), open_call=True)
 
-    def ServerMetadata(self, request, context):  # noqa: N802
+    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return self._call(context, lambda: service_pb2.ServerMetadataResponse(**server_metadata()))
 
-    def ModelReady(self, request, context):  # noqa: N802
+    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return self._call(context, lambda: service_pb2.ModelReadyResponse(
             ready=model_ready(request.name, request.version or None)))
 
-    def ModelMetadata(self, request, context):  # noqa: N802
-        def body():
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def body() -> Any:
             meta = model_metadata(request.name, request.version or None)
             tensor = service_pb2.ModelMetadataResponse.TensorMetadata
             return service_pb2.ModelMetadataResponse(
@@ -125,8 +125,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 inputs=[tensor(**t) for t in meta["inputs"]], outputs=[tensor(**t) for t in meta["outputs"]])
         return self._call(context, body)
 
-    def ModelConfig(self, request, context):  # noqa: N802
-        def body():
+    def ModelConfig(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def body() -> Any:
             config = model_config(request.name, request.version or None)
             return service_pb2.ModelConfigResponse(config=model_config_pb2.ModelConfig(
                 name=config["name"], platform=config["platform"], max_batch_size=config["max_batch_size"],
@@ -136,8 +136,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                         for t in config["output"]]))
         return self._call(context, body)
 
-    def ModelInfer(self, request, context):  # noqa: N802
-        def body():
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def body() -> Any:
             size = served_input(request.model_name, request.model_version or None)
             parsed = _parse_infer(request, size)
             charge_request(parsed.count)

@@ -6,6 +6,7 @@ from typing import Any
 
 import redis
 from flask import Blueprint, current_app, jsonify
+from flask.typing import ResponseReturnValue
 
 from tasks.model_records import read_failures
 from tasks.readiness import live_workers
@@ -14,12 +15,12 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> ResponseReturnValue:
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
-def readyz():
+def readyz() -> ResponseReturnValue:
     ready, body = readiness()
     return jsonify(body), 200 if ready else 503
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
+from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import FileStorage
 
 import settings
@@ -47,7 +48,7 @@ _MAX_NAME = 255
 
 
 @bp.post("/jobs")
-def submit_job():
+def submit_job() -> ResponseReturnValue:
     request.max_content_length = int(settings.MAX_JOB_UPLOAD_MB * 2**20)
     # The form says whether this is an evaluation (which may hold more images) only once it is parsed.
     request.max_form_parts = 2 * max(settings.MAX_JOB_FILES, settings.MAX_EVALUATION_IMAGES) + 100
@@ -97,7 +98,7 @@ def submit_job():
 
 
 @bp.delete("/jobs/<job_id>")
-def cancel_job(job_id: str):
+def cancel_job(job_id: str) -> ResponseReturnValue:
     g.task_id = job_id
     info = issued(job_id)
     if info is None or info.get("kind") != "job":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
 
 from api.errors import APIError
 from api.submissions import queue_unavailable, redis_client
@@ -171,6 +172,6 @@ def _versions(workers: list[dict[str, Any]], stats: dict[str, dict[str, float]],
 
 
 @bp.get("/models")
-def models():
+def models() -> ResponseReturnValue:
     with queue_unavailable():
         return jsonify(default=served()[0], models=describe_models())

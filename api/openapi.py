@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify, render_template_string
+from flask.typing import ResponseReturnValue
 
 bp = Blueprint("openapi", __name__)
 
@@ -351,10 +352,10 @@ code{background:#f3f3f3;padding:0 .2em}h2{border-top:1px solid #ddd;padding-top:
 
 
 @bp.get("/openapi.json")
-def openapi_json():
+def openapi_json() -> ResponseReturnValue:
     return jsonify(SPEC)
 
 
 @bp.get("/docs")
-def docs():
+def docs() -> ResponseReturnValue:
     return render_template_string(_DOCS, spec=SPEC)

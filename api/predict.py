@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from flask import Blueprint, g, jsonify, url_for
+from flask.typing import ResponseReturnValue
 
 import settings
 from api.callbacks import requested_callback
@@ -28,7 +29,7 @@ bp = Blueprint("predict", __name__)
 
 
 @bp.post("/predict")
-def predict():
+def predict() -> ResponseReturnValue:
     received = time.time()
     top = int(query_number("top", default=5, low=1, high=1000, integer=True))
     timeout = query_number("timeout", default=settings.PREDICT_TIMEOUT_S, low=0, high=settings.MAX_PREDICT_TIMEOUT_S)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
+from flask.typing import ResponseReturnValue
 
 from api.errors import APIError
 from api.submissions import fetch_meta, issued, queue_unavailable, redis_client
@@ -17,7 +18,7 @@ bp = Blueprint("results", __name__)
 
 
 @bp.get("/result/<task_id>")
-def result(task_id: str):
+def result(task_id: str) -> ResponseReturnValue:
     g.task_id = task_id
     info = issued(task_id)
     if info is None:

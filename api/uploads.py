@@ -45,7 +45,8 @@ def decode_upload(data: bytes, name: str, size: tuple[int, int], resize: str) ->
 
 def query_number(name: str, default: float, low: float, high: float, integer: bool = False) -> float:
     """Query parameter `name` as a number in [low, high], or a 400 naming the problem."""
-    return _number(f"query parameter {name!r}", request.args.get(name), default, low, high, integer)
+    found = _number(f"query parameter {name!r}", request.args.get(name), default, low, high, integer)
+    return default if found is None else found
 
 
 def form_number(name: str, default: float | None, low: float, high: float, integer: bool = False) -> float | None:
@@ -54,7 +55,7 @@ def form_number(name: str, default: float | None, low: float, high: float, integ
     return _number(f"parameter {name!r}", raw, default, low, high, integer)
 
 
-def _number(what: str, raw: str | None, default: float | None, low: float, high: float, integer: bool):
+def _number(what: str, raw: str | None, default: float | None, low: float, high: float, integer: bool) -> float | None:
     if raw is None or raw.strip() == "":
         return default
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, g, jsonify
+from flask.typing import ResponseReturnValue
 
 from api.auth import ANONYMOUS
 from api.errors import APIError
@@ -13,7 +14,7 @@ bp = Blueprint("usage", __name__)
 
 
 @bp.get("/usage")
-def key_usage():
+def key_usage() -> ResponseReturnValue:
     if g.get("owner", ANONYMOUS) == ANONYMOUS:
         raise APIError(404, "this service has no API keys (API_KEYS, API_KEYS_FILE), so no usage per key")
     with queue_unavailable():

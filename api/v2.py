@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 from flask import Blueprint, Response, jsonify, request
+from flask.typing import ResponseReturnValue
 
 from api.errors import APIError
 from api.inference_protocol import EXTENSIONS, encode_http, parse_http
@@ -40,7 +41,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 @bp.errorhandler(APIError)
-def _error(exc: APIError):
+def _error(exc: APIError) -> ResponseReturnValue:
     response = jsonify(error=exc.message)
     response.status_code = exc.status
     response.headers.update(exc.headers)
@@ -102,43 +103,43 @@ def model_ready(model: str, version: str | None) -> bool:
 
 
 @bp.get("/health/live")
-def live():
+def live() -> ResponseReturnValue:
     return jsonify(live=True)
 
 
 @bp.get("/health/ready")
-def ready():
+def ready() -> ResponseReturnValue:
     ok, reason = server_ready()  # the protocol: 200 means ready, a 4xx means not
     return (jsonify(ready=True), 200) if ok else (jsonify(ready=False, error=reason), 400)
 
 
 @bp.get("")
-def metadata():
+def metadata() -> ResponseReturnValue:
     return jsonify(server_metadata())
 
 
 @bp.get("/models/<model>")
 @bp.get("/models/<model>/versions/<version>")
-def model_meta(model: str, version: str | None = None):
+def model_meta(model: str, version: str | None = None) -> ResponseReturnValue:
     return jsonify(model_metadata(model, version))
 
 
 @bp.get("/models/<model>/config")
 @bp.get("/models/<model>/versions/<version>/config")
-def config(model: str, version: str | None = None):
+def config(model: str, version: str | None = None) -> ResponseReturnValue:
     return jsonify(model_config(model, version))
 
 
 @bp.get("/models/<model>/ready")
 @bp.get("/models/<model>/versions/<version>/ready")
-def model_ready_view(model: str, version: str | None = None):
+def model_ready_view(model: str, version: str | None = None) -> ResponseReturnValue:
     ok = model_ready(model, version)
     return (jsonify(name=model, ready=True), 200) if ok else (jsonify(name=model, ready=False), 400)
 
 
 @bp.post("/models/<model>/infer")
 @bp.post("/models/<model>/versions/<version>/infer")
-def infer(model: str, version: str | None = None):
+def infer(model: str, version: str | None = None) -> ResponseReturnValue:
     raw_length = request.headers.get(HEADER_LENGTH)
     body = request.get_data(cache=False)
     try:

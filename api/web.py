@@ -7,6 +7,7 @@ no library. The page talks to the same HTTP API as every other client.
 from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template, request
+from flask.typing import ResponseReturnValue
 
 import settings
 
@@ -14,7 +15,7 @@ bp = Blueprint("web", __name__)
 
 
 @bp.get("/")
-def index():
+def index() -> ResponseReturnValue:
     host = request.host.rsplit(":", 1)[0] if not request.host.startswith("[") else request.host.split("]")[0] + "]"
     flower = settings.FLOWER_URL or f"{request.scheme}://{host}:{settings.FLOWER_PORT}"
     return render_template("index.html", flower_url=flower, models=current_app.config["MODELS"],
