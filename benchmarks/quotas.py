@@ -143,7 +143,7 @@ def markdown(report: dict) -> str:
                      f"{row['quiet_p50_ms']} | {row['quiet_p95_ms']} |")
     lines += ["", f"- quiet's p50 beside noisy: × {report['ratio_p50']} its value alone (mean of the two alone "
                   f"phases); noisy limited to {report['rate']} images/s, offered {report['overload']} times that; "
-                  f"API_WORKERS={report['api_workers']}"]
+                  f"API_WORKERS={report['api_workers']}, API_THREADS={report.get('api_threads', 32)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -154,19 +154,22 @@ def main() -> int:
     parser.add_argument("--overload", type=float, default=10.0, help="noisy offers this many times its limit")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     parser.add_argument("--api-workers", type=int, default=2, help="API_WORKERS: gunicorn processes")
+    parser.add_argument("--api-threads", type=int, default=32, help="API_THREADS: threads per gunicorn process")
     parser.add_argument("--image", type=Path, default=Path("../shared/assets/images/cat_720p.jpg"))
     parser.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
     args = parser.parse_args()
     image = args.image.read_bytes()
     keys = f"noisy:rate={args.rate:g}/s:burst={max(1.0, args.rate):g},quiet"
-    with scratch_service(args.model, {"API_KEYS": keys, "API_WORKERS": str(args.api_workers)}, "quotas-") as scratch:
+    with scratch_service(args.model, {"API_KEYS": keys, "API_WORKERS": str(args.api_workers),
+                                       "API_THREADS": str(args.api_threads)}, "quotas-") as scratch:
         url = scratch.svc.url
         _phase(url, image, min(15.0, args.seconds), 0)  # warm-up, not reported
         phases = [_phase(url, image, args.seconds, rate) for rate in (0, args.rate * args.overload, 0)]
         for row in phases:
             print(json.dumps(row), flush=True)
     alone = statistics.fmean([phases[0]["quiet_p50_ms"], phases[2]["quiet_p50_ms"]])
-    report = {"model": args.model, "api_workers": args.api_workers, "rate": args.rate, "overload": args.overload,
+    report = {"model": args.model, "api_workers": args.api_workers, "api_threads": args.api_threads,
+              "rate": args.rate, "overload": args.overload,
               "seconds": args.seconds,
               "phases": phases, "ratio_p50": round(phases[1]["quiet_p50_ms"] / alone, 2)}
     publish(report, args.out, markdown)
