@@ -242,13 +242,16 @@ def record_batch(requests: list[tuple[dict[str, str] | None, float | None, float
     from opentelemetry import context, trace
     from opentelemetry.propagate import extract
 
-    parents = [(extract(headers), sent, received) for headers, sent, received in requests if headers]
-    parents = [(ctx, sent, received) for ctx, sent, received in parents
-               if trace.get_current_span(ctx).get_span_context().is_valid]
-    links = [trace.Link(trace.get_current_span(ctx).get_span_context()) for ctx, _, _ in parents]
+    parents = []  # (the request's context, its span's id, sent at, reached the worker at)
+    for headers, sent, received in requests:
+        ctx = extract(headers) if headers else None
+        request_span = trace.get_current_span(ctx).get_span_context() if ctx is not None else None
+        if request_span is not None and request_span.is_valid:
+            parents.append((ctx, request_span, sent, received))
+    links = [trace.Link(request_span) for _, request_span, _, _ in parents]
     trace.get_tracer(__name__).start_span("batch", context=context.Context(), start_time=int(started_s * 1e9),
                                           attributes=attributes, links=links).end(int(ended_s * 1e9))
-    for ctx, sent, received in parents:
+    for ctx, _, sent, received in parents:
         if sent is not None and received is not None:
             _record("queue wait", sent, received, ctx, {})
         if received is not None:
