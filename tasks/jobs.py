@@ -56,7 +56,7 @@ from tasks.job_store import (
     update_if_active,
 )
 from tasks.model_records import InputLookup, ModelInput, ModelUnavailable
-from tasks.payloads import ISSUED_PREFIX, enqueue_classify
+from tasks.payloads import ISSUED_PREFIX, PIXELS_PREFIX, enqueue_classify, fetch_pixels
 from tasks.readiness import live_workers
 from tasks.redis_clients import text
 from tasks.result_store import READY_STATES, RESULT_KEY_PREFIX, failure_message
@@ -69,6 +69,7 @@ STEP_S = 2.0          # work per step before handing over to the next one
 THUMBNAILS = 48       # an evaluation's mistakes shown as thumbnails (the first ones)
 THUMBNAIL_PX = 96
 _POLL_S = 0.1         # pause between rounds when nothing could be sent
+_LOST_CHECK_S = 10.0  # an item unanswered this long is checked for having been lost (see _resend_lost)
 _LOCK_S = 60.0        # a crashed step's lock frees itself after this
 
 
@@ -155,7 +156,8 @@ class _Driver:
         self.client.zremrangebyscore(self.in_flight_key, "-inf", time.time() - self.ttl)
         try:
             while True:
-                done, in_flight = self._collect()
+                done, in_flight, unanswered = self._collect()
+                self._resend_lost(spec, total, unanswered)
                 sent = 0
                 room = min(settings.JOB_IN_FLIGHT - in_flight, bulk_limit - self.client.zcard(self.in_flight_key))
                 try:
@@ -289,16 +291,20 @@ class _Driver:
             pipe.zadd(self.in_flight_key, {task_id: now})
             pipe.execute()
 
-    def _collect(self) -> tuple[int, int]:
-        """Move answered items from pending to items; returns (items with an outcome, items in flight)."""
+    def _collect(self) -> tuple[int, int, list[str]]:
+        """Move answered items from pending to items; returns (items with an outcome, items in flight, the ids of
+        items unanswered for _LOST_CHECK_S or more)."""
         pending = {text(tid): json.loads(raw) for tid, raw in self.client.hgetall(pending_key(self.job_id)).items()}
         metas = self.client.mget([RESULT_KEY_PREFIX + tid for tid in pending]) if pending else []
         now = time.time()
+        unanswered = []
         with self.client.pipeline(transaction=False) as pipe:  # the moves and both counts in one round trip
             for (tid, record), raw in zip(pending.items(), metas):
-                outcome = _outcome(json.loads(raw) if raw else None, now - record.pop("sent", now), self.ttl,
-                                   self.compact)
+                age_s = now - record.pop("sent", now)
+                outcome = _outcome(json.loads(raw) if raw else None, age_s, self.ttl, self.compact)
                 if outcome is None:
+                    if age_s >= _LOST_CHECK_S:
+                        unanswered.append(tid)
                     continue
                 pipe.hset(items_key(self.job_id), str(record["i"]), json.dumps({**record, **outcome}))
                 pipe.hdel(pending_key(self.job_id), tid)
@@ -309,7 +315,39 @@ class _Driver:
             pipe.hlen(items_key(self.job_id))
             pipe.hlen(pending_key(self.job_id))
             *_, done, in_flight = pipe.execute()
-        return done, in_flight
+        return done, in_flight, unanswered
+
+    def _resend_lost(self, spec: dict[str, Any], total: int, unanswered: list[str]) -> None:
+        """Send again the items whose message and pixels are both gone without an answer: queued on a Redis master
+        that died before its replica had them (replication is asynchronous). A model worker stores an answer
+        before it deletes the pixels, so pixels found gone and then no answer means the item was lost, not
+        answered meanwhile. Each is read again from the job's files."""
+        if not unanswered:
+            return
+        keys = [PIXELS_PREFIX + tid for tid in unanswered]
+        present = [bool(blob) for blob in fetch_pixels(self.client, keys)]  # first the pixels, then the answers
+        gone = [tid for tid, there in zip(unanswered, present) if not there]
+        if not gone:
+            return
+        answers = self.client.mget([RESULT_KEY_PREFIX + tid for tid in gone])
+        lost = [tid for tid, answer in zip(gone, answers) if answer is None]
+        for tid in lost:
+            raw = self.client.hget(pending_key(self.job_id), tid)
+            if raw is None:
+                continue
+            index = json.loads(raw)["i"]
+            logger.warning("job %s: item %d was lost by the broker (a failover?); sending it again", self.job_id, index)
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.hdel(pending_key(self.job_id), tid)
+                pipe.zrem(self.in_flight_key, tid)
+                pipe.execute()
+            items = self._items(spec, index, total)
+            try:
+                again = next(items, None)
+                if again is not None:
+                    self._send(spec, *again)
+            finally:
+                items.close()
 
     def _finish(self, spec: dict[str, Any], total: int, decode_error: str | None) -> None:
         if spec["kind"] == "video":

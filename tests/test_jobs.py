@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import socket
 import subprocess
 import sys
 import time
@@ -186,3 +188,42 @@ def test_a_zip_entry_expanding_past_the_image_limit_fails_alone(service):
     bomb, photo = body["result"]["items"]
     assert bomb["status"] == "FAILURE" and "MAX_UPLOAD_MB" in bomb["error"]
     assert photo["predictions"][0]["class_id"] == int(row["expected_class_id"])
+
+
+def test_an_item_the_broker_lost_is_sent_again_and_the_job_finishes(service, redis_client, redis_url):
+    """As after a failover to a replica that never had the last items: an item's message and pixels vanish
+    from Redis while it waits. The job notices within a few seconds and sends the item again, instead of
+    waiting for it until RESULT_TTL_S (an hour)."""
+    from celery import Celery
+
+    from tasks.job_store import pending_key
+    from tasks.payloads import PIXELS_PREFIX
+
+    app = Celery("test-client")
+    app.config_from_object("celeryconfig")
+    app.conf.update(broker_url=redis_url, result_backend=None)
+    queue = "bulk.mobilenet_v1_0.75"
+    model_worker = [f"mobilenet_v1_0.75@{socket.gethostname()}"]
+    photos = labelled_photos()[:5]
+    files = [("images", (Path(r["path"]).name, (SHARED / r["path"]).read_bytes())) for r in photos]
+    assert app.control.cancel_consumer(queue, reply=True, timeout=5, destination=model_worker)
+    try:
+        job = submit(service, files=files)
+        deadline = time.monotonic() + 60
+        while redis_client.hlen(pending_key(job)) < len(photos) or redis_client.llen(queue) < len(photos):
+            assert time.monotonic() < deadline, "the job's items were not all queued"
+            time.sleep(0.05)
+        lost_id, record = next(iter(redis_client.hgetall(pending_key(job)).items()))
+        lost_index = json.loads(record)["i"]
+        message = next(m for m in redis_client.lrange(queue, 0, -1) if lost_id in m)
+        assert redis_client.lrem(queue, 1, message) == 1
+        assert redis_client.delete(PIXELS_PREFIX + lost_id.decode()) == 1
+    finally:
+        assert app.control.add_consumer(queue, reply=True, timeout=5, destination=model_worker)
+    body, _ = follow(service, job, timeout_s=120)
+    assert body["status"] == "SUCCESS", body
+    items = body["result"]["items"]
+    assert [i["status"] for i in items] == ["SUCCESS"] * len(photos), items
+    assert [i["predictions"][0]["class_id"] for i in items] == [int(r["expected_class_id"]) for r in photos]
+    assert items[lost_index]["name"] == Path(photos[lost_index]["path"]).name
+    assert "was lost by the broker" in service.log_path.read_text(errors="replace")
