@@ -19,6 +19,7 @@ from api.errors import register_error_handlers
 from api.forms import UploadRequest
 from api.keyring import KeyRing
 from api.metrics import init_metrics
+from api.unread_bodies import DrainUnreadBodies
 from api.waiter import ResultWaiter
 from models.decode_budget import DecodeBudget
 from tasks import tracing
@@ -54,6 +55,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     for blueprint in (predict.bp, jobs.bp, results.bp, models.bp, health.bp, openapi.bp, web.bp, v2.bp, admin.bp,
                       usage.bp):
         app.register_blueprint(blueprint)
+    # Flask's documented way to add WSGI middleware; mypy does not allow assigning to a method.
+    app.wsgi_app = DrainUnreadBodies(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])  # type: ignore[method-assign]
     return app
 
 
