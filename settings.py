@@ -65,6 +65,9 @@ FLOWER_PORT: int = _int("FLOWER_PORT", 5555)
 FLOWER_URL: str = _str("FLOWER_URL", "")
 #: "user:password" to protect Flower with HTTP basic auth; empty: no auth (it binds to 127.0.0.1).
 FLOWER_BASIC_AUTH: str = _str("FLOWER_BASIC_AUTH", "")
+#: Tasks Flower keeps in memory (its `max_tasks`; the oldest are dropped): Flower's memory grows with it, about
+#: 15 MB per 1,000 tasks measured here (112 MB idle, 259 MB with its default 10,000 kept).
+FLOWER_MAX_TASKS: int = max(1, _int("FLOWER_MAX_TASKS", 10000))
 
 #: Name of the served model: a folder of MODEL_REPOSITORY, or a built-in (see models/registry.py).
 MODEL: str = _str("MODEL", "resnet50")

@@ -48,7 +48,7 @@ def start_all(group: ProcessGroup, metrics_dir: str) -> str:
     group.start("workers", [sys.executable, "-m", "imageclf.start_workers"], env)
 
     flower = [sys.executable, "-m", "celery", "-A", "tasks", "flower",
-              "--address=127.0.0.1", f"--port={settings.FLOWER_PORT}"]
+              "--address=127.0.0.1", f"--port={settings.FLOWER_PORT}", f"--max_tasks={settings.FLOWER_MAX_TASKS}"]
     if settings.FLOWER_BASIC_AUTH:
         flower.append(f"--basic-auth={settings.FLOWER_BASIC_AUTH}")
     group.start("flower", flower, env)
