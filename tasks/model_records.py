@@ -121,12 +121,14 @@ def read_served(client: redis.Redis, names: list[str]) -> dict[str, dict[str, An
 
 class InputLookup:
     """Each model's ready versions and routing, read from Redis at most once per CACHE_S per model
-    (thread-safe)."""
+    (thread-safe). When the entry is stale, one thread reads it again while the others answer from the old one:
+    under load, every request thread finding it stale at once would otherwise each make the same reads."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, ModelRoutes | str]] = {}
+        self._reading: set[str] = set()
 
     def input_of(self, name: str) -> ModelInput:
         """The default version's input; ModelUnavailable if the model failed to load, is unloaded, or was
@@ -137,10 +139,18 @@ class InputLookup:
         """The ready versions and the routing; ModelUnavailable as for `input_of`."""
         with self._lock:
             cached = self._cache.get(name)
-        if cached is None or time.monotonic() - cached[0] > CACHE_S:
-            cached = (time.monotonic(), self._read(name))
-            with self._lock:
-                self._cache[name] = cached
+            read = cached is None or (time.monotonic() - cached[0] > CACHE_S and name not in self._reading)
+            if read:
+                self._reading.add(name)
+        if read:
+            try:
+                cached = (time.monotonic(), self._read(name))
+                with self._lock:
+                    self._cache[name] = cached
+            finally:
+                with self._lock:
+                    self._reading.discard(name)
+        assert cached is not None
         if isinstance(cached[1], str):
             raise ModelUnavailable(cached[1])
         return cached[1]

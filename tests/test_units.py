@@ -359,3 +359,53 @@ def test_sentinel_urls_name_every_sentinel_the_db_and_the_password():
         sentinel_nodes("sentinel://a:1;redis://b:2")
     with pytest.raises(ValueError, match="REDIS_SENTINEL_MASTER"):
         connect("sentinel://127.0.0.1:26379", master="")
+
+
+def test_stale_model_routes_are_read_again_by_one_thread_while_the_others_use_the_old_ones(tmp_path):
+    """16 request threads find the cached routes stale while Redis is slow: one MGET, not 16."""
+    import subprocess
+    import threading
+
+    import redis
+
+    from imageclf.redis_server import free_port, ping, redis_argv
+    from imageclf.supervise import wait_until
+    from tasks.model_records import CACHE_S, InputLookup
+
+    port = free_port()
+    server = subprocess.Popen(redis_argv(port, str(tmp_path), durable=False), stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        assert wait_until(lambda: ping(url), 15)
+        client = redis.Redis.from_url(url)
+
+        def mgets() -> int:
+            return int(client.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
+
+        lookup = InputLookup(client)
+        first = lookup.routes_of("resnet50")  # built in: served at version 1 before any worker announces it
+        time.sleep(CACHE_S + 0.05)
+        before = mgets()
+        slow = threading.Thread(target=lambda: redis.Redis.from_url(url).execute_command("DEBUG", "SLEEP", "0.5"))
+        slow.start()
+        time.sleep(0.1)  # the server is asleep: a read now takes until it wakes
+        start = threading.Barrier(16)
+        found: list[object] = []
+
+        def request() -> None:
+            start.wait()
+            found.append(lookup.routes_of("resnet50"))
+
+        threads = [threading.Thread(target=request) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads + [slow]:
+            thread.join(10)
+        assert len(found) == 16 and all(routes.default == first.default for routes in found)
+        assert mgets() - before == 1
+        time.sleep(CACHE_S + 0.05)
+        lookup.routes_of("resnet50")
+        assert mgets() - before == 2  # still read again once stale
+    finally:
+        server.terminate()
+        server.wait(10)
