@@ -30,16 +30,52 @@ class DrainUnreadBodies:
         self.timeout_s = timeout_s
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        return _Drained(self.app(environ, start_response), environ, self.limit, self.timeout_s)
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if not 0 < length <= self.limit:
+            return self.app(environ, start_response)
+        body = environ["wsgi.input"] = _CountedInput(environ["wsgi.input"])
+        return _Drained(self.app(environ, start_response), environ, body, length, self.timeout_s)
+
+
+class _CountedInput:
+    """wsgi.input, counting what the app reads: the drain then reads exactly the rest, never into the next request
+    (a server's input stream need not stop at the body's end)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.consumed = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data: bytes = self.stream.read() if size is None or size < 0 else self.stream.read(size)
+        self.consumed += len(data)
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line: bytes = self.stream.readline() if size is None or size < 0 else self.stream.readline(size)
+        self.consumed += len(line)
+        return line
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines: list[bytes] = self.stream.readlines(hint) if hint > 0 else self.stream.readlines()
+        self.consumed += sum(len(line) for line in lines)
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
 
 
 class _Drained:
     """The app's response; closing it (the server does, once it is sent) receives the unread body."""
 
-    def __init__(self, response: Iterable[bytes], environ: dict[str, Any], limit: int, timeout_s: float) -> None:
+    def __init__(self, response: Iterable[bytes], environ: dict[str, Any], body: _CountedInput, length: int,
+                 timeout_s: float) -> None:
         self.response = response
         self.environ = environ
-        self.limit = limit
+        self.body = body
+        self.length = length
         self.timeout_s = timeout_s
 
     def __iter__(self) -> Iterator[bytes]:
@@ -51,27 +87,24 @@ class _Drained:
             if close is not None:
                 close()
         finally:
-            drain(self.environ, self.limit, self.timeout_s)
+            self._drain()
 
-
-def drain(environ: dict[str, Any], limit: int, timeout_s: float) -> None:
-    """Read and drop what the app left of a Content-Length body of at most `limit` bytes."""
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return
-    if not 0 < length <= limit:
-        return
-    stream = environ["wsgi.input"]
-    sock = environ.get("gunicorn.socket")
-    previous = sock.gettimeout() if isinstance(sock, socket.socket) else None
-    try:
-        if isinstance(sock, socket.socket):
-            sock.settimeout(timeout_s)
-        while stream.read(_READ):
-            pass
-    except (OSError, ValueError):
-        pass  # the client went or stalled: the server closes the connection, having not seen the body's end
-    finally:
-        if isinstance(sock, socket.socket):
-            sock.settimeout(previous)
+    def _drain(self) -> None:
+        """Read and drop the `length` bytes of the body the app did not read, a large read at a time."""
+        found = self.environ.get("gunicorn.socket")  # elsewhere, the server's own timeouts apply
+        sock = found if isinstance(found, socket.socket) else None
+        previous = sock.gettimeout() if sock else None
+        try:
+            if sock:
+                sock.settimeout(self.timeout_s)
+            left = self.length - self.body.consumed
+            while left > 0:
+                data = self.body.stream.read(min(_READ, left))
+                if not data:
+                    return
+                left -= len(data)
+        except (OSError, ValueError):
+            pass  # the client went or stalled: the server closes the connection, having not seen the body's end
+        finally:
+            if sock:
+                sock.settimeout(previous)

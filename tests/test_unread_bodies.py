@@ -77,3 +77,33 @@ def test_a_refused_client_that_stops_sending_is_answered_then_cut_off(service):
             rest = b""
         assert rest == b"", rest
         assert time.monotonic() - waited < 20
+
+
+def test_the_drain_reads_exactly_the_rest_of_the_body_and_never_into_the_next_request():
+    """On a server whose input stream runs on past the body (the next request's bytes behind it), the drain stops
+    at Content-Length, whatever the app read; a body over the limit is not read at all."""
+    import io
+
+    from api.unread_bodies import DrainUnreadBodies
+
+    body, after = os.urandom(3_000_000), b"GET /next HTTP/1.1\r\n\r\n"
+
+    def serve(limit: int, reads: list[int]) -> io.BytesIO:
+        def app(environ, start_response):
+            for size in reads:
+                environ["wsgi.input"].read(size)
+            start_response("429 Too Many Requests", [("Content-Length", "0")])
+            return [b""]
+
+        stream = io.BytesIO(body + after)
+        environ = {"CONTENT_LENGTH": str(len(body)), "wsgi.input": stream}
+        response = DrainUnreadBodies(app, limit)(environ, lambda status, headers: None)
+        assert b"".join(response) == b""
+        if hasattr(response, "close"):  # as a WSGI server does, once the response is sent
+            response.close()
+        return stream
+
+    for reads in ([], [10], [1_500_000, 7], [len(body)]):
+        stream = serve(limit=len(body), reads=reads)
+        assert stream.tell() == len(body) and stream.read() == after, reads
+    assert serve(limit=len(body) - 1, reads=[]).tell() == 0
