@@ -1,14 +1,16 @@
 """One key overloading the service 10 times over its rate limit, and another key's /predict latency meanwhile.
 
-    python -m benchmarks.quotas --seconds 20 --out docs/benchmark-quotas
+    python -m benchmarks.quotas --seconds 10 --cycles 3 --out docs/benchmark-quotas
 
 Serves a user's `.keras` model (near-free, or ResNet50 with random weights: benchmarks.scratch_service
 builds both) with two keys: `noisy` limited to `--rate` images/s and `quiet` without limits. One sequential
 client sends /predict with `quiet`; it runs alone, then beside `noisy` sending open-loop (Poisson) requests
 at `--overload` times its rate limit (from a process of its own, on asyncio with prebuilt request bytes, so the
-load generator takes little of the CPU the service and quiet share), then alone again. Reported per phase:
-quiet's requests and p50/p95, noisy's answers by status. Figures are compared within one run (the machine is
-shared and noisy).
+load generator takes little of the CPU the service and quiet share), then alone again, `--cycles` times: the
+phases alternate so that a shared machine's own slow drift falls on both conditions alike. Reported per
+phase: quiet's requests and p50/p95, noisy's answers by status; then quiet's p50 over all phases of each
+condition, and each cycle's ratio to the alone phases on either side of it. Figures are compared within one
+run (the machine is shared and noisy).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def _phase(url: str, image: bytes, seconds: float, noisy_rate: float) -> dict:
         noisy_cpu_s = sent["cpu_s"]
         sender.join(30)
     ms = sorted(quiet_ms)
-    return {"noisy_offered_per_s": noisy_rate, "quiet_requests": len(ms),
+    return {"noisy_offered_per_s": noisy_rate, "quiet_requests": len(ms), "quiet_ms": ms,
             "quiet_p50_ms": round(statistics.median(ms), 1), "quiet_p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 1),
             "noisy_by_status": {str(k): v for k, v in sorted(noisy.items())},
             "noisy_client_cpu_share": round(noisy_cpu_s / seconds, 3)}
@@ -138,15 +140,22 @@ async def _arrivals(url: str, request: bytes, rate: float, seconds: float) -> di
 def markdown(report: dict) -> str:
     lines = ["| phase | noisy offered /s | noisy answers by status | noisy client's CPU (cores) | quiet requests | "
              "quiet p50 ms | quiet p95 ms |", "|---|---:|---|---:|---:|---:|---:|"]
-    for name, row in zip(("alone", "beside noisy", "alone again"), report["phases"]):
+    for row in report["phases"]:
+        name = "beside noisy" if row["noisy_offered_per_s"] else "alone"
         statuses = ", ".join(f"{k}: {v}" for k, v in row["noisy_by_status"].items()) or "-"
         lines.append(f"| {name} | {row['noisy_offered_per_s']} | {statuses} | {row['noisy_client_cpu_share']} | "
-                     f"{row['quiet_requests']} | "
-                     f"{row['quiet_p50_ms']} | {row['quiet_p95_ms']} |")
-    lines += ["", f"- quiet's p50 beside noisy: × {report['ratio_p50']} its value alone (mean of the two alone "
-                  f"phases); noisy limited to {report['rate']} images/s, offered {report['overload']} times that; "
-                  f"API_WORKERS={report['api_workers']}, API_THREADS={report.get('api_threads', 32)}"]
+                     f"{row['quiet_requests']} | {row['quiet_p50_ms']} | {row['quiet_p95_ms']} |")
+    cycles = ", ".join(f"× {r}" for r in report["cycle_ratios"])
+    lines += ["", f"- quiet's p50 over every phase of each condition: {report['pooled_p50_ms']['alone']} ms alone, "
+                  f"{report['pooled_p50_ms']['beside']} ms beside noisy: **× {report['ratio_p50']}**; each cycle "
+                  f"against the alone phases on either side: {cycles}",
+              f"- noisy limited to {report['rate']} images/s, offered {report['overload']} times that; "
+              f"API_WORKERS={report['api_workers']}, API_THREADS={report.get('api_threads', 32)}"]
     return "\n".join(lines) + "\n"
+
+
+def _p50(ms: list[float]) -> float:
+    return round(statistics.median(ms), 1)
 
 
 def main() -> int:
@@ -154,7 +163,8 @@ def main() -> int:
     parser.add_argument("--model", choices=("near-free", "resnet50"), default="near-free")
     parser.add_argument("--rate", type=float, default=20.0, help="noisy's rate limit, images/s")
     parser.add_argument("--overload", type=float, default=10.0, help="noisy offers this many times its limit")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    parser.add_argument("--cycles", type=int, default=3, help="overload phases, each between two alone phases")
     parser.add_argument("--api-workers", type=int, default=2, help="API_WORKERS: gunicorn processes")
     parser.add_argument("--api-threads", type=int, default=32, help="API_THREADS: threads per gunicorn process")
     parser.add_argument("--image", type=Path, default=Path("../shared/assets/images/cat_720p.jpg"))
@@ -162,18 +172,27 @@ def main() -> int:
     args = parser.parse_args()
     image = args.image.read_bytes()
     keys = f"noisy:rate={args.rate:g}/s:burst={max(1.0, args.rate):g},quiet"
+    overload = args.rate * args.overload
     with scratch_service(args.model, {"API_KEYS": keys, "API_WORKERS": str(args.api_workers),
                                        "API_THREADS": str(args.api_threads)}, "quotas-") as scratch:
         url = scratch.svc.url
         _phase(url, image, min(15.0, args.seconds), 0)  # warm-up, not reported
-        phases = [_phase(url, image, args.seconds, rate) for rate in (0, args.rate * args.overload, 0)]
-        for row in phases:
-            print(json.dumps(row), flush=True)
-    alone = statistics.fmean([phases[0]["quiet_p50_ms"], phases[2]["quiet_p50_ms"]])
+        phases = [_phase(url, image, args.seconds, 0)]
+        for _ in range(max(1, args.cycles)):
+            phases += [_phase(url, image, args.seconds, overload), _phase(url, image, args.seconds, 0)]
+            for row in phases[-2:]:
+                print(json.dumps({k: v for k, v in row.items() if k != "quiet_ms"}), flush=True)
+    alone = [ms for row in phases[0::2] for ms in row["quiet_ms"]]
+    beside = [ms for row in phases[1::2] for ms in row["quiet_ms"]]
+    cycle_ratios = [round(phases[i]["quiet_p50_ms"] / statistics.fmean([phases[i - 1]["quiet_p50_ms"],
+                                                                        phases[i + 1]["quiet_p50_ms"]]), 2)
+                    for i in range(1, len(phases), 2)]
+    for row in phases:
+        del row["quiet_ms"]
     report = {"model": args.model, "api_workers": args.api_workers, "api_threads": args.api_threads,
-              "rate": args.rate, "overload": args.overload,
-              "seconds": args.seconds,
-              "phases": phases, "ratio_p50": round(phases[1]["quiet_p50_ms"] / alone, 2)}
+              "rate": args.rate, "overload": args.overload, "seconds": args.seconds, "cycles": args.cycles,
+              "phases": phases, "pooled_p50_ms": {"alone": _p50(alone), "beside": _p50(beside)},
+              "ratio_p50": round(_p50(beside) / _p50(alone), 2), "cycle_ratios": cycle_ratios}
     publish(report, args.out, markdown)
     return 0
 
