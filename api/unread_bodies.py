@@ -2,7 +2,7 @@
 
 A refused upload's bytes still arrive, and the connection can only be kept for the next request once they are
 received. Left to gunicorn, they are drained 1,024 bytes at a time (each read copying its buffer) and only up to
-64 KiB, past which the connection is closed: a refused 120 KB photo cost the API process some 120 reads under its
+64 KiB, past which the connection is closed: a refused 120 KB photo cost the API process some 80 reads under its
 interpreter lock, a lingering close and a new connection for the client's next request, and the other keys'
 requests in the same process waited behind that (docs/BENCHMARKS-QUOTAS.md). Here the rest is read after the
 response is sent, 1 MiB at a time, so a refusal costs the process a few reads and the client keeps its connection.
@@ -37,7 +37,9 @@ class DrainUnreadBodies:
         if not 0 < length <= self.limit:
             return self.app(environ, start_response)
         body = environ["wsgi.input"] = _CountedInput(environ["wsgi.input"])
-        return _Drained(self.app(environ, start_response), environ, body, length, self.timeout_s)
+        found = environ.get("gunicorn.socket")  # to bound each read; elsewhere the server's own timeouts apply
+        sock = found if isinstance(found, socket.socket) else None
+        return _Drained(self.app(environ, start_response), body, length, sock, self.timeout_s)
 
 
 class _CountedInput:
@@ -70,12 +72,12 @@ class _CountedInput:
 class _Drained:
     """The app's response; closing it (the server does, once it is sent) receives the unread body."""
 
-    def __init__(self, response: Iterable[bytes], environ: dict[str, Any], body: _CountedInput, length: int,
+    def __init__(self, response: Iterable[bytes], body: _CountedInput, length: int, sock: socket.socket | None,
                  timeout_s: float) -> None:
         self.response = response
-        self.environ = environ
         self.body = body
         self.length = length
+        self.sock = sock
         self.timeout_s = timeout_s
 
     def __iter__(self) -> Iterator[bytes]:
@@ -91,8 +93,7 @@ class _Drained:
 
     def _drain(self) -> None:
         """Read and drop the `length` bytes of the body the app did not read, a large read at a time."""
-        found = self.environ.get("gunicorn.socket")  # elsewhere, the server's own timeouts apply
-        sock = found if isinstance(found, socket.socket) else None
+        sock = self.sock
         previous = sock.gettimeout() if sock else None
         try:
             if sock:

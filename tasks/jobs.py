@@ -291,20 +291,20 @@ class _Driver:
             pipe.zadd(self.in_flight_key, {task_id: now})
             pipe.execute()
 
-    def _collect(self) -> tuple[int, int, list[str]]:
-        """Move answered items from pending to items; returns (items with an outcome, items in flight, the ids of
-        items unanswered for _LOST_CHECK_S or more)."""
+    def _collect(self) -> tuple[int, int, dict[str, int]]:
+        """Move answered items from pending to items; returns (items with an outcome, items in flight, the items
+        unanswered for _LOST_CHECK_S or more: task id -> item index)."""
         pending = {text(tid): json.loads(raw) for tid, raw in self.client.hgetall(pending_key(self.job_id)).items()}
         metas = self.client.mget([RESULT_KEY_PREFIX + tid for tid in pending]) if pending else []
         now = time.time()
-        unanswered = []
+        unanswered: dict[str, int] = {}
         with self.client.pipeline(transaction=False) as pipe:  # the moves and both counts in one round trip
             for (tid, record), raw in zip(pending.items(), metas):
                 age_s = now - record.pop("sent", now)
                 outcome = _outcome(json.loads(raw) if raw else None, age_s, self.ttl, self.compact)
                 if outcome is None:
                     if age_s >= _LOST_CHECK_S:
-                        unanswered.append(tid)
+                        unanswered[tid] = record["i"]
                     continue
                 pipe.hset(items_key(self.job_id), str(record["i"]), json.dumps({**record, **outcome}))
                 pipe.hdel(pending_key(self.job_id), tid)
@@ -317,7 +317,7 @@ class _Driver:
             *_, done, in_flight = pipe.execute()
         return done, in_flight, unanswered
 
-    def _resend_lost(self, spec: dict[str, Any], total: int, unanswered: list[str]) -> None:
+    def _resend_lost(self, spec: dict[str, Any], total: int, unanswered: dict[str, int]) -> None:
         """Send again the items whose message and pixels are both gone without an answer: queued on a Redis master
         that died before its replica had them (replication is asynchronous). A model worker stores an answer
         before it deletes the pixels, so pixels found gone and then no answer means the item was lost, not
@@ -332,10 +332,7 @@ class _Driver:
         answers = self.client.mget([RESULT_KEY_PREFIX + tid for tid in gone])
         lost = [tid for tid, answer in zip(gone, answers) if answer is None]
         for tid in lost:
-            raw = self.client.hget(pending_key(self.job_id), tid)
-            if raw is None:
-                continue
-            index = json.loads(raw)["i"]
+            index = unanswered[tid]
             logger.warning("job %s: item %d was lost by the broker (a failover?); sending it again", self.job_id, index)
             with self.client.pipeline(transaction=False) as pipe:
                 pipe.hdel(pending_key(self.job_id), tid)
