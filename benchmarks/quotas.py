@@ -32,6 +32,10 @@ from benchmarks.reports import publish
 from benchmarks.scratch_service import scratch_service
 
 
+def _p50(ms: list[float]) -> float:
+    return round(statistics.median(ms), 1)
+
+
 def _phase(url: str, image: bytes, seconds: float, noisy_rate: float) -> dict:
     """quiet's sequential requests for `seconds`, beside noisy's arrivals at `noisy_rate`/s (0: none)."""
     stop = threading.Event()
@@ -62,7 +66,7 @@ def _phase(url: str, image: bytes, seconds: float, noisy_rate: float) -> dict:
         sender.join(30)
     ms = sorted(quiet_ms)
     return {"noisy_offered_per_s": noisy_rate, "quiet_requests": len(ms), "quiet_ms": ms,
-            "quiet_p50_ms": round(statistics.median(ms), 1), "quiet_p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 1),
+            "quiet_p50_ms": _p50(ms), "quiet_p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 1),
             "noisy_by_status": {str(k): v for k, v in sorted(noisy.items())},
             "noisy_client_cpu_share": round(noisy_cpu_s / seconds, 3)}
 
@@ -152,10 +156,6 @@ def markdown(report: dict) -> str:
               f"- noisy limited to {report['rate']} images/s, offered {report['overload']} times that; "
               f"API_WORKERS={report['api_workers']}, API_THREADS={report.get('api_threads', 32)}"]
     return "\n".join(lines) + "\n"
-
-
-def _p50(ms: list[float]) -> float:
-    return round(statistics.median(ms), 1)
 
 
 def main() -> int:
