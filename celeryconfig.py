@@ -40,11 +40,14 @@ task_acks_late = True
 # "priority": a worker always fetches from its first queue (interactive) before the next (bulk),
 # instead of Redis' default round robin. kombu looks for unacknowledged tasks to hand out again
 # only every interval x throttle seconds (100 s by default): sweep at a quarter of the timeout.
+# A live worker renews its unacknowledged tasks four times per timeout (tasks/broker.py), so only a
+# dead worker's are handed out again.
 broker_transport_options = {
     "visibility_timeout": settings.VISIBILITY_TIMEOUT_S,
     "queue_order_strategy": "priority",
     "unacked_restore_interval": max(1, min(30, settings.VISIBILITY_TIMEOUT_S // 4)),
     "unacked_restore_throttle": 1,
+    "touch_interval": max(0.5, settings.VISIBILITY_TIMEOUT_S / 4),
 }
 result_backend_transport_options = {"visibility_timeout": settings.VISIBILITY_TIMEOUT_S}
 # REDIS_URL=sentinel://h:p;sentinel://h:p;... : both ask those Sentinels for the master REDIS_SENTINEL_MASTER.

@@ -134,9 +134,10 @@ SHADOW_DEVICE: str = _str("SHADOW_DEVICE", "")
 SHADOW_MAX_QUEUED: int = max(1, _int("SHADOW_MAX_QUEUED", 256))
 #: Backpressure: above this many waiting tasks in a queue, new submissions get 503 + Retry-After.
 MAX_QUEUE_DEPTH: int = _int("MAX_QUEUE_DEPTH", 2000)
-#: Seconds before Redis hands a delivered, unacknowledged task (its worker died) to a worker again.
-#: Longer than any task runs: a batch, a job step (2 s), a job's frames waiting in a worker's buffer.
-VISIBILITY_TIMEOUT_S: int = max(2, _int("VISIBILITY_TIMEOUT_S", 300))
+#: Seconds after which the tasks a dead worker held unacknowledged (killed, its host gone) are handed to another
+#: worker. Live workers renew theirs four times per period (tasks/broker.py), so a task may run or wait in a
+#: buffer far longer; a worker's event loop stalled for most of this would see its tasks delivered twice.
+VISIBILITY_TIMEOUT_S: int = max(2, _int("VISIBILITY_TIMEOUT_S", 15))
 #: Most times one request is run (its worker died each time); the next delivery fails it instead.
 MAX_DELIVERIES: int = max(1, _int("MAX_DELIVERIES", 3))
 #: How long results and issued ids are kept in Redis.
@@ -186,6 +187,9 @@ MAX_VIDEO_SECONDS: float = _float("MAX_VIDEO_SECONDS", 4 * 3600.0)
 MAX_VIDEO_FRAMES: int = _int("MAX_VIDEO_FRAMES", 20000)
 #: Most images or frames of one job queued for the model at once (the rest wait on disk).
 JOB_IN_FLIGHT: int = max(1, _int("JOB_IN_FLIGHT", 32))
+#: Seconds a job may go without progress while no step works on it before a decoder takes it up again (its
+#: chain of steps was broken: a message lost with a broker, a process that died between two steps).
+JOB_STALL_S: float = max(1.0, _float("JOB_STALL_S", 30.0))
 #: Most job images and frames of all jobs together queued for the model, per live model worker. Below the
 #: workers' prefetch (3 x BATCH_SIZE), so a worker always has room to fetch a /predict request at once.
 BULK_IN_FLIGHT: int = max(1, _int("BULK_IN_FLIGHT", 2 * BATCH_SIZE))

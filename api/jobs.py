@@ -266,10 +266,13 @@ def _start(job_id: str, spec: dict[str, Any], total: int) -> None:
     client = redis_client()
     with queue_unavailable():
         refuse_when_full(settings.JOBS_QUEUE)
+        step_id = str(uuid.uuid4())
         with client.pipeline(transaction=True) as pipe:
-            create_job(pipe, job_id, spec["kind"], total, spec, settings.RESULT_TTL_S)
+            create_job(pipe, job_id, spec["kind"], total, spec, settings.RESULT_TTL_S, driver=step_id)
             pipe.execute()
         # The API has no Celery instrumentation (its sender app does not know the task): the job's trace goes
-        # in the headers where the decoders' instrumentation looks for it.
-        current_app.extensions["celery"].send_task("job_step", args=[job_id], headers=tracing.carrier())
+        # in the headers where the decoders' instrumentation looks for it. Should this process die before the
+        # step is queued, the decoders' stall sweep sends it (JOB_STALL_S).
+        current_app.extensions["celery"].send_task("job_step", args=[job_id], task_id=step_id,
+                                                   headers=tracing.carrier())
     record_accepted(job_id, {"kind": "job", "model": spec["model"]})

@@ -28,7 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 import settings
 from api.auth import ANONYMOUS
-from tasks.job_store import bulk_in_flight_key
+from tasks.job_store import bulk_in_flight_key, read_resumed
 from tasks.readiness import live_workers
 from tasks.shadow import read_comparisons
 from tasks.stats import BATCH_SIZE_BUCKETS, INFERENCE_BUCKETS_S, by_version, cumulative, read_stats
@@ -71,6 +71,10 @@ SERVICE_METRICS: dict[str, tuple[type, str, list[str]]] = {
                                    "included)", ["model", "version"]),
     "imageclf_batch_size": (HistogramMetricFamily, "Requests per model call", ["model", "version"]),
     "imageclf_inference_seconds": (HistogramMetricFamily, "Seconds per model call", ["model", "version"]),
+    "imageclf_jobs_resumed": (CounterMetricFamily, "Jobs taken up again by a decoder, by reason: `driver_died` (the "
+                              "process running a step was killed; its requeued step resumed it), `stalled` (no "
+                              "progress for JOB_STALL_S and no step running: the stall sweep sent its step again)",
+                              ["reason"]),
     "imageclf_model_busy_seconds": (CounterMetricFamily, "Seconds model processes spent on batches (fetch pixels, "
                                     "model call, store answers); its rate over the model workers is their busy "
                                     "ratio", ["model"]),
@@ -185,6 +189,10 @@ class _ServiceCollector:
             for (model, version), n in sorted(serving.items()):
                 versions.add_metric([model, version], n)
             stats = read_stats(self.client)
+            resumed = _family("imageclf_jobs_resumed")
+            counts_resumed = read_resumed(self.client)
+            for reason in ("driver_died", "stalled"):
+                resumed.add_metric([reason], counts_resumed.get(reason, 0))
             agreement = _family("imageclf_shadow_agreement_ratio")
             for model in settings.MODELS:
                 for pair in read_comparisons(self.client, model):
@@ -196,7 +204,7 @@ class _ServiceCollector:
             yield up
             return
         up.add_metric([], 1)
-        yield from (up, depth, in_flight, workers, memory, versions, agreement)
+        yield from (up, depth, in_flight, workers, memory, versions, agreement, resumed)
         yield from _worker_stats(stats)
 
 

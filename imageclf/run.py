@@ -1,8 +1,14 @@
 """`make run`: Redis (embedded when REDIS_URL is unset), the workers, Flower and the API, in the foreground.
 
-Ctrl-C or SIGTERM stops everything it started. If any part dies, the rest are
-stopped too and the exit code is non-zero, so a supervisor (systemd, a container
-runtime) can restart the whole set.
+Ctrl-C or SIGTERM stops everything it started. A part that dies is started again, as a
+process supervisor would, after a backoff that doubles with each death in the last minute
+(1, 2, 4, 8 s), with a log line saying how it ended; the others keep serving meanwhile. The
+embedded Redis comes back on its port from its append-only file (a write reaches the file
+before its reply leaves Redis, so a killed Redis loses nothing it acknowledged). A part that
+dies five times within a minute stops everything with the reason and a non-zero exit code,
+for a supervisor above (systemd, a container runtime) to see. The workers' supervisor
+(imageclf.start_workers) restarts the workers themselves; when it exits because no model
+can be served, so does this.
 """
 
 from __future__ import annotations
@@ -18,7 +24,20 @@ import urllib.request
 
 import settings
 from imageclf.redis_server import free_port, ping, redis_argv
-from imageclf.supervise import ProcessGroup, Stop, install_stop_handlers, log, returning_malloc, wait_until
+from imageclf.supervise import (
+    GaveUp,
+    ProcessGroup,
+    RestartPolicy,
+    Stop,
+    exit_reason,
+    install_stop_handlers,
+    log,
+    returning_malloc,
+    wait_until,
+)
+
+#: imageclf.start_workers' exit code when no model can be served: restarting it would only fail again.
+_NOTHING_TO_SERVE = 1
 
 
 def _ready(api_url: str) -> dict | None:
@@ -29,7 +48,22 @@ def _ready(api_url: str) -> dict | None:
         return None
 
 
-def start_all(group: ProcessGroup, metrics_dir: str) -> str:
+class Parts:
+    """The parts this launcher started, by name, and how to start each again."""
+
+    def __init__(self, group: ProcessGroup) -> None:
+        self.group = group
+        self.commands: dict[str, tuple[list[str], dict[str, str] | None]] = {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.commands[name] = (argv, env)
+        self.group.start(name, argv, env)
+
+    def restart(self, name: str) -> None:
+        self.group.start(name, *self.commands[name])
+
+
+def start_all(group: Parts, metrics_dir: str) -> str:
     """Start every part; returns the API's base URL."""
     env = dict(os.environ)
     redis_url = settings.REDIS_URL
@@ -66,22 +100,40 @@ def start_all(group: ProcessGroup, metrics_dir: str) -> str:
     return api_url
 
 
+def restart_dead(parts: Parts, policy: RestartPolicy) -> None:
+    """Start again every part that died (after its backoff); raises GaveUp for one that cannot go on."""
+    for name, proc in parts.group.exited():
+        parts.group.stop_one(name, proc)  # reaps what it left in its process group
+        if name == "workers" and proc.returncode == _NOTHING_TO_SERVE:
+            raise GaveUp("no model can be served (the workers' log says why)")
+        try:
+            backoff_s = policy.backoff_after_death(name)
+        except GaveUp as exc:
+            raise GaveUp(f"{exc}, last {exit_reason(proc.returncode)}") from None
+        log(name, f"{exit_reason(proc.returncode)}; restarting in {backoff_s:g} s")
+        time.sleep(backoff_s)
+        parts.restart(name)
+
+
 def main() -> int:
     install_stop_handlers()
     group = ProcessGroup()
+    parts = Parts(group)
+    policy = RestartPolicy()
     code = 0
     metrics_dir = tempfile.mkdtemp(prefix="imageclf-metrics-")
     try:
-        api_url = start_all(group, metrics_dir)
+        api_url = start_all(parts, metrics_dir)
         announced = False
-        while not (dead := group.exited()):
+        while True:
+            restart_dead(parts, policy)
             if not announced and (status := _ready(api_url)) and status.get("ready"):
                 served = ", ".join(f"{name} by {n} worker process(es)" for name, n in status["models"].items())
                 log("api", f"ready: {served}, {status['decoders']} decoder process(es)")
                 announced = True
             time.sleep(0.5)
-        for name, proc in dead:
-            log(name, f"exited with code {proc.returncode}; stopping everything")
+    except GaveUp as exc:
+        log("run", f"{exc}; stopping everything")
         code = 1
     except Stop as stop:
         log("run", f"{stop}: stopping")

@@ -1,18 +1,23 @@
-"""A small process supervisor: start children, notice when one dies, stop them all cleanly.
+"""A small process supervisor: start children, notice when one dies, restart it, stop them all cleanly.
 
 Each child gets its own session so a terminal's Ctrl-C reaches only the supervisor,
 which then stops the children in reverse start order (SIGTERM, then SIGKILL after a
-grace period) so none is left orphaned.
+grace period) so none is left orphaned. On Linux a child is also sent SIGTERM when the
+supervisor itself dies (PR_SET_PDEATHSIG), so a supervisor killed with `kill -9` and
+started again does not run a second set beside the first.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import FrameType
 
 
@@ -45,12 +50,24 @@ def returning_malloc(env: Mapping[str, str]) -> dict[str, str]:
     return {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_ARENA_MAX": "2", **env}
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _term_when_parent_dies() -> None:
+    """In the child, before exec: SIGTERM when the supervisor's thread that started it is gone."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the orphan lives on, as without it
+        pass
+
+
 class ProcessGroup:
     def __init__(self) -> None:
         self.children: list[tuple[str, subprocess.Popen]] = []
 
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen(list(argv), env=dict(env) if env is not None else None, start_new_session=True)
+        proc = subprocess.Popen(list(argv), env=dict(env) if env is not None else None, start_new_session=True,
+                                preexec_fn=_term_when_parent_dies if sys.platform == "linux" else None)
         self.children.append((name, proc))
         return proc
 
@@ -95,3 +112,40 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, interval_s: fl
             return True
         time.sleep(interval_s)
     return False
+
+
+class GaveUp(Exception):
+    """A child kept dying: the supervisor stops, with this reason."""
+
+
+@dataclass
+class RestartPolicy:
+    """Restart a dead child after a backoff that doubles with each death in the last `window_s` (from `first_s` up
+    to `max_s`); give up when it died `max_deaths` times within `window_s`, as systemd's StartLimitBurst does."""
+
+    max_deaths: int = 5
+    window_s: float = 60.0
+    first_s: float = 1.0
+    max_s: float = 30.0
+    deaths: dict[str, deque[float]] = field(default_factory=dict)
+
+    def backoff_after_death(self, name: str, now: float | None = None) -> float:
+        """Seconds to wait before starting `name` again; raises GaveUp when it dies too often."""
+        now = time.monotonic() if now is None else now
+        recent = self.deaths.setdefault(name, deque())
+        recent.append(now)
+        while recent and recent[0] < now - self.window_s:
+            recent.popleft()
+        if len(recent) >= self.max_deaths:
+            raise GaveUp(f"{name} died {len(recent)} times within {self.window_s:g} s")
+        return min(self.max_s, self.first_s * 2 ** (len(recent) - 1))
+
+
+def exit_reason(code: int | None) -> str:
+    """"exited with code 3", "killed by SIGKILL"."""
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"

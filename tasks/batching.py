@@ -266,9 +266,14 @@ class AdaptiveBatches(Batches):
             self._finished()
 
         def on_error(exc: Any) -> None:
-            # The pool process died (e.g. killed): acks_late requests stay unacknowledged
-            # and the broker redelivers them after its visibility timeout.
-            logger.error("Batch of %d lost: %r", len(requests), exc)
+            # The pool process died (e.g. killed): its acks_late requests go back to their queue now, marked
+            # redelivered (run alone, counted against max_deliveries), instead of waiting in this live worker.
+            logger.error("Batch of %d lost: %r; requeueing its requests", len(requests), exc)
+            for request in acks_late:
+                try:
+                    request.reject(requeue=True)
+                except Exception:  # still unacknowledged: another worker gets it after the visibility timeout
+                    logger.warning("could not requeue %s", request.id, exc_info=True)
             self._finished()
 
         return self._pool.apply_async(

@@ -12,6 +12,14 @@ answer is followed by one script that records it and takes the messages queued b
 the prefetch window), recorded the same way, atomically; and `acknowledge_together` sends a whole
 batch's acknowledgements in one transaction. What a worker that dies leaves behind is exactly
 what kombu leaves: entries of its unacknowledged hash, restored after the visibility timeout.
+
+kombu restores an unacknowledged message once it was delivered more than the visibility timeout
+ago, whether its worker died or is merely still holding it (a request in a batch buffer, a
+countdown). So the timeout had to outlast any task, and a request prefetched by a worker killed
+with `kill -9` waited that long (300 s) for another worker. Here a live worker keeps renewing its
+messages' delivery times (`touch_interval`, from its event loop, as SQS's ChangeMessageVisibility
+does): the timeout only has to outlast a gap in a live worker's renewals, and a dead worker's
+messages return after VISIBILITY_TIMEOUT_S (15 s) instead.
 The channel subclasses kombu 5.7's (pinned in requirements/api.txt).
 
 celeryconfig.py names these as `broker_transport`.
@@ -99,6 +107,16 @@ class QoS(kombu_redis.QoS):
             return
         self._collecting.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)  # this process' own bookkeeping (prefetch), at once
+
+    def touch(self) -> None:
+        """Renew the delivery time of every message this process holds unacknowledged, so that none is handed
+        to another worker while this one lives (ZADD XX: an entry acknowledged meanwhile is not brought back)."""
+        tags = list(self._delivered)  # one C-level copy: the event loop's own thread is the only writer
+        if not tags:
+            return
+        now = time.time()
+        with self.channel.conn_or_acquire() as client:
+            client.zadd(self.unacked_index_key, dict.fromkeys(tags, now), xx=True)
 
     @contextmanager
     def acks_together(self) -> Iterator[None]:
@@ -197,11 +215,38 @@ class _TakesMany:
             return [], False
 
 
+class _Touches:
+    """A transport whose consumers renew their unacknowledged messages every `touch_interval` seconds
+    (broker_transport_options) from the worker's event loop."""
+
+    cycle: Any
+    #: Default renewal period, seconds, when the options name none.
+    touch_interval = 5.0
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)  # type: ignore[misc]
+        cycle = self.cycle
+        previous = getattr(cycle, "_touch_tref", None)
+        if previous is not None:  # a reconnect registers again
+            previous.cancel()
+        interval = float(connection.client.transport_options.get("touch_interval", self.touch_interval))
+
+        def touch_all() -> None:
+            for channel in list(cycle._channels):
+                if isinstance(channel.qos, QoS):
+                    try:
+                        channel.qos.touch()
+                    except channel.connection_errors:  # Redis away: the next round renews them
+                        logger.debug("could not renew unacknowledged messages", exc_info=True)
+
+        cycle._touch_tref = loop.call_repeatedly(interval, touch_all)
+
+
 class Channel(_TakesMany, _OneClient, kombu_redis.Channel):
     QoS = QoS
 
 
-class Transport(kombu_redis.Transport):
+class Transport(_Touches, kombu_redis.Transport):
     Channel = Channel
 
 
@@ -209,5 +254,5 @@ class SentinelChannel(_TakesMany, _OneClient, kombu_redis.SentinelChannel):
     QoS = QoS
 
 
-class SentinelTransport(kombu_redis.SentinelTransport):
+class SentinelTransport(_Touches, kombu_redis.SentinelTransport):
     Channel = SentinelChannel

@@ -4,12 +4,18 @@
     imageclf:job:<id>:pending  hash: classify task id -> JSON of the item it classifies
     imageclf:job:<id>:items    hash: item index -> JSON of its outcome
     imageclf:job:<id>:csv      list: an evaluation's per-image CSV rows, in pages of text (kept with the result)
-    imageclf:job:<id>:lock     the driver currently working on the job
+    imageclf:job:<id>:lock     the step currently working on the job: "<host>/<pid>/<random>"
+    imageclf:jobs:active       sorted set: the ids of jobs not yet ended, by creation time (the stall sweep's list)
+    imageclf:jobs:resumed      hash: jobs taken up again, by reason (`stalled`, `driver_died`), for /metrics
     imageclf:bulk:in-flight:<model>  sorted set: classify task ids of all jobs sent and not yet gathered, by send time
 
 An image job's items (one per image, or per image and version for an evaluation) are listed in
 UPLOAD_DIR/<id>/items.jsonl beside its files, not in Redis: the job record stays small however
 many images it has, and the decoder reads the list from its cursor on.
+
+A job is driven by one chain of `job_step` tasks; the job's `driver` field holds the task id of the step that
+may run next. A step with another id is a stale copy (a redelivery, a sweep's resend already overtaken) and
+does nothing, so copies never multiply into parallel chains.
 
 Status moves PENDING -> PROGRESS -> SUCCESS / FAILURE / REVOKED and never leaves a
 final state: every write is a compare-and-set in Lua, so a cancel (API) and a
@@ -20,7 +26,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -34,6 +42,8 @@ from tasks.payloads import PIXELS_PREFIX, drop_pixels
 from tasks.redis_clients import text
 
 JOB_PREFIX = "imageclf:job:"
+ACTIVE_KEY = "imageclf:jobs:active"
+RESUMED_KEY = "imageclf:jobs:resumed"
 BULK_IN_FLIGHT_PREFIX = "imageclf:bulk:in-flight:"
 ACTIVE = ("PENDING", "PROGRESS")
 _ITEMS_FILE = "items.jsonl"
@@ -50,6 +60,35 @@ return 'OK'
 _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+# Whether step ARGV[1] is the job's driver (a job recorded before drivers were has none: any step is).
+_IS_DRIVER = """
+local status, driver = unpack(redis.call('HMGET', KEYS[1], 'status', 'driver'))
+if status ~= 'PENDING' and status ~= 'PROGRESS' then return 0 end
+if driver and driver ~= ARGV[1] then return 0 end
+return 1
+"""
+# Hand the job from step ARGV[1] to step ARGV[2]; 0 when ARGV[1] no longer drives it (or it ended).
+_HAND_OVER = """
+local status, driver = unpack(redis.call('HMGET', KEYS[1], 'status', 'driver'))
+if status ~= 'PENDING' and status ~= 'PROGRESS' then return 0 end
+if driver and driver ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'driver', ARGV[2])
+return 1
+"""
+# A stalled job: active, not updated since ARGV[1] and no step holding its lock (KEYS[2]). Its `updated` is set
+# to ARGV[2] (so it is resent at most once per stall period) and its driver returned (a new one, ARGV[3], when it
+# had none). An ended or expired job is dropped from the active list (KEYS[3]).
+_TAKE_STALLED = """
+local status, updated, driver = unpack(redis.call('HMGET', KEYS[1], 'status', 'updated', 'driver'))
+if status ~= 'PENDING' and status ~= 'PROGRESS' then
+  redis.call('ZREM', KEYS[3], ARGV[4])
+  return false
+end
+if tonumber(updated or '0') >= tonumber(ARGV[1]) or redis.call('EXISTS', KEYS[2]) == 1 then return false end
+driver = driver or ARGV[3]
+redis.call('HSET', KEYS[1], 'updated', ARGV[2], 'driver', driver)
+return driver
 """
 
 
@@ -103,14 +142,16 @@ def read_csv(client: redis.Redis, job_id: str) -> Iterator[bytes]:
 
 
 def create_job(pipe: redis.client.Pipeline, job_id: str, kind: str, total: int, spec: dict[str, Any],
-               ttl_s: int) -> None:
-    """Queue the job's record on `pipe` (the caller adds its issued id and executes)."""
+               ttl_s: int, driver: str) -> None:
+    """Queue the job's record on `pipe` (the caller adds its issued id, executes, then sends the first step with
+    task id `driver`)."""
     now = time.time()
     pipe.hset(job_key(job_id), mapping={
         "status": "PENDING", "kind": kind, "total": total, "done": 0, "cursor": 0,
-        "spec": json.dumps(spec), "created": now, "updated": now,
+        "spec": json.dumps(spec), "created": now, "updated": now, "driver": driver,
     })
     pipe.expire(job_key(job_id), ttl_s)
+    pipe.zadd(ACTIVE_KEY, {job_id: now})
 
 
 def read_job(client: redis.Redis, job_id: str) -> dict[str, Any] | None:
@@ -146,14 +187,80 @@ def cancel(client: redis.Redis, job_id: str, ttl_s: int) -> str | None:
     return update_if_active(client, job_id, ttl_s, status="REVOKED", error="cancelled by the client")
 
 
-def acquire_lock(client: redis.Redis, job_id: str, ttl_s: float) -> str | None:
-    """A token if this caller may drive the job now (one driver at a time), else None."""
-    token = uuid.uuid4().hex
-    return token if client.set(JOB_PREFIX + job_id + ":lock", token, nx=True, px=int(ttl_s * 1000)) else None
+def is_driver(client: redis.Redis, job_id: str, step_id: str) -> bool:
+    """Whether the step `step_id` may drive the job (it is active and the step is its current driver)."""
+    return bool(client.eval(_IS_DRIVER, 1, job_key(job_id), step_id))
+
+
+def hand_over(client: redis.Redis, job_id: str, step_id: str, next_id: str) -> bool:
+    """Make `next_id` the job's driver, if `step_id` still is; the caller then sends the step `next_id`."""
+    return bool(client.eval(_HAND_OVER, 1, job_key(job_id), step_id, next_id))
+
+
+def take_stalled(client: redis.Redis, job_id: str, stall_s: float) -> str | None:
+    """The driver's step id to send again if the job has not moved for `stall_s` and no step holds it, else None."""
+    now = time.time()
+    answer = client.eval(_TAKE_STALLED, 3, job_key(job_id), _lock_key(job_id), ACTIVE_KEY,
+                         now - stall_s, now, str(uuid.uuid4()), job_id)
+    return text(answer) if answer else None
+
+
+def active_jobs(client: redis.Redis) -> list[str]:
+    """Ids of the jobs not known to have ended (the oldest first)."""
+    return [text(cast(bytes, job_id)) for job_id in client.zrange(ACTIVE_KEY, 0, -1)]
+
+
+def count_resumed(client: redis.Redis, reason: str) -> None:
+    client.hincrby(RESUMED_KEY, reason, 1)
+
+
+def read_resumed(client: redis.Redis) -> dict[str, int]:
+    """Jobs taken up again since Redis started, by reason (`stalled`, `driver_died`)."""
+    return {text(k): int(v) for k, v in client.hgetall(RESUMED_KEY).items()}
+
+
+def _lock_key(job_id: str) -> str:
+    return JOB_PREFIX + job_id + ":lock"
+
+
+def acquire_lock(client: redis.Redis, job_id: str, ttl_s: float) -> tuple[str | None, bool]:
+    """(a token if this caller may work on the job now, else None; whether a dead step's lock was freed for it).
+
+    One step at a time. The lock names its holder's host and process: a step that finds it held by a process of
+    this host that no longer exists (killed mid-step) takes it at once instead of waiting for it to expire.
+    """
+    host = socket.gethostname()
+    token = f"{host}/{os.getpid()}/{uuid.uuid4().hex}"
+    key = _lock_key(job_id)
+    if client.set(key, token, nx=True, px=int(ttl_s * 1000)):
+        return token, False
+    holder = client.get(key)
+    if holder is None or not _dead_here(text(holder), host):
+        return None, False
+    client.eval(_RELEASE_LOCK, 1, key, holder)
+    return (token, True) if client.set(key, token, nx=True, px=int(ttl_s * 1000)) else (None, False)
+
+
+def _dead_here(holder: str, host: str) -> bool:
+    """Whether a lock's holder ("host/pid/random") is a process of this host that has exited."""
+    parts = holder.split("/")
+    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    try:  # killed but not yet reaped by its parent
+        with open(f"/proc/{parts[1]}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def release_lock(client: redis.Redis, job_id: str, token: str) -> None:
-    client.eval(_RELEASE_LOCK, 1, JOB_PREFIX + job_id + ":lock", token)
+    client.eval(_RELEASE_LOCK, 1, _lock_key(job_id), token)
 
 
 def job_dir(job_id: str) -> Path:
@@ -169,6 +276,7 @@ def discard(client: redis.Redis, job_id: str) -> None:
     sent = [text(tid) for tid in client.hkeys(pending_key(job_id))]
     with client.pipeline(transaction=False) as pipe:  # one round trip when the pixels live on the broker
         pipe.delete(pending_key(job_id), items_key(job_id))
+        pipe.zrem(ACTIVE_KEY, job_id)
         drop_on_shards = drop_pixels(pipe, [PIXELS_PREFIX + tid for tid in sent])
         pipe.execute()
     drop_on_shards()

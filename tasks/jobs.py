@@ -3,8 +3,19 @@
 A job (images, zip entries, or a video's sampled frames) is driven by a chain of
 short `job_step` tasks, each working for at most STEP_S seconds and then queueing
 the next: a long video never becomes one long task that the broker would
-redeliver after its visibility timeout, and a killed decoder loses at most one
-step, which the broker redelivers and which resumes from the cursor stored in Redis.
+redeliver after its visibility timeout. Whatever dies, the chain goes on:
+- a step whose pool process is killed is requeued (`reject_on_worker_lost`) and, finding
+  its dead predecessor's lock on this host, resumes at once from the cursor stored in
+  Redis; items sent since that cursor was stored are sent again, and their outcomes are
+  kept per item index, so none is counted twice;
+- a step held by a worker whose main process died comes back from the broker (the
+  visibility timeout, tasks/broker.py);
+- anything else that breaks the chain (a message lost with a failed-over Redis, a process
+  that died between handing the job over and queueing the step) is found by the stall
+  sweep that the decoders run: an active job with no progress for JOB_STALL_S and no step
+  holding it gets its step sent again.
+Only the step whose task id the job names as its driver works on it (job_store), so
+redelivered and resent copies never become parallel chains.
 
 Each step: gathers the answers of the job's classify tasks, decodes more items while
 fewer than JOB_IN_FLIGHT of this job and BULK_IN_FLIGHT per model worker of all jobs
@@ -23,6 +34,7 @@ import csv
 import io
 import json
 import socket
+import threading
 import time
 import uuid
 import zipfile
@@ -44,15 +56,20 @@ from tasks.job_results import evaluation_result, images_result, video_result
 from tasks.job_store import (
     FINAL,
     acquire_lock,
+    active_jobs,
     append_csv,
     bulk_in_flight_key,
+    count_resumed,
     discard,
+    hand_over,
+    is_driver,
     items_key,
     job_dir,
     pending_key,
     read_items,
     read_job,
     release_lock,
+    take_stalled,
     update_if_active,
 )
 from tasks.model_records import InputLookup, ModelInput, ModelUnavailable
@@ -70,7 +87,8 @@ THUMBNAILS = 48       # an evaluation's mistakes shown as thumbnails (the first 
 THUMBNAIL_PX = 96
 _POLL_S = 0.1         # pause between rounds when nothing could be sent
 _LOST_CHECK_S = 10.0  # an item unanswered this long is checked for having been lost (see _resend_lost)
-_LOCK_S = 60.0        # a crashed step's lock frees itself after this
+_LOCK_S = 60.0        # a step's lock frees itself after this when its host is gone (on its own host: at once)
+_SWEEP_LOCK = "imageclf:jobs:sweeping"  # held by the decoder process sweeping for stalled jobs this period
 
 
 #: Redis or the broker away (a restart, a Sentinel failover): the step is sent again and resumes from the
@@ -80,21 +98,64 @@ _REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError, OperationalError)
 _SEND_POLICY = {"max_retries": 60, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}
 
 
-@celery_app.task(name="job_step", acks_late=True, ignore_result=True, autoretry_for=_REDIS_AWAY, max_retries=None,
-                 retry_backoff=1, retry_backoff_max=10, retry_jitter=False, retry_kwargs={"retry_policy": _SEND_POLICY})
-def job_step(job_id: str) -> None:
+@celery_app.task(name="job_step", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+                 autoretry_for=_REDIS_AWAY, max_retries=None, retry_backoff=1, retry_backoff_max=10,
+                 retry_jitter=False, retry_kwargs={"retry_policy": _SEND_POLICY})
+def job_step(self: Any, job_id: str) -> None:
+    """Work on the job for about STEP_S, then hand it to the next step (a new task id) and queue that."""
     client = pixel_store()
-    token = acquire_lock(client, job_id, _LOCK_S)
-    if token is None:  # another step of this job is running (a redelivered duplicate): let it
-        job_step.apply_async((job_id,), countdown=1.0, retry_policy=_SEND_POLICY)
+    step_id = self.request.id
+    if not is_driver(client, job_id, step_id):  # the job ended, or a later step drives it: a stale copy
         return
+    token, freed = acquire_lock(client, job_id, _LOCK_S)
+    if token is None:  # a copy of this step runs, or a step of a lost host holds the lock until it expires
+        job_step.apply_async((job_id,), task_id=step_id, countdown=1.0, retry_policy=_SEND_POLICY)
+        return
+    if freed:
+        logger.warning("job %s: the process running its last step died; resuming from the stored cursor", job_id)
+        count_resumed(client, "driver_died")
     try:
         more = _Driver(client, job_id).run(STEP_S)
     finally:
         with contextlib.suppress(*_REDIS_AWAY):  # else the lock frees itself after _LOCK_S
             release_lock(client, job_id, token)
-    if more:
-        job_step.apply_async((job_id,), retry_policy=_SEND_POLICY)
+    next_id = str(uuid.uuid4())
+    if more and hand_over(client, job_id, step_id, next_id):
+        job_step.apply_async((job_id,), task_id=next_id, retry_policy=_SEND_POLICY)
+
+
+def resume_stalled(client: redis.Redis, stall_s: float) -> list[str]:
+    """Send again the step of every active job that has not moved for `stall_s` while no step held it: its chain
+    ended without it (a step's message lost with a broker, a process that died between handing the job over and
+    sending the step). Returns their ids."""
+    resumed = []
+    for job_id in active_jobs(client):
+        step_id = take_stalled(client, job_id, stall_s)
+        if step_id is None:
+            continue
+        logger.warning("job %s: no progress for %.0f s (JOB_STALL_S) and no step running; taking it up again",
+                       job_id, stall_s)
+        count_resumed(client, "stalled")
+        job_step.apply_async((job_id,), task_id=step_id, retry_policy=_SEND_POLICY)
+        resumed.append(job_id)
+    return resumed
+
+
+def start_stall_sweep(client: redis.Redis) -> None:
+    """In a decoder process: look for stalled jobs every JOB_STALL_S / 4 (at most 5 s), one process of all the
+    decoders at a time (a lock in Redis), until the process ends."""
+    period_s = min(5.0, settings.JOB_STALL_S / 4)
+
+    def loop() -> None:
+        while True:
+            time.sleep(period_s)
+            try:
+                if client.set(_SWEEP_LOCK, socket.gethostname(), nx=True, px=int(period_s * 900)):
+                    resume_stalled(client, settings.JOB_STALL_S)
+            except (*_REDIS_AWAY, OSError) as exc:  # Redis away: the next round looks again
+                logger.warning("stall sweep: %s", exc)
+
+    threading.Thread(target=loop, name="job-stall-sweep", daemon=True).start()
 
 
 _input_lookup: InputLookup | None = None

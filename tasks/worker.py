@@ -159,9 +159,11 @@ def load_model(**_: object) -> None:
         if removed:
             logger.info("deleted the uploads of %d expired jobs", len(removed))
         start_heartbeat(celery_app.conf.broker_url, lambda: {"role": "decoder", "pid": os.getpid()})
+        from tasks.jobs import start_stall_sweep
         from tasks.webhooks import start_scheduler
 
         start_scheduler(pixel_store())
+        start_stall_sweep(pixel_store())
         return
     tracing.start_if_configured("imageclf-worker")
     try:
