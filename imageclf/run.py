@@ -59,8 +59,8 @@ class Parts:
         self.commands[name] = (argv, env)
         self.group.start(name, argv, env)
 
-    def restart(self, name: str) -> None:
-        self.group.start(name, *self.commands[name])
+    def restart(self, name: str, position: int) -> None:
+        self.group.start(name, *self.commands[name], position=position)
 
 
 def start_all(group: Parts, metrics_dir: str) -> str:
@@ -103,6 +103,7 @@ def start_all(group: Parts, metrics_dir: str) -> str:
 def restart_dead(parts: Parts, policy: RestartPolicy) -> None:
     """Start again every part that died (after its backoff); raises GaveUp for one that cannot go on."""
     for name, proc in parts.group.exited():
+        position = [p for _, p in parts.group.children].index(proc)
         parts.group.stop_one(name, proc)  # reaps what it left in its process group
         if name == "workers" and proc.returncode == _NOTHING_TO_SERVE:
             raise GaveUp("no model can be served (the workers' log says why)")
@@ -112,7 +113,7 @@ def restart_dead(parts: Parts, policy: RestartPolicy) -> None:
             raise GaveUp(f"{exc}, last {exit_reason(proc.returncode)}") from None
         log(name, f"{exit_reason(proc.returncode)}; restarting in {backoff_s:g} s")
         time.sleep(backoff_s)
-        parts.restart(name)
+        parts.restart(name, position)
 
 
 def main() -> int:

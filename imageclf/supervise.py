@@ -65,10 +65,13 @@ class ProcessGroup:
     def __init__(self) -> None:
         self.children: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
+              position: int | None = None) -> subprocess.Popen:
+        """Start a child; `position` puts it back where a restarted one was, so the stop order stays the start
+        order (Redis last)."""
         proc = subprocess.Popen(list(argv), env=dict(env) if env is not None else None, start_new_session=True,
                                 preexec_fn=_term_when_parent_dies if sys.platform == "linux" else None)
-        self.children.append((name, proc))
+        self.children.insert(len(self.children) if position is None else position, (name, proc))
         return proc
 
     def exited(self) -> list[tuple[str, subprocess.Popen]]:
