@@ -508,7 +508,8 @@ def report(chaos: Chaos, minutes: float, seed: int, started: float, recovery: fl
         "minutes": minutes, "seed": seed, "ok": all(checks.values()), "checks": checks,
         "kills": dict(Counter(role for _, role, _ in chaos.kills)), "kills_total": len(chaos.kills),
         "routes": {route: dict(counts) for route, counts in routes.items()},
-        "jobs": dict(jobs), "jobs_accepted": len(chaos.jobs), "jobs_stuck": sum(job.ended is None for job in chaos.jobs),
+        "jobs": dict(jobs), "jobs_accepted": len(chaos.jobs),
+        "jobs_stuck": sum(job.ended is None for job in chaos.jobs),
         "requests_lost": sum(o.outcome in ("202-never-ended", "hang") for o in chaos.outcomes),
         "waits_beyond_normal_s": waits_beyond_normal(chaos), "recovery_s": None if recovery is None
         else round(recovery, 1), "memory_mb": {"start": round(memory_before), "end": round(memory_after)},
@@ -528,10 +529,12 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", f"Normal request latency (median of those no kill touched): "
               f"{waits['normal_request_s']['request_s'] * 1000:.0f} ms", "",
               "| route | outcomes |", "|---|---|"]
-    lines += [f"| {route} | {', '.join(f'{k}: {v}' for k, v in sorted(c.items()))} |" for route, c in r["routes"].items()]
+    lines += [f"| {route} | {', '.join(f'{k}: {v}' for k, v in sorted(c.items()))} |"
+              for route, c in r["routes"].items()]
     lines += ["", f"Jobs accepted: {r['jobs_accepted']}, stuck: {r['jobs_stuck']}; "
               + ", ".join(f"{k}: {v}" for k, v in sorted(r["jobs"].items())),
-              f"Requests lost: {r['requests_lost']}", f"Recovery (photos right after the last kill): {r['recovery_s']} s",
+              f"Requests lost: {r['requests_lost']}",
+              f"Recovery (photos right after the last kill): {r['recovery_s']} s",
               f"Memory of the service's processes: {r['memory_mb']['start']} MB at the start, "
               f"{r['memory_mb']['end']} MB at the end",
               f"Longest pause of a job: {waits['longest_job_pause']}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import redis
@@ -94,3 +95,34 @@ def test_taking_more_stays_inside_the_prefetch_window(redis_url):
             conn.drain_events(timeout=5)
             assert len(got) == 3 and client.llen(name) == 7
         client.delete(name)
+
+
+def test_a_live_consumer_renews_what_it_holds_and_only_a_dead_ones_messages_come_back(redis_url):
+    """Both consumers took a message and hold it past the visibility timeout; the live one renews its own
+    (what its event loop does every `touch_interval`), the dead one cannot. kombu's restore pass gives back
+    only the dead one's, marked redelivered."""
+    url = redis_url.rsplit("/", 1)[0] + "/5"  # a database of its own: the restore pass looks at all of it
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    name = f"test-touch-{uuid.uuid4().hex}"
+    options = {"visibility_timeout": 1}
+    with Connection(url, transport="tasks.broker:Transport", transport_options=options) as live, \
+            Connection(url, transport="tasks.broker:Transport", transport_options=options) as dead:
+        _queued(live, name, 2)
+        held = live.default_channel.basic_get(name, no_ack=False)
+        lost = dead.default_channel.basic_get(name, no_ack=False)
+        assert held is not None and lost is not None and client.llen(name) == 0
+        for _ in range(3):  # 1.5 s in all: past the timeout for both, renewed for one
+            time.sleep(0.5)
+            live.default_channel.qos.touch()
+        live.default_channel.qos.restore_visible(num=None, interval=1)
+        [raw] = client.lrange(name, 0, -1)
+        back = json.loads(raw)
+        assert back["properties"]["delivery_tag"] == lost.delivery_tag
+        assert back["properties"]["delivery_info"]["redelivered"] is True
+        assert client.hexists(live.default_channel.unacked_key, held.delivery_tag)
+        held.ack()
+        assert not client.hexists(live.default_channel.unacked_key, held.delivery_tag)
+        live.default_channel.qos.touch()  # renewing after the ack brings nothing back
+        assert client.zscore(live.default_channel.unacked_index_key, held.delivery_tag) is None
+    client.flushdb()

@@ -28,7 +28,7 @@ from imageclf.supervise import wait_until
 from tasks.readiness import live_workers
 from tests.helpers import CLASS_INDEX, SHARED, labelled_photos
 
-VISIBILITY_S = 20  # above a ResNet restart plus the backlog: shorter would redeliver tasks merely waiting
+VISIBILITY_S = 15  # the default: a live worker renews its tasks, so only a dead one's come back
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,28 @@ def test_requests_in_a_killed_batch_are_redelivered_and_answered(crashable):
     lost = re.findall(r"Batch of (\d+) lost", svc.log_path.read_text())
     assert lost and len(redelivered) == int(lost[0]) > 1, f"the kill did not hit a batch in flight: {lost}"
     assert model_process(client, not_pid=pid) != pid
+
+
+def test_requests_held_by_a_killed_worker_main_process_are_answered_within_their_timeout(crashable):
+    """kill -9 of the worker's main process (its prefetched requests are unacknowledged in Redis, nobody renews
+    them): another worker gets them after VISIBILITY_TIMEOUT_S, not after the old 300 s, so a client waiting 60 s
+    gets its 200."""
+    svc, client = crashable
+    photos = (labelled_photos() * 2)[:16]
+    pid = model_process(client)
+    main = psutil.Process(pid).parent()
+    assert main is not None and "celery" in " ".join(main.cmdline())
+    ids = freeze_and_fill(svc, client, pid, [(SHARED / r["path"]).read_bytes() for r in photos])
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(httpx.post, svc.url + "/predict", params={"timeout": "60"},
+                              files={"image": (SHARED / photos[0]["path"]).read_bytes()}, timeout=90)
+        assert wait_until(lambda: client.llen("interactive.resnet50") == 0, 30)  # the worker holds it too
+        main.kill()
+        response = waiting.result()
+    assert response.status_code == 200, response.text  # answered within its own timeout, not 202
+    answered = results(svc, ids, timeout_s=120)
+    assert all(answered[i]["status"] == "SUCCESS" for i in ids) and len(answered) == len(ids)
+    model_process(client, not_pid=pid)
 
 
 def test_a_request_whose_worker_always_dies_is_failed_after_max_deliveries(crashable):
