@@ -1,6 +1,7 @@
 """A job's state in Redis, shared by the API (create, read, cancel) and the decoder workers (drive).
 
-    imageclf:job:<id>          hash: status, kind, total, done, cursor, spec (JSON), result (JSON), error
+    imageclf:job:<id>          hash: status, kind, total, done, cursor, spec (JSON), result (JSON), error, driver,
+                               died_at + deaths (steps that died at that cursor)
     imageclf:job:<id>:pending  hash: classify task id -> JSON of the item it classifies
     imageclf:job:<id>:items    hash: item index -> JSON of its outcome
     imageclf:job:<id>:csv      list: an evaluation's per-image CSV rows, in pages of text (kept with the result)
@@ -75,6 +76,15 @@ if status ~= 'PENDING' and status ~= 'PROGRESS' then return 0 end
 if driver and driver ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'driver', ARGV[2])
 return 1
+"""
+# A step of the job died (ARGV[1]: its host saw its process gone). Count the deaths at the job's stored cursor
+# (a new cursor starts again at 1); returns {cursor, deaths there}.
+_RECORD_DEATH = """
+local cursor, died_at, deaths = unpack(redis.call('HMGET', KEYS[1], 'cursor', 'died_at', 'deaths'))
+cursor = cursor or '0'
+if died_at == cursor then deaths = tonumber(deaths or '0') + 1 else deaths = 1 end
+redis.call('HSET', KEYS[1], 'died_at', cursor, 'deaths', deaths)
+return {tonumber(cursor), deaths}
 """
 # A stalled job: active, not updated since ARGV[1] and no step holding its lock (KEYS[2]). Its `updated` is set
 # to ARGV[2] (so it is resent at most once per stall period) and its driver returned (a new one, ARGV[3], when it
@@ -170,6 +180,7 @@ def read_job(client: redis.Redis, job_id: str) -> dict[str, Any] | None:
     for optional in ("error", "decode_error"):
         if optional in fields:
             job[optional] = fields[optional]
+    job["careful"] = "deaths" in fields  # a step died on this job: store the cursor after every item
     return job
 
 
@@ -195,6 +206,12 @@ def is_driver(client: redis.Redis, job_id: str, step_id: str) -> bool:
 def hand_over(client: redis.Redis, job_id: str, step_id: str, next_id: str) -> bool:
     """Make `next_id` the job's driver, if `step_id` still is; the caller then sends the step `next_id`."""
     return bool(client.eval(_HAND_OVER, 1, job_key(job_id), step_id, next_id))
+
+
+def record_death(client: redis.Redis, job_id: str) -> tuple[int, int]:
+    """A step of the job died: (the stored cursor it died after, how many steps died there)."""
+    cursor, deaths = client.eval(_RECORD_DEATH, 1, job_key(job_id))
+    return int(cursor), int(deaths)
 
 
 def take_stalled(client: redis.Redis, job_id: str, stall_s: float) -> str | None:

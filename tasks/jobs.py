@@ -68,6 +68,7 @@ from tasks.job_store import (
     pending_key,
     read_items,
     read_job,
+    record_death,
     release_lock,
     take_stalled,
     update_if_active,
@@ -111,11 +112,16 @@ def job_step(self: Any, job_id: str) -> None:
     if token is None:  # a copy of this step runs, or a step of a lost host holds the lock until it expires
         job_step.apply_async((job_id,), task_id=step_id, countdown=1.0, retry_policy=_SEND_POLICY)
         return
+    driver = _Driver(client, job_id)
     if freed:
-        logger.warning("job %s: the process running its last step died; resuming from the stored cursor", job_id)
+        cursor, deaths = record_death(client, job_id)
+        logger.warning("job %s: the process running its last step died (%d time(s) at item %d); resuming from the "
+                       "stored cursor", job_id, deaths, cursor)
         count_resumed(client, "driver_died")
+        if deaths >= settings.MAX_DELIVERIES:
+            driver.skip(cursor, f"a decoder process died {deaths} times while reading this item (MAX_DELIVERIES)")
     try:
-        more = _Driver(client, job_id).run(STEP_S)
+        more = driver.run(STEP_S)
     finally:
         with contextlib.suppress(*_REDIS_AWAY):  # else the lock frees itself after _LOCK_S
             release_lock(client, job_id, token)
@@ -220,7 +226,8 @@ class _Driver:
                 done, in_flight, unanswered = self._collect()
                 self._resend_lost(spec, total, unanswered)
                 sent = 0
-                room = min(settings.JOB_IN_FLIGHT - in_flight, bulk_limit - self.client.zcard(self.in_flight_key))
+                room = min(settings.JOB_IN_FLIGHT - in_flight, bulk_limit - self.client.zcard(self.in_flight_key),
+                           1 if job["careful"] else settings.JOB_IN_FLIGHT)  # after a death: one item a round
                 try:
                     while sent < room and cursor < total and time.monotonic() < deadline:
                         item = next(items, None)
@@ -246,6 +253,23 @@ class _Driver:
                     time.sleep(_POLL_S)
         finally:
             items.close()
+
+    def skip(self, index: int, reason: str) -> None:
+        """Fail item `index` with `reason` and move the cursor past it: an item that kills the process reading it
+        (a decoder's crash, an out-of-memory kill) must not hold its job forever. After a first death a job's
+        steps store the cursor after every item, so the item at the cursor is the one being read when they died."""
+        job = read_job(self.client, self.job_id)
+        if job is None or job["cursor"] != index or index >= job["total"]:
+            return
+        logger.error("job %s: item %d failed: %s", self.job_id, index, reason)
+        record: dict[str, Any] = {"i": index, "status": "FAILURE", "error": reason}
+        spec = job["spec"]
+        if job["kind"] == "video":  # a frame's record says which frame it is
+            info = VideoInfo(**spec["video"])
+            t = sample_times(info, spec.get("fps"), spec.get("every_n_frames"), spec["max_frames"])[index]
+            record.update(t=t, frame=round(t * info.frame_rate))
+        self.client.hset(items_key(self.job_id), str(index), json.dumps(record))
+        update_if_active(self.client, self.job_id, self.ttl, cursor=index + 1)
 
     def _items(self, spec: dict[str, Any], start: int, total: int) -> Generator[_Item, None, None]:
         """(index, record, pixels or an error message, the listed item) for each item from `start` on.

@@ -4,6 +4,7 @@ process killed mid-step, and a chain broken outright and found by the stall swee
 from __future__ import annotations
 
 import io
+import json
 import socket
 import subprocess
 import sys
@@ -24,7 +25,10 @@ from tasks.job_store import (
     discard,
     hand_over,
     is_driver,
+    items_key,
     job_key,
+    read_job,
+    record_death,
     take_stalled,
     update_if_active,
 )
@@ -85,6 +89,27 @@ def test_the_sweep_takes_a_stalled_job_once_per_period_and_forgets_ended_ones(re
     update_if_active(redis_client, job_id, 600, status="REVOKED")
     assert take_stalled(redis_client, job_id, 0) is None
     assert redis_client.zscore(ACTIVE_KEY, job_id) is None
+    discard(redis_client, job_id)
+
+
+def test_an_item_that_kills_its_decoder_every_time_fails_alone_and_the_job_goes_on(redis_client):
+    from tasks.jobs import _Driver
+
+    job_id = new_job(redis_client)
+    job = read_job(redis_client, job_id)
+    assert job is not None and not job["careful"]
+    update_if_active(redis_client, job_id, 600, cursor=1)
+    assert record_death(redis_client, job_id) == (1, 1)
+    assert record_death(redis_client, job_id) == (1, 2)  # died again on the same item
+    job = read_job(redis_client, job_id)
+    assert job is not None and job["careful"]  # from now on its steps store the cursor after every item
+    _Driver(redis_client, job_id).skip(1, "a decoder process died 3 times while reading this item")
+    item = json.loads(redis_client.hget(items_key(job_id), "1"))
+    assert item["status"] == "FAILURE" and "died 3 times" in item["error"]
+    assert read_job(redis_client, job_id)["cursor"] == 2
+    _Driver(redis_client, job_id).skip(1, "again")  # the cursor moved on: nothing to skip
+    assert read_job(redis_client, job_id)["cursor"] == 2 and redis_client.hlen(items_key(job_id)) == 1
+    assert record_death(redis_client, job_id) == (2, 1)  # a death further on counts afresh
     discard(redis_client, job_id)
 
 
