@@ -180,7 +180,8 @@ def read_job(client: redis.Redis, job_id: str) -> dict[str, Any] | None:
     for optional in ("error", "decode_error"):
         if optional in fields:
             job[optional] = fields[optional]
-    job["careful"] = "deaths" in fields  # a step died on this job: store the cursor after every item
+    if "died_at" in fields:  # a step died after storing this cursor (see record_death)
+        job["died_at"] = int(fields["died_at"])
     return job
 
 

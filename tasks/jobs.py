@@ -226,8 +226,9 @@ class _Driver:
                 done, in_flight, unanswered = self._collect()
                 self._resend_lost(spec, total, unanswered)
                 sent = 0
-                room = min(settings.JOB_IN_FLIGHT - in_flight, bulk_limit - self.client.zcard(self.in_flight_key),
-                           1 if job["careful"] else settings.JOB_IN_FLIGHT)  # after a death: one item a round
+                room = min(settings.JOB_IN_FLIGHT - in_flight, bulk_limit - self.client.zcard(self.in_flight_key))
+                if cursor < job.get("died_at", -1) + settings.JOB_IN_FLIGHT:
+                    room = min(room, 1)  # where a step died: the cursor stored after every item (see skip)
                 try:
                     while sent < room and cursor < total and time.monotonic() < deadline:
                         item = next(items, None)
@@ -256,8 +257,9 @@ class _Driver:
 
     def skip(self, index: int, reason: str) -> None:
         """Fail item `index` with `reason` and move the cursor past it: an item that kills the process reading it
-        (a decoder's crash, an out-of-memory kill) must not hold its job forever. After a first death a job's
-        steps store the cursor after every item, so the item at the cursor is the one being read when they died."""
+        (a decoder's crash, an out-of-memory kill) must not hold its job forever. After a death, steps store the
+        cursor after every item through the stretch one step could have covered, so the item at the cursor is
+        the one being read when they died."""
         job = read_job(self.client, self.job_id)
         if job is None or job["cursor"] != index or index >= job["total"]:
             return

@@ -97,12 +97,12 @@ def test_an_item_that_kills_its_decoder_every_time_fails_alone_and_the_job_goes_
 
     job_id = new_job(redis_client)
     job = read_job(redis_client, job_id)
-    assert job is not None and not job["careful"]
+    assert job is not None and "died_at" not in job
     update_if_active(redis_client, job_id, 600, cursor=1)
     assert record_death(redis_client, job_id) == (1, 1)
     assert record_death(redis_client, job_id) == (1, 2)  # died again on the same item
     job = read_job(redis_client, job_id)
-    assert job is not None and job["careful"]  # from now on its steps store the cursor after every item
+    assert job is not None and job["died_at"] == 1  # from there on its steps store the cursor after every item
     _Driver(redis_client, job_id).skip(1, "a decoder process died 3 times while reading this item")
     item = json.loads(redis_client.hget(items_key(job_id), "1"))
     assert item["status"] == "FAILURE" and "died 3 times" in item["error"]
