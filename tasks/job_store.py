@@ -1,7 +1,7 @@
 """A job's state in Redis, shared by the API (create, read, cancel) and the decoder workers (drive).
 
     imageclf:job:<id>          hash: status, kind, total, done, cursor, spec (JSON), result (JSON), error, driver,
-                               died_at + deaths (steps that died at that cursor)
+                               and after a step died: died_at, reading, poison_at, poison_deaths (record_death)
     imageclf:job:<id>:pending  hash: classify task id -> JSON of the item it classifies
     imageclf:job:<id>:items    hash: item index -> JSON of its outcome
     imageclf:job:<id>:csv      list: an evaluation's per-image CSV rows, in pages of text (kept with the result)
@@ -77,13 +77,18 @@ if driver and driver ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'driver', ARGV[2])
 return 1
 """
-# A step of the job died (ARGV[1]: its host saw its process gone). Count the deaths at the job's stored cursor
-# (a new cursor starts again at 1); returns {cursor, deaths there}.
+# A step of the job died. Its stored cursor becomes `died_at`: the steps after it store the cursor after every
+# item, and say which one they are reading (`reading`), through the stretch one step could have covered. A death
+# while reading the item at the cursor counts against that item (`poison_at`, `poison_deaths`); a death while the
+# step only waited (for room, for answers) counts against none. Returns {cursor, deaths while reading it}.
 _RECORD_DEATH = """
-local cursor, died_at, deaths = unpack(redis.call('HMGET', KEYS[1], 'cursor', 'died_at', 'deaths'))
+local cursor, reading, poison_at, deaths = unpack(redis.call('HMGET', KEYS[1], 'cursor', 'reading', 'poison_at',
+                                                               'poison_deaths'))
 cursor = cursor or '0'
-if died_at == cursor then deaths = tonumber(deaths or '0') + 1 else deaths = 1 end
-redis.call('HSET', KEYS[1], 'died_at', cursor, 'deaths', deaths)
+redis.call('HSET', KEYS[1], 'died_at', cursor)
+if reading ~= cursor then return {tonumber(cursor), 0} end
+if poison_at == cursor then deaths = tonumber(deaths or '0') + 1 else deaths = 1 end
+redis.call('HSET', KEYS[1], 'poison_at', cursor, 'poison_deaths', deaths)
 return {tonumber(cursor), deaths}
 """
 # A stalled job: active, not updated since ARGV[1] and no step holding its lock (KEYS[2]). Its `updated` is set
@@ -210,9 +215,14 @@ def hand_over(client: redis.Redis, job_id: str, step_id: str, next_id: str) -> b
 
 
 def record_death(client: redis.Redis, job_id: str) -> tuple[int, int]:
-    """A step of the job died: (the stored cursor it died after, how many steps died there)."""
+    """A step of the job died: (the stored cursor, how many steps died while reading the item there)."""
     cursor, deaths = client.eval(_RECORD_DEATH, 1, job_key(job_id))
     return int(cursor), int(deaths)
+
+
+def mark_reading(client: redis.Redis, job_id: str, index: int) -> None:
+    """Where a step died: say that item `index` is being read now (see record_death)."""
+    client.hset(job_key(job_id), "reading", index)
 
 
 def take_stalled(client: redis.Redis, job_id: str, stall_s: float) -> str | None:

@@ -65,6 +65,7 @@ from tasks.job_store import (
     is_driver,
     items_key,
     job_dir,
+    mark_reading,
     pending_key,
     read_items,
     read_job,
@@ -115,8 +116,8 @@ def job_step(self: Any, job_id: str) -> None:
     driver = _Driver(client, job_id)
     if freed:
         cursor, deaths = record_death(client, job_id)
-        logger.warning("job %s: the process running its last step died (%d time(s) at item %d); resuming from the "
-                       "stored cursor", job_id, deaths, cursor)
+        logger.warning("job %s: the process running its last step died%s; resuming from item %d", job_id,
+                       f" ({deaths} time(s) while reading item {cursor})" if deaths else "", cursor)
         count_resumed(client, "driver_died")
         if deaths >= settings.MAX_DELIVERIES:
             driver.skip(cursor, f"a decoder process died {deaths} times while reading this item (MAX_DELIVERIES)")
@@ -227,10 +228,13 @@ class _Driver:
                 self._resend_lost(spec, total, unanswered)
                 sent = 0
                 room = min(settings.JOB_IN_FLIGHT - in_flight, bulk_limit - self.client.zcard(self.in_flight_key))
-                if cursor < job.get("died_at", -1) + settings.JOB_IN_FLIGHT:
-                    room = min(room, 1)  # where a step died: the cursor stored after every item (see skip)
+                careful = cursor < job.get("died_at", -1) + settings.JOB_IN_FLIGHT
+                if careful:
+                    room = min(room, 1)  # where a step died: one item a round, its cursor stored (see skip)
                 try:
                     while sent < room and cursor < total and time.monotonic() < deadline:
+                        if careful:
+                            mark_reading(self.client, self.job_id, cursor)
                         item = next(items, None)
                         if item is None:  # the video ended before its header said
                             total = cursor
@@ -257,9 +261,9 @@ class _Driver:
 
     def skip(self, index: int, reason: str) -> None:
         """Fail item `index` with `reason` and move the cursor past it: an item that kills the process reading it
-        (a decoder's crash, an out-of-memory kill) must not hold its job forever. After a death, steps store the
-        cursor after every item through the stretch one step could have covered, so the item at the cursor is
-        the one being read when they died."""
+        (a decoder's crash, an out-of-memory kill) must not hold its job forever. After a death, steps read one
+        item a round and say which (job_store.record_death), so a death is put on an item only when it was being
+        read, never on one whose step merely waited."""
         job = read_job(self.client, self.job_id)
         if job is None or job["cursor"] != index or index >= job["total"]:
             return

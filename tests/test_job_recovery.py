@@ -27,6 +27,7 @@ from tasks.job_store import (
     is_driver,
     items_key,
     job_key,
+    mark_reading,
     read_job,
     record_death,
     take_stalled,
@@ -99,17 +100,21 @@ def test_an_item_that_kills_its_decoder_every_time_fails_alone_and_the_job_goes_
     job = read_job(redis_client, job_id)
     assert job is not None and "died_at" not in job
     update_if_active(redis_client, job_id, 600, cursor=1)
-    assert record_death(redis_client, job_id) == (1, 1)
-    assert record_death(redis_client, job_id) == (1, 2)  # died again on the same item
+    assert record_death(redis_client, job_id) == (1, 0)  # a step died; on which item is not known
     job = read_job(redis_client, job_id)
-    assert job is not None and job["died_at"] == 1  # from there on its steps store the cursor after every item
+    assert job is not None and job["died_at"] == 1  # from there on steps read one item a round and say which
+    assert record_death(redis_client, job_id) == (1, 0)  # died while waiting, not reading: no item is blamed
+    mark_reading(redis_client, job_id, 1)
+    assert record_death(redis_client, job_id) == (1, 1)
+    assert record_death(redis_client, job_id) == (1, 2)  # died again while reading the same item
     _Driver(redis_client, job_id).skip(1, "a decoder process died 3 times while reading this item")
     item = json.loads(redis_client.hget(items_key(job_id), "1"))
     assert item["status"] == "FAILURE" and "died 3 times" in item["error"]
     assert read_job(redis_client, job_id)["cursor"] == 2
     _Driver(redis_client, job_id).skip(1, "again")  # the cursor moved on: nothing to skip
     assert read_job(redis_client, job_id)["cursor"] == 2 and redis_client.hlen(items_key(job_id)) == 1
-    assert record_death(redis_client, job_id) == (2, 1)  # a death further on counts afresh
+    mark_reading(redis_client, job_id, 2)
+    assert record_death(redis_client, job_id) == (2, 1)  # a death on the next item counts afresh
     discard(redis_client, job_id)
 
 
