@@ -46,6 +46,7 @@ from typing import Any
 
 import httpx
 import psutil
+import redis
 
 from benchmarks.reports import publish
 from imageclf.service_process import ROOT, ServiceProcess
@@ -116,6 +117,41 @@ def rss_mb(root: int) -> float:
     return total
 
 
+def redis_url_of(svc: ServiceProcess) -> str:
+    """The embedded Redis' URL, as the launcher logged it."""
+    for line in svc.log_path.read_text(errors="replace").splitlines():
+        if "listening on redis://" in line:
+            return line.split("listening on ", 1)[1].split()[0]
+    raise RuntimeError("the launcher never said where its Redis listens")
+
+
+def where_is(client: redis.Redis, task_id: str) -> dict[str, Any]:
+    """Where a classify task's traces are in Redis: for a request never answered, which step lost it."""
+    queued = [q.decode() for q in client.keys("interactive.*") + client.keys("bulk.*")
+              if any(task_id.encode() in m for m in client.lrange(q, 0, -1))]
+    unacked = [(tag.decode(), client.zscore("unacked_index", tag)) for tag, raw in client.hscan_iter("unacked")
+               if task_id.encode() in raw]
+    return {"id": task_id, "pixels": bool(client.exists(f"imageclf:pixels:{task_id}")),
+            "result": bool(client.exists(f"celery-task-meta-{task_id}")),
+            "deliveries": client.get(f"imageclf:deliveries:{task_id}"), "queued_in": queued,
+            "unacked": [(tag, round(time.time() - score, 1) if score else None) for tag, score in unacked]}
+
+
+def diagnose(svc: ServiceProcess, chaos: Chaos) -> list[dict[str, Any]]:
+    """For every request still unanswered and every item of a job not ended: where it is in Redis."""
+    client = redis.Redis.from_url(redis_url_of(svc), socket_timeout=10)
+    found = [where_is(client, o.detail_id) for o in chaos.outcomes if o.outcome == "202-never-ended" and o.detail_id]
+    for job in chaos.jobs:
+        if job.ended is None:
+            pending = client.hgetall(f"imageclf:job:{job.id}:pending")
+            record = client.hgetall(f"imageclf:job:{job.id}")
+            fields = {k.decode(): v.decode(errors="replace") for k, v in record.items()
+                      if k.decode() not in ("spec", "result")}
+            found.append({"job": job.id, "fields": fields, "pending": [where_is(client, tid.decode())
+                                                                       for tid in list(pending)[:5]]})
+    return found
+
+
 @dataclass
 class Outcome:
     route: str
@@ -124,6 +160,7 @@ class Outcome:
     outcome: str          # 200, 202-success, refused-503, refused-429, api-killed, and the failures
     ok: bool
     detail: str = ""
+    detail_id: str = ""   # the request's id, when it was accepted
 
 
 @dataclass
@@ -197,7 +234,8 @@ class Chaos:
         if status == 202:
             body = self.follow_request(http, response.json()["id"])
             if body is None:
-                return Outcome("/predict", started, time.time(), "202-never-ended", False, response.text)
+                return Outcome("/predict", started, time.time(), "202-never-ended", False, response.text,
+                               response.json()["id"])
             if body["status"] != "SUCCESS":
                 return Outcome("/predict", started, time.time(), "202-failed", False, json.dumps(body)[:300])
             top = body["result"]["predictions"][0]["class_id"]
@@ -480,10 +518,14 @@ def run(minutes: float, seed: int, clients: int, v2_clients: int) -> dict[str, A
         time.sleep(5)  # what the drain freed is given back
         memory_after = rss_mb(svc.proc.pid)
         launcher_alive = svc.proc.poll() is None
+        stuck = diagnose(svc, chaos)
     finally:
         code = svc.stop(180)
-    return report(chaos, minutes, seed, started, recovery, memory_before, memory_after, launcher_alive, code,
-                  svc.log_tail(40))
+    result = report(chaos, minutes, seed, started, recovery, memory_before, memory_after, launcher_alive, code,
+                    svc.log_tail(40))
+    result["stuck_in_redis"] = stuck
+    result["work_dir"] = str(work)
+    return result
 
 
 def report(chaos: Chaos, minutes: float, seed: int, started: float, recovery: float | None, memory_before: float,

@@ -48,7 +48,7 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from tasks import batch_size
-from tasks.broker import acknowledge_together
+from tasks.broker import acknowledge_together, requeue
 
 logger = get_logger(__name__)
 
@@ -237,8 +237,8 @@ class AdaptiveBatches(Batches):
     def _give_up(self, request: Any) -> None:
         logger.error("Request %s failed: delivered %d times, its worker died each time", request.id,
                      request.deliveries)
-        exc = RuntimeError(f"not run again: delivered {request.deliveries} times and the worker died each time "
-                           f"(MAX_DELIVERIES={self.max_deliveries})")
+        exc = RuntimeError(f"not run again: delivered {request.deliveries} times and the worker died (or could "
+                           f"not store its answer) each time (MAX_DELIVERIES={self.max_deliveries})")
         self.backend.mark_as_failure(request.id, exc, request=request, call_errbacks=False)
         request.send_event("task-failed", exception=repr(exc), traceback="")
         request.acknowledge()
@@ -261,19 +261,21 @@ class AdaptiveBatches(Batches):
 
         def on_return(result: Any) -> None:
             self._last_run_s = time.monotonic() - started[0]
-            self._send_outcomes(requests, result, self._last_run_s, started[1])
-            acknowledge_together(acks_late)
+            # Only requests whose outcome is stored are acknowledged; the others (Redis went away under the
+            # batch, or the batch function failed) go back to their queue, never dropped unanswered.
+            unstored = set(result.get("unstored", ())) if isinstance(result, dict) else {r.id for r in requests}
+            if unstored:
+                logger.warning("Batch of %d: %d answers not stored; requeueing them", len(requests), len(unstored))
+            self._send_outcomes([r for r in requests if r.id not in unstored], result, self._last_run_s, started[1])
+            acknowledge_together([r for r in acks_late if r.id not in unstored])
+            requeue([r for r in acks_late if r.id in unstored])
             self._finished()
 
         def on_error(exc: Any) -> None:
             # The pool process died (e.g. killed): its acks_late requests go back to their queue now, marked
             # redelivered (run alone, counted against max_deliveries), instead of waiting in this live worker.
             logger.error("Batch of %d lost: %r; requeueing its requests", len(requests), exc)
-            for request in acks_late:
-                try:
-                    request.reject(requeue=True)
-                except Exception:  # still unacknowledged: another worker gets it after the visibility timeout
-                    logger.warning("could not requeue %s", request.id, exc_info=True)
+            requeue(acks_late)
             self._finished()
 
         return self._pool.apply_async(

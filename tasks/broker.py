@@ -157,6 +157,24 @@ def acknowledge_together(requests: list[Any]) -> None:
             request.acknowledged = True
 
 
+def requeue(requests: list[Any]) -> None:
+    """Put each Celery request's message back on its queue now (kombu marks it redelivered). When Redis cannot
+    take it, this process stops renewing it, so the broker restores it after the visibility timeout instead:
+    a message this worker no longer holds must never stay renewed forever."""
+    for request in requests:
+        if request.acknowledged:
+            continue
+        message = request.message
+        qos = message.channel.qos
+        try:
+            qos.reject(message.delivery_tag, requeue=True)
+        except Exception:
+            logger.warning("could not requeue %s now; it returns after the visibility timeout", request.id,
+                           exc_info=True)
+            qos._delivered.pop(message.delivery_tag, None)
+        request.acknowledged = True
+
+
 class _TakesMany:
     """BRPOP, then one script that records the message and takes those queued behind it (see _TAKE_MORE)."""
 

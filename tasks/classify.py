@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from models.keras_model import Classifier
 
 logger = get_logger(__name__)
+#: Redis away (killed, restarting, a failover): the batch's requests are put back on the queue, not failed.
+_REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError)
 
 
 def _parse(kwargs: dict, data: bytes | None, shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
@@ -106,12 +108,15 @@ def classify(requests: list) -> dict:
     keys = [_pixels_key(req) for req in requests]
     try:
         blobs = fetch_pixels(client, keys)
-    except Exception as exc:  # Redis away: fail the batch visibly rather than leave it pending
-        for req in requests:
-            celery_app.backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
-        return {"batch_size": 0, "failed": {req.id: repr(exc) for req in requests}}
-    summary: dict = {"batch_size": 0, "inference_ms": 0.0, "failed": {}, "revoked": [], "groups": []}
-    groups = _by_version(requests, blobs, versions, default, summary, served.unloaded)
+    except _REDIS_AWAY:  # the worker's main process puts them back on the queue (tasks/batching.py)
+        logger.warning("batch of %d: Redis is away; its requests go back to the queue", len(requests))
+        return {"batch_size": 0, "unstored": [req.id for req in requests]}
+    summary: dict = {"batch_size": 0, "inference_ms": 0.0, "failed": {}, "revoked": [], "groups": [],
+                     "unstored": []}
+    try:
+        groups = _by_version(requests, blobs, versions, default, summary, served.unloaded)
+    except _REDIS_AWAY:
+        return {**summary, "unstored": [req.id for req in requests]}
     # Clients' requests first, and their answers stored before any shadow copy runs: no answer waits for one.
     answered = [(model, group) for (model, shadow), group in groups.items() if not shadow]
     shadows = [(model, group) for (model, shadow), group in groups.items() if shadow]
@@ -119,15 +124,24 @@ def classify(requests: list) -> dict:
     kept: set[str] = set()  # pixels a shadow copy will read
     drops = []
     for part in (answered, shadows) if shadows else (answered,):
-        with client.pipeline(transaction=False) as pipe:
-            for model, group in part:
-                _store(pipe, served.name, model, _classify_group(model, group, summary), kept)
-            record_busy(pipe, served.name, time.perf_counter() - busy_since)
-            busy_since = time.perf_counter()
-            keep = kept | shadow_keys
-            done = list(shadow_keys) if part is shadows else [k for k in keys if k not in keep]
-            drops.append(drop_pixels(pipe, done))
-            pipe.execute()
+        try:
+            # One transaction: the pixels are deleted only with the answers stored (a refused write, a Redis
+            # killed mid-way, keeps both for the requeued requests).
+            with client.pipeline(transaction=True) as pipe:
+                for model, group in part:
+                    _store(pipe, served.name, model, _classify_group(model, group, summary), kept)
+                record_busy(pipe, served.name, time.perf_counter() - busy_since)
+                busy_since = time.perf_counter()
+                keep = kept | shadow_keys
+                done = list(shadow_keys) if part is shadows else [k for k in keys if k not in keep]
+                drop_on_shards = drop_pixels(pipe, done)
+                pipe.execute()
+            drops.append(drop_on_shards)
+        except _REDIS_AWAY:  # maybe not stored: computed again after a requeue (the same answers), pixels kept
+            logger.warning("batch of %d: Redis went away while storing its answers; they go back to the queue",
+                           len(requests))
+            summary["unstored"] = [req.id for _, group in part for req, _, _ in group]
+            break  # a batch whose answers were not stored runs none of its shadow copies
     for drop_on_shards in drops:
         drop_on_shards()
     return summary

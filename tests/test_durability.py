@@ -77,3 +77,68 @@ def test_accepted_requests_and_jobs_survive_a_redis_crash(tmp_path):
         api.wait(20)
         server.terminate()
         server.wait(10)
+
+
+def test_a_batch_that_cannot_store_its_answers_is_requeued_not_dropped(tmp_path):
+    """Redis refuses the answers of a batch (here: out of memory, as it refuses writes under `noeviction`; in
+    production also a Redis killed and back within a second): the worker must not acknowledge those requests
+    (celery-batches would, and they were lost: seen under chaos). They go back to the queue and are answered
+    once Redis takes writes again."""
+    import psutil
+    import redis
+
+    from tasks.readiness import live_workers
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = subprocess.Popen(redis_argv(port, str(tmp_path / "redis"), durable=True))
+    assert wait_until(lambda: ping(url), 15)
+    env = {"REDIS_URL": url, "MODEL": "mobilenet_v1_0.75", "MODEL_WEIGHTS": str(MOBILENET_FILE),
+           "CLASS_INDEX": str(CLASS_INDEX), "UPLOAD_DIR": str(tmp_path / "uploads"), "CUDA_VISIBLE_DEVICES": "",
+           "BATCH_SIZE": "8"}
+    api, api_url = start_api(url, env)
+    workers = subprocess.Popen([sys.executable, "-m", "imageclf.start_workers"], cwd=ROOT,
+                               env={**os.environ, **env}, start_new_session=True)
+    client = redis.Redis.from_url(url)
+    try:
+        def model_pids() -> list[int]:
+            return [w["pid"] for w in live_workers(client) if w.get("role") == "model"]
+
+        assert wait_until(model_pids, 180), "no model worker came up"
+        model = psutil.Process(model_pids()[0])
+        model.suspend()  # the batch reaches the model process and waits there
+        photos = labelled_photos()[:6]
+        ids = []
+        for row in photos:
+            response = httpx.post(api_url + "/predict", params={"timeout": "0"},
+                                  files={"image": (SHARED / row["path"]).read_bytes()}, timeout=30)
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["id"])
+        assert wait_until(lambda: client.llen("interactive.mobilenet_v1_0.75") == 0, 30)
+        time.sleep(1.0)
+
+        client.config_set("maxmemory", 1)  # every write refused from now on
+        model.resume()  # it reads the pixels, computes the batch, and cannot store the answers
+        time.sleep(3.0)
+        assert not any(client.exists(f"celery-task-meta-{task_id}") for task_id in ids)
+        client.config_set("maxmemory", 0)
+
+        states: dict[str, dict] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(states) < len(ids):
+            for task_id in ids:
+                body = httpx.get(api_url + f"/result/{task_id}", timeout=30).json()
+                if body.get("status") in ("SUCCESS", "FAILURE", "REVOKED"):
+                    states[task_id] = body
+            time.sleep(0.5)
+        assert len(states) == len(ids), f"answered {len(states)} of {len(ids)}: the rest were dropped"
+        assert all(state["status"] == "SUCCESS" for state in states.values()), states
+        for task_id, row in zip(ids, photos):
+            assert states[task_id]["result"]["predictions"][0]["class_id"] == int(row["expected_class_id"])
+    finally:
+        os.killpg(workers.pid, signal.SIGTERM)
+        workers.wait(60)
+        api.terminate()
+        api.wait(20)
+        server.terminate()
+        server.wait(10)
