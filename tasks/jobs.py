@@ -45,6 +45,7 @@ from typing import Any
 import redis
 from celery.utils.log import get_logger
 from kombu.exceptions import OperationalError
+from kombu.transport import redis as kombu_redis
 from PIL import Image
 
 import settings
@@ -89,6 +90,7 @@ THUMBNAILS = 48       # an evaluation's mistakes shown as thumbnails (the first 
 THUMBNAIL_PX = 96
 _POLL_S = 0.1         # pause between rounds when nothing could be sent
 _LOST_CHECK_S = 10.0  # an item unanswered this long is checked for having been lost (see _resend_lost)
+_GONE_CHECK_S = 30.0  # ... and, its pixels still there, for its message being nowhere (see _messages_gone)
 _LOCK_S = 60.0        # a step's lock frees itself after this when its host is gone (on its own host: at once)
 _SWEEP_LOCK = "imageclf:jobs:sweeping"  # held by the decoder process sweeping for stalled jobs this period
 
@@ -195,6 +197,8 @@ class _Driver:
         self.input: ModelInput | None = None  # the model's input this step sizes items for
         self.inputs: dict[int, ModelInput] = {}  # each ready version's (an evaluation item names its version)
         self.compact = False  # an evaluation keeps only class ids and probabilities of its items' answers
+        self._ages: dict[str, float] = {}  # seconds each unanswered item has waited, as _collect last saw
+        self._searched = False  # whether this step looked for items whose message is gone (_messages_gone)
 
     def run(self, budget_s: float) -> bool:
         """Work on the job for about `budget_s` seconds; True if another step is needed."""
@@ -396,6 +400,7 @@ class _Driver:
                 if outcome is None:
                     if age_s >= _LOST_CHECK_S:
                         unanswered[tid] = record["i"]
+                        self._ages[tid] = age_s
                     continue
                 pipe.hset(items_key(self.job_id), str(record["i"]), json.dumps({**record, **outcome}))
                 pipe.hdel(pending_key(self.job_id), tid)
@@ -409,15 +414,17 @@ class _Driver:
         return done, in_flight, unanswered
 
     def _resend_lost(self, spec: dict[str, Any], total: int, unanswered: dict[str, int]) -> None:
-        """Send again the items whose message and pixels are both gone without an answer: queued on a Redis master
-        that died before its replica had them (replication is asynchronous). A model worker stores an answer
-        before it deletes the pixels, so pixels found gone and then no answer means the item was lost, not
-        answered meanwhile. Each is read again from the job's files."""
+        """Send again the items whose message is gone without an answer: message and pixels both gone (queued on a
+        Redis master that died before its replica had them: replication is asynchronous), or the message alone
+        (_messages_gone). A model worker stores an answer in the transaction that deletes the pixels, so pixels
+        found gone and then no answer means the item was lost, not answered meanwhile. Each is read again from
+        the job's files."""
         if not unanswered:
             return
         keys = [PIXELS_PREFIX + tid for tid in unanswered]
         present = [bool(blob) for blob in fetch_pixels(self.client, keys)]  # first the pixels, then the answers
         gone = [tid for tid, there in zip(unanswered, present) if not there]
+        gone += self._messages_gone([tid for tid, there in zip(unanswered, present) if there], spec["model"])
         if not gone:
             return
         answers = self.client.mget([RESULT_KEY_PREFIX + tid for tid in gone])
@@ -436,6 +443,21 @@ class _Driver:
                     self._send(spec, *again)
             finally:
                 items.close()
+
+    def _messages_gone(self, waiting: list[str], model: str) -> list[str]:
+        """Of items whose pixels are still there, those unanswered for _GONE_CHECK_S whose message is neither
+        queued nor held by a worker: taken by a worker that died before recording it (the instant between a
+        BRPOP and the script that records the message as delivered). Looked for once per step: it reads the bulk
+        queue and the broker's unacknowledged messages, both bounded by the in-flight limits."""
+        old = [tid for tid in waiting if self._ages.get(tid, 0.0) >= _GONE_CHECK_S]
+        if not old or self._searched:
+            return []
+        self._searched = True
+        # First where a message would be now, then where it was before: one moving meanwhile is missed by both
+        # and sent again, which costs a duplicate, never an answer.
+        held = "".join(map(text, self.client.hvals(kombu_redis.Channel.unacked_key)))
+        queued = "".join(map(text, self.client.lrange(settings.bulk_queue(model), 0, -1)))
+        return [tid for tid in old if tid not in held and tid not in queued]
 
     def _finish(self, spec: dict[str, Any], total: int, decode_error: str | None) -> None:
         if spec["kind"] == "video":

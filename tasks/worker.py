@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import redis
 from celery.signals import celeryd_init, worker_process_init, worker_process_shutdown
@@ -40,6 +42,9 @@ logger = get_logger(__name__)
 
 #: Exit status of a worker process whose model cannot be loaded.
 EXIT_MODEL_FAILED = 3
+#: Exit status of a pool process that could not be set up otherwise (Celery starts another).
+EXIT_SETUP_FAILED = 70
+T = TypeVar("T")
 
 _served: ServedModel | None = None
 _batch_choice: dict = {}
@@ -151,11 +156,25 @@ def _announce() -> None:
 
 @worker_process_init.connect
 def load_model(**_: object) -> None:
+    """Set this pool process up; if that fails, the process exits and Celery starts another.
+
+    Celery only logs an exception raised here and lets the process take tasks anyway: a model process whose
+    Redis call failed mid-way (Redis restarting) ran every batch without a model, and a decoder ran without its
+    schedulers (seen under chaos).
+    """
+    try:
+        _set_up()
+    except Exception:
+        logger.critical("this pool process could not be set up; it exits and another is started", exc_info=True)
+        os._exit(EXIT_SETUP_FAILED)
+
+
+def _set_up() -> None:
     global _served
     if _served_model is None:
         tracing.start_if_configured("imageclf-decoder")
         tracing.instrument_celery()
-        removed = sweep_orphans(pixel_store(), older_than_s=3600)
+        removed = _while_redis_is_away(lambda: sweep_orphans(pixel_store(), older_than_s=3600))
         if removed:
             logger.info("deleted the uploads of %d expired jobs", len(removed))
         start_heartbeat(celery_app.conf.broker_url, lambda: {"role": "decoder", "pid": os.getpid()})
@@ -167,18 +186,38 @@ def load_model(**_: object) -> None:
         return
     tracing.start_if_configured("imageclf-worker")
     try:
-        served = _open(_served_model)
-        served.start()
+        served = _while_redis_is_away(lambda: _started(_served_model))
     except Exception as exc:
         _give_up(_served_model, exc)
     # Only now: a pool process that Celery starts again while the worker stops would otherwise clear the reason
     # and leave the API saying "not loaded yet" until it fails once more.
-    clear_failure(pixel_store(), _served_model)
+    _while_redis_is_away(lambda: clear_failure(pixel_store(), _served_model))
     _served = served
     if served.current is not None:
         _choose_batch_size(served.current)
     _announce()
     start_heartbeat(celery_app.conf.broker_url, _status)
+
+
+def _started(name: str | None) -> ServedModel:
+    assert name is not None
+    served = _open(name)
+    served.start()
+    return served
+
+
+def _while_redis_is_away(call: Callable[[], T], timeout_s: float = 60.0) -> T:
+    """`call()`, tried again every second while Redis cannot be reached (restarting, failing over), at most
+    `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            logger.warning("Redis is away (%s); trying again in 1 s", exc)
+            time.sleep(1.0)
 
 
 def _choose_batch_size(model: Classifier) -> None:

@@ -118,8 +118,38 @@ def test_an_item_that_kills_its_decoder_every_time_fails_alone_and_the_job_goes_
     discard(redis_client, job_id)
 
 
+def test_an_item_whose_message_is_nowhere_is_found_and_sent_again(redis_client):
+    """Pixels still there, no answer, the message neither queued nor held by a worker (taken by one that died
+    before recording it): after _GONE_CHECK_S the driver counts it lost; queued or held, it does not."""
+    from tasks.jobs import _GONE_CHECK_S, _Driver
+    from tasks.payloads import PIXELS_PREFIX
+
+    job_id = new_job(redis_client)
+    tid = str(uuid.uuid4())
+    redis_client.hset(job_key(job_id) + ":pending", tid, json.dumps({"i": 0, "sent": time.time() - _GONE_CHECK_S - 1}))
+    redis_client.set(PIXELS_PREFIX + tid, b"\0" * 12, ex=60)
+    queue = f"bulk.m-{uuid.uuid4().hex}"
+
+    def gone() -> list[str]:
+        driver = _Driver(redis_client, job_id)
+        driver.in_flight_key = "imageclf:bulk:in-flight:test"
+        _, _, unanswered = driver._collect()
+        assert list(unanswered) == [tid]
+        return driver._messages_gone([tid], queue.split(".", 1)[1])
+
+    redis_client.lpush(queue, json.dumps({"headers": {"id": tid}}))
+    assert gone() == []  # still queued: waiting its turn, not lost
+    redis_client.delete(queue)
+    redis_client.hset("unacked", "a-tag", json.dumps([{"headers": {"id": tid}}, "", queue]))
+    assert gone() == []  # held by a live worker
+    redis_client.hdel("unacked", "a-tag")
+    assert gone() == [tid]
+    redis_client.delete(PIXELS_PREFIX + tid)
+    discard(redis_client, job_id)
+
+
 def photo_zip(n: int) -> tuple[bytes, list[int]]:
-    photos = (labelled_photos() * 4)[:n]
+    photos = (labelled_photos() * (n // len(labelled_photos()) + 1))[:n]
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as z:
         for i, row in enumerate(photos):
@@ -173,11 +203,19 @@ def test_a_decoder_killed_mid_step_loses_nothing_and_the_job_goes_on(service, re
 
 
 def test_a_broken_chain_is_found_by_the_stall_sweep(service, redis_client):
+    from tasks.readiness import live_workers
+
     before = resumed(service, "stalled")
-    job_id, labels = submit_zip(service, 200)  # far more than one step (2 s, JOB_IN_FLIGHT 8) can finish
-    # Break the chain: the job names a driver no step has, so its running or queued step stops as a stale copy
-    # and queues no other. Only the sweep (JOB_STALL_S, 30 s) can take it up again.
-    redis_client.hset(job_key(job_id), "driver", "a-step-that-was-never-sent")
+    [model] = [psutil.Process(w["pid"]) for w in live_workers(redis_client) if w.get("role") == "model"]
+    model.suspend()  # no answers: the job cannot finish within its first step
+    try:
+        job_id, labels = submit_zip(service, 40)
+        # Break the chain: the job names a driver no step has, so its running or queued step stops as a stale
+        # copy and queues no other. Only the sweep (JOB_STALL_S, 30 s) can take it up again.
+        redis_client.hset(job_key(job_id), "driver", "a-step-that-was-never-sent")
+        time.sleep(3)  # past any step that was running (2 s)
+    finally:
+        model.resume()
     body = finished(service, job_id, 180)
     assert_each_item_once_and_right(body, labels)
     assert resumed(service, "stalled") >= before + 1
