@@ -239,7 +239,12 @@ class AdaptiveBatches(Batches):
                      request.deliveries)
         exc = RuntimeError(f"not run again: delivered {request.deliveries} times and the worker died (or could "
                            f"not store its answer) each time (MAX_DELIVERIES={self.max_deliveries})")
-        self.backend.mark_as_failure(request.id, exc, request=request, call_errbacks=False)
+        try:
+            self.backend.mark_as_failure(request.id, exc, request=request, call_errbacks=False)
+        except Exception:  # Redis away: it comes back and is given up on then
+            logger.warning("could not record that %s was given up on; requeueing it", request.id, exc_info=True)
+            requeue([request])
+            return
         request.send_event("task-failed", exception=repr(exc), traceback="")
         request.acknowledge()
 
@@ -264,19 +269,25 @@ class AdaptiveBatches(Batches):
             # Only requests whose outcome is stored are acknowledged; the others (Redis went away under the
             # batch, or the batch function failed) go back to their queue, never dropped unanswered.
             unstored = set(result.get("unstored", ())) if isinstance(result, dict) else {r.id for r in requests}
-            if unstored:
-                logger.warning("Batch of %d: %d answers not stored; requeueing them", len(requests), len(unstored))
-            self._send_outcomes([r for r in requests if r.id not in unstored], result, self._last_run_s, started[1])
-            acknowledge_together([r for r in acks_late if r.id not in unstored])
-            requeue([r for r in acks_late if r.id in unstored])
-            self._finished()
+            try:
+                if unstored:
+                    logger.warning("Batch of %d: %d answers not stored; requeueing them", len(requests),
+                                   len(unstored))
+                self._send_outcomes([r for r in requests if r.id not in unstored], result, self._last_run_s,
+                                    started[1])
+                acknowledge_together([r for r in acks_late if r.id not in unstored])
+                requeue([r for r in acks_late if r.id in unstored])
+            finally:  # whatever failed above, the worker goes on batching (else no lone request ever runs)
+                self._finished()
 
         def on_error(exc: Any) -> None:
             # The pool process died (e.g. killed): its acks_late requests go back to their queue now, marked
             # redelivered (run alone, counted against max_deliveries), instead of waiting in this live worker.
             logger.error("Batch of %d lost: %r; requeueing its requests", len(requests), exc)
-            requeue(acks_late)
-            self._finished()
+            try:
+                requeue(acks_late)
+            finally:
+                self._finished()
 
         return self._pool.apply_async(
             apply_batches_task,

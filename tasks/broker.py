@@ -41,6 +41,9 @@ from kombu.utils.json import loads
 
 logger = get_logger(__name__)
 
+#: Longest a live worker renews one message (QoS.touch).
+RENEW_AT_MOST_S = 300.0
+
 
 class _OneClient:
     """Reuses one client on the channel's pool; a new pool (after a reconnect) gets a new client."""
@@ -93,6 +96,7 @@ class QoS(kombu_redis.QoS):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.recorded: set[str] = set()
+        self._held_since: dict[str, float] = {}  # when touch() first saw each message held
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if delivery_tag in self.recorded:
@@ -110,11 +114,20 @@ class QoS(kombu_redis.QoS):
 
     def touch(self) -> None:
         """Renew the delivery time of every message this process holds unacknowledged, so that none is handed
-        to another worker while this one lives (ZADD XX: an entry acknowledged meanwhile is not brought back)."""
-        tags = list(self._delivered)  # one C-level copy: the event loop's own thread is the only writer
+        to another worker while this one lives (ZADD XX: an entry acknowledged meanwhile is not brought back).
+
+        A message is renewed for at most RENEW_AT_MOST_S: no task waits in a worker that long (a batch buffer
+        drains in seconds), so one still held then was forgotten by some failure and is better run again than
+        held forever."""
+        now = time.time()
+        held = self._held_since
+        for tag in list(self._delivered):  # one C-level copy: the event loop's own thread is the only writer
+            held.setdefault(tag, now)
+        for tag in [t for t in held if t not in self._delivered]:
+            del held[tag]
+        tags = [tag for tag, since in held.items() if now - since < RENEW_AT_MOST_S]
         if not tags:
             return
-        now = time.time()
         with self.channel.conn_or_acquire() as client:
             client.zadd(self.unacked_index_key, dict.fromkeys(tags, now), xx=True)
 
@@ -165,13 +178,14 @@ def requeue(requests: list[Any]) -> None:
         if request.acknowledged:
             continue
         message = request.message
-        qos = message.channel.qos
+        qos: Any = getattr(getattr(message, "channel", None), "qos", None)  # gone with a lost connection
         try:
-            qos.reject(message.delivery_tag, requeue=True)
+            qos.reject(message.delivery_tag, requeue=True)  # AttributeError without one: handled as a failure
         except Exception:
             logger.warning("could not requeue %s now; it returns after the visibility timeout", request.id,
                            exc_info=True)
-            qos._delivered.pop(message.delivery_tag, None)
+            if qos is not None:
+                qos._delivered.pop(message.delivery_tag, None)
         request.acknowledged = True
 
 

@@ -122,7 +122,8 @@ def read_served(client: redis.Redis, names: list[str]) -> dict[str, dict[str, An
 class InputLookup:
     """Each model's ready versions and routing, read from Redis at most once per CACHE_S per model
     (thread-safe). When the entry is stale, one thread reads it again while the others answer from the old one:
-    under load, every request thread finding it stale at once would otherwise each make the same reads."""
+    under load, every request thread finding it stale at once would otherwise each make the same reads. An entry
+    older than 3 x CACHE_S is never answered from."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
@@ -139,7 +140,10 @@ class InputLookup:
         """The ready versions and the routing; ModelUnavailable as for `input_of`."""
         with self._lock:
             cached = self._cache.get(name)
-            read = cached is None or (time.monotonic() - cached[0] > CACHE_S and name not in self._reading)
+            age = time.monotonic() - cached[0] if cached is not None else None
+            # Past 3 x CACHE_S (nothing asked for a while: a policy may have changed since) no thread answers
+            # from the old entry: a request after an idle spell sees the routing of now, not of then.
+            read = age is None or (age > CACHE_S and name not in self._reading) or age > 3 * CACHE_S
             if read:
                 self._reading.add(name)
         if read:

@@ -126,3 +126,25 @@ def test_a_live_consumer_renews_what_it_holds_and_only_a_dead_ones_messages_come
         live.default_channel.qos.touch()  # renewing after the ack brings nothing back
         assert client.zscore(live.default_channel.unacked_index_key, held.delivery_tag) is None
     client.flushdb()
+
+
+def test_a_message_held_past_the_renewal_limit_is_no_longer_renewed(redis_url, monkeypatch):
+    """A message some failure left in a live worker's hands is not held forever: past RENEW_AT_MOST_S its
+    renewals stop and the broker hands it out again."""
+    import tasks.broker
+
+    monkeypatch.setattr(tasks.broker, "RENEW_AT_MOST_S", 0.6)
+    url = redis_url.rsplit("/", 1)[0] + "/5"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    name = f"test-forgotten-{uuid.uuid4().hex}"
+    with Connection(url, transport="tasks.broker:Transport", transport_options={"visibility_timeout": 1}) as conn:
+        _queued(conn, name, 1)
+        held = conn.default_channel.basic_get(name, no_ack=False)
+        assert held is not None
+        for _ in range(5):  # 2.5 s of renewals, of which only the first 0.6 s count
+            time.sleep(0.5)
+            conn.default_channel.qos.touch()
+        conn.default_channel.qos.restore_visible(num=None, interval=1)
+        assert client.llen(name) == 1  # handed out again
+    client.flushdb()
