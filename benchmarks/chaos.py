@@ -133,7 +133,7 @@ def where_is(client: redis.Redis, task_id: str) -> dict[str, Any]:
                if task_id.encode() in raw]
     return {"id": task_id, "pixels": bool(client.exists(f"imageclf:pixels:{task_id}")),
             "result": bool(client.exists(f"celery-task-meta-{task_id}")),
-            "deliveries": client.get(f"imageclf:deliveries:{task_id}"), "queued_in": queued,
+            "deliveries": (client.get(f"imageclf:deliveries:{task_id}") or b"").decode(), "queued_in": queued,
             "unacked": [(tag, round(time.time() - score, 1) if score else None) for tag, score in unacked]}
 
 
@@ -176,8 +176,9 @@ class Job:
 
 
 class Chaos:
-    def __init__(self, svc: ServiceProcess, seed: int) -> None:
+    def __init__(self, svc: ServiceProcess, seed: int, roles: tuple[str, ...] = ROLES) -> None:
         self.svc = svc
+        self.roles = roles
         self.rng = random.Random(seed)
         self.load_rng = random.Random(seed + 1)
         self.kills: list[tuple[float, str, int]] = []
@@ -382,7 +383,7 @@ class Chaos:
         rounds: list[str] = []
         while not self.stop_kills.wait(self.rng.uniform(4, 9)):
             if not rounds:
-                rounds = list(ROLES)
+                rounds = list(self.roles)
                 self.rng.shuffle(rounds)
             found = processes(self.svc.proc.pid)
             role = next((r for r in rounds if found.get(r)), None)  # the next role with a process up now
@@ -483,14 +484,14 @@ def _first_kill(kills: list[tuple[float, str, int]], since: float, until: float)
     return next((role for t, role, _ in kills if since <= t <= until), None)
 
 
-def run(minutes: float, seed: int, clients: int, v2_clients: int) -> dict[str, Any]:
+def run(minutes: float, seed: int, clients: int, v2_clients: int, roles: tuple[str, ...] = ROLES) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="chaos-"))
     env = {"MODEL": MODEL, "MODEL_WEIGHTS": str(SHARED / "models" / "mobilenet_v1_0.75_224_imagenet.keras"),
            "CLASS_INDEX": str(SHARED / "imagenet_class_index.json"), "REDIS_URL": "",
            "REDIS_DATA_DIR": str(work / "redis"), "UPLOAD_DIR": str(work / "uploads"),
            "MODEL_CACHE_DIR": str(work / "model-cache")}
     svc = ServiceProcess(env, work / "service.log").start(600)
-    chaos = Chaos(svc, seed)
+    chaos = Chaos(svc, seed, roles)
     try:
         warm = Chaos(svc, seed)  # one answer of each photo before the clock starts
         if warm.recovery_s(time.time(), 300) is None:
@@ -593,9 +594,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--clients", type=int, default=6, help="closed-loop /predict clients")
     parser.add_argument("--v2-clients", type=int, default=2, help="closed-loop Open Inference Protocol clients")
+    parser.add_argument("--roles", default=",".join(ROLES), help="the roles killed, comma-separated")
     parser.add_argument("--out", type=Path, help="write the report as <out>.json and <out>.md")
     args = parser.parse_args()
-    result = run(args.minutes, args.seed, args.clients, args.v2_clients)
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    if not roles or set(roles) - set(ROLES):
+        parser.error(f"--roles: choose among {', '.join(ROLES)}")
+    result = run(args.minutes, args.seed, args.clients, args.v2_clients, roles)
     publish(result, args.out, markdown)
     return 0 if result["ok"] else 1
 

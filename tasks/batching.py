@@ -48,7 +48,7 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from tasks import batch_size
-from tasks.broker import acknowledge_together, requeue
+from tasks.broker import acknowledge_together, release, requeue
 
 logger = get_logger(__name__)
 
@@ -281,11 +281,14 @@ class AdaptiveBatches(Batches):
                 self._finished()
 
         def on_error(exc: Any) -> None:
-            # The pool process died (e.g. killed): its acks_late requests go back to their queue now, marked
-            # redelivered (run alone, counted against max_deliveries), instead of waiting in this live worker.
-            logger.error("Batch of %d lost: %r; requeueing its requests", len(requests), exc)
+            # The pool process died (e.g. killed): its acks_late requests are released, not renewed, so the
+            # broker hands them out again after the visibility timeout, marked redelivered (run alone, counted
+            # against max_deliveries): a request that kills its process does not come straight back to the
+            # process started in its place.
+            logger.error("Batch of %d lost: %r; its requests return after the visibility timeout", len(requests),
+                         exc)
             try:
-                requeue(acks_late)
+                release(acks_late)
             finally:
                 self._finished()
 

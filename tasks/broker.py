@@ -189,6 +189,18 @@ def requeue(requests: list[Any]) -> None:
         request.acknowledged = True
 
 
+def release(requests: list[Any]) -> None:
+    """Stop holding each Celery request's message without acknowledging it: this process no longer renews it,
+    so the broker hands it to a worker after the visibility timeout (kombu marks it redelivered)."""
+    for request in requests:
+        if request.acknowledged:
+            continue
+        qos: Any = getattr(getattr(request.message, "channel", None), "qos", None)
+        if qos is not None:
+            qos._delivered.pop(request.message.delivery_tag, None)
+        request.acknowledged = True
+
+
 class _TakesMany:
     """BRPOP, then one script that records the message and takes those queued behind it (see _TAKE_MORE)."""
 
