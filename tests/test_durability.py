@@ -22,14 +22,24 @@ from imageclf.supervise import wait_until
 from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, labelled_photos, start_api
 
 
-def test_accepted_requests_and_jobs_survive_a_redis_crash(tmp_path):
+def durable_redis(tmp_path) -> tuple[list[str], str, subprocess.Popen]:
+    """A Redis with an append-only file in `tmp_path`: (its command line, to start it again; URL; process)."""
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     argv = redis_argv(port, str(tmp_path / "redis"), durable=True)
     server = subprocess.Popen(argv)
     assert wait_until(lambda: ping(url), 15)
-    env = {"REDIS_URL": url, "MODEL": "mobilenet_v1_0.75", "MODEL_WEIGHTS": str(MOBILENET_FILE),
-           "CLASS_INDEX": str(CLASS_INDEX), "UPLOAD_DIR": str(tmp_path / "uploads"), "CUDA_VISIBLE_DEVICES": ""}
+    return argv, url, server
+
+
+def service_env(url: str, tmp_path) -> dict[str, str]:
+    return {"REDIS_URL": url, "MODEL": "mobilenet_v1_0.75", "MODEL_WEIGHTS": str(MOBILENET_FILE),
+            "CLASS_INDEX": str(CLASS_INDEX), "UPLOAD_DIR": str(tmp_path / "uploads"), "CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_accepted_requests_and_jobs_survive_a_redis_crash(tmp_path):
+    argv, url, server = durable_redis(tmp_path)
+    env = service_env(url, tmp_path)
     api, api_url = start_api(url, env)
     workers = None
     try:
@@ -89,13 +99,8 @@ def test_a_batch_that_cannot_store_its_answers_is_requeued_not_dropped(tmp_path)
 
     from tasks.readiness import live_workers
 
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    server = subprocess.Popen(redis_argv(port, str(tmp_path / "redis"), durable=True))
-    assert wait_until(lambda: ping(url), 15)
-    env = {"REDIS_URL": url, "MODEL": "mobilenet_v1_0.75", "MODEL_WEIGHTS": str(MOBILENET_FILE),
-           "CLASS_INDEX": str(CLASS_INDEX), "UPLOAD_DIR": str(tmp_path / "uploads"), "CUDA_VISIBLE_DEVICES": "",
-           "BATCH_SIZE": "8"}
+    _, url, server = durable_redis(tmp_path)
+    env = {**service_env(url, tmp_path), "BATCH_SIZE": "8"}
     api, api_url = start_api(url, env)
     workers = subprocess.Popen([sys.executable, "-m", "imageclf.start_workers"], cwd=ROOT,
                                env={**os.environ, **env}, start_new_session=True)

@@ -216,8 +216,8 @@ def test_an_attempt_claimed_by_a_scheduler_that_died_is_sent_again_after_the_cla
 @pytest.mark.parametrize("url,message", [
     ("http://localhost:9/hook", "resolves to a loopback"),
     ("http://127.0.0.2:9/hook", "127.0.0.2"),  # loopback, but not the 127.0.0.1 WEBHOOK_ALLOW_HOSTS names
-    ("http://10.1.2.3/hook", "private"),
-    ("http://169.254.169.254/latest/meta-data", "link-local"),
+    ("http://10.1.2.3/hook", "private"),  # refused at submit, never connected to
+    ("http://169.254.169.254/latest/meta-data", "link-local"),  # refused at submit, never connected to
     ("http://[::ffff:192.168.0.1]/hook", "192.168.0.1"),
     ("ftp://127.0.0.1/hook", "http:// or https://"),
     ("http://user:secret@127.0.0.1/hook", "user name or password"),
