@@ -30,6 +30,7 @@ import settings
 from api.auth import ANONYMOUS
 from tasks.job_store import bulk_in_flight_key, read_resumed
 from tasks.readiness import live_workers
+from tasks.request_watch import count_resent
 from tasks.shadow import read_comparisons
 from tasks.stats import BATCH_SIZE_BUCKETS, INFERENCE_BUCKETS_S, by_version, cumulative, read_stats
 
@@ -75,6 +76,9 @@ SERVICE_METRICS: dict[str, tuple[type, str, list[str]]] = {
                               "process running a step was killed; its requeued step resumed it), `stalled` (no "
                               "progress for JOB_STALL_S and no step running: the stall sweep sent its step again)",
                               ["reason"]),
+    "imageclf_requests_resent": (CounterMetricFamily, "Requests whose task message was lost (taken by a worker "
+                                 "killed before it recorded it, or with a failed-over Redis master) and that the "
+                                 "stall sweep queued again", []),
     "imageclf_model_busy_seconds": (CounterMetricFamily, "Seconds model processes spent on batches (fetch pixels, "
                                     "model call, store answers); its rate over the model workers is their busy "
                                     "ratio", ["model"]),
@@ -193,6 +197,8 @@ class _ServiceCollector:
             counts_resumed = read_resumed(self.client)
             for reason in ("driver_died", "stalled"):
                 resumed.add_metric([reason], counts_resumed.get(reason, 0))
+            resent = _family("imageclf_requests_resent")
+            resent.add_metric([], count_resent(self.client))
             agreement = _family("imageclf_shadow_agreement_ratio")
             for model in settings.MODELS:
                 for pair in read_comparisons(self.client, model):
@@ -204,7 +210,7 @@ class _ServiceCollector:
             yield up
             return
         up.add_metric([], 1)
-        yield from (up, depth, in_flight, workers, memory, versions, agreement, resumed)
+        yield from (up, depth, in_flight, workers, memory, versions, agreement, resumed, resent)
         yield from _worker_stats(stats)
 
 

@@ -63,7 +63,7 @@ def submit_classify(pixels: bytes, size: tuple[int, int], top: int, model: str,
                     max_depth=settings.MAX_QUEUE_DEPTH, probabilities=probabilities,
                     issued=_issued_record({"kind": "predict", "model": model}),
                     wait_replicas=settings.REDIS_WAIT_REPLICAS, wait_ms=settings.REDIS_WAIT_MS,
-                    version=version, pinned=pinned, shadow=shadow, trace=trace)
+                    version=version, pinned=pinned, shadow=shadow, trace=trace, watched=True)
             except QueueFull as full:
                 raise overloaded(full.depth) from None
         _check_replicas(confirmed)

@@ -79,6 +79,7 @@ from tasks.model_records import InputLookup, ModelInput, ModelUnavailable
 from tasks.payloads import ISSUED_PREFIX, PIXELS_PREFIX, enqueue_classify, fetch_pixels
 from tasks.readiness import live_workers
 from tasks.redis_clients import text
+from tasks.request_watch import resend_lost
 from tasks.result_store import READY_STATES, RESULT_KEY_PREFIX, failure_message
 from tasks.webhooks import schedule
 from tasks.worker import pixel_store
@@ -151,8 +152,9 @@ def resume_stalled(client: redis.Redis, stall_s: float) -> list[str]:
 
 
 def start_stall_sweep(client: redis.Redis) -> None:
-    """In a decoder process: look for stalled jobs every JOB_STALL_S / 4 (at most 5 s), one process of all the
-    decoders at a time (a lock in Redis), until the process ends."""
+    """In a worker process: look for stalled jobs every JOB_STALL_S / 4 (at most 5 s), and for requests whose
+    message was lost (tasks.request_watch), one process of all the workers at a time (a lock in Redis), until
+    the process ends."""
     period_s = min(5.0, settings.JOB_STALL_S / 4)
 
     def loop() -> None:
@@ -161,10 +163,11 @@ def start_stall_sweep(client: redis.Redis) -> None:
             try:
                 if client.set(_SWEEP_LOCK, socket.gethostname(), nx=True, px=int(period_s * 900)):
                     resume_stalled(client, settings.JOB_STALL_S)
+                    resend_lost(client, _GONE_CHECK_S)
             except (*_REDIS_AWAY, OSError) as exc:  # Redis away: the next round looks again
                 logger.warning("stall sweep: %s", exc)
 
-    threading.Thread(target=loop, name="job-stall-sweep", daemon=True).start()
+    threading.Thread(target=loop, name="stall-sweep", daemon=True).start()
 
 
 _input_lookup: InputLookup | None = None

@@ -121,13 +121,13 @@ def read_served(client: redis.Redis, names: list[str]) -> dict[str, dict[str, An
 
 class InputLookup:
     """Each model's ready versions and routing, read from Redis at most once per CACHE_S per model
-    (thread-safe). When the entry is stale, one thread reads it again while the others answer from the old one:
-    under load, every request thread finding it stale at once would otherwise each make the same reads. An entry
-    older than 3 x CACHE_S is never answered from."""
+    (thread-safe). When the entry is stale, one thread reads it again and the others wait for that read (under
+    load, every request thread finding it stale at once would otherwise each make the same reads); none answers
+    from an entry older than CACHE_S, so a policy change reaches every request within about a second."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._cache: dict[str, tuple[float, ModelRoutes | str]] = {}
         self._reading: set[str] = set()
 
@@ -138,26 +138,31 @@ class InputLookup:
 
     def routes_of(self, name: str) -> ModelRoutes:
         """The ready versions and the routing; ModelUnavailable as for `input_of`."""
-        with self._lock:
-            cached = self._cache.get(name)
-            age = time.monotonic() - cached[0] if cached is not None else None
-            # Past 3 x CACHE_S (nothing asked for a while: a policy may have changed since) no thread answers
-            # from the old entry: a request after an idle spell sees the routing of now, not of then.
-            read = age is None or (age > CACHE_S and name not in self._reading) or age > 3 * CACHE_S
-            if read:
-                self._reading.add(name)
-        if read:
-            try:
-                cached = (time.monotonic(), self._read(name))
-                with self._lock:
-                    self._cache[name] = cached
-            finally:
-                with self._lock:
-                    self._reading.discard(name)
-        assert cached is not None
+        cached = self._fresh(name)
         if isinstance(cached[1], str):
             raise ModelUnavailable(cached[1])
         return cached[1]
+
+    def _fresh(self, name: str) -> tuple[float, ModelRoutes | str]:
+        """The entry, read now by this thread or by the one already reading it."""
+        with self._changed:
+            while True:
+                cached = self._cache.get(name)
+                if cached is not None and time.monotonic() - cached[0] <= CACHE_S:
+                    return cached
+                if name not in self._reading:
+                    self._reading.add(name)
+                    break
+                self._changed.wait(CACHE_S)
+        try:
+            cached = (time.monotonic(), self._read(name))
+            with self._changed:
+                self._cache[name] = cached
+            return cached
+        finally:
+            with self._changed:
+                self._reading.discard(name)
+                self._changed.notify_all()
 
     def _read(self, name: str) -> ModelRoutes | str:
         failed, served, unloaded = self._client.mget([FAILED_PREFIX + name, SERVED_PREFIX + name,

@@ -30,6 +30,10 @@ PIXELS_PREFIX = "imageclf:pixels:"
 PROBABILITIES_PREFIX = "imageclf:probabilities:"
 #: Every id the API hands out (requests and jobs) is recorded under this prefix with its owner.
 ISSUED_PREFIX = "imageclf:issued:"
+#: Requests the API queued and no worker answered yet (tasks.request_watch sends again those whose message was
+#: lost): a zset of id -> when it was queued, and a hash of id -> "<queue>\n<task message>".
+WATCH_KEY = "imageclf:requests:sent"
+MESSAGES_KEY = "imageclf:requests:messages"
 #: The sender named in each task message's headers, as Celery names an anonymous sender.
 _ORIGIN = anon_nodename()
 
@@ -43,10 +47,10 @@ class QueueFull(Exception):
         self.depth = depth
 
 
-# KEYS: the queue, the pixels' key, the issued id's key; ARGV: the depth limit (-1: none), the TTL, the pixels
-# ("": on a pixel shard), the task message, the issued record ("": none). One round trip, atomic: a refused
-# request stores nothing, and a replica that holds the issued record holds the queued work too (scripts
-# replicate as one transaction).
+# KEYS: the queue, the pixels' key, the issued id's key, WATCH_KEY, MESSAGES_KEY; ARGV: the depth limit (-1:
+# none), the TTL, the pixels ("": on a pixel shard), the task message, the issued record ("": none), the task id
+# and the time when watched ("": not watched). One round trip, atomic: a refused request stores nothing, and a
+# replica that holds the issued record holds the queued work too (scripts replicate as one transaction).
 _ENQUEUE = """
 local limit = tonumber(ARGV[1])
 if limit >= 0 then
@@ -56,6 +60,10 @@ end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2]) end
 redis.call('LPUSH', KEYS[1], ARGV[4])
 if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[2]) end
+if ARGV[6] ~= '' then
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
+  redis.call('HSET', KEYS[5], ARGV[6], KEYS[1] .. '\\n' .. ARGV[4])
+end
 return -1
 """
 
@@ -84,7 +92,7 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
                      probabilities: bool = False, issued: str | None = None,
                      wait_replicas: int = 0, wait_ms: int = 1000, version: int | None = None,
                      pinned: bool = False, shadow: int | None = None,
-                     trace: dict[str, str] | None = None) -> int:
+                     trace: dict[str, str] | None = None, watched: bool = False) -> int:
     """Store the pixels ((height, width) = `size`, RGB) with a TTL and queue the classify task, in one script.
 
     With `max_depth`, raises QueueFull instead, storing nothing, when `queue` already holds that many
@@ -94,8 +102,9 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
     ISSUED_PREFIX key in the same script; with `wait_replicas`, Redis WAITs for that many replicas
     (at most `wait_ms`) in the same round trip. `version` is the model version to compute it (None: the
     default), `pinned` when the client named it, `shadow` a version to compute it again in the bulk lane
-    (tasks.shadow), `trace` the request's trace context (tasks.tracing). Returns the replicas that confirmed (0
-    without WAIT).
+    (tasks.shadow), `trace` the request's trace context (tasks.tracing). A `watched` request is recorded until
+    its answer is stored, so that its message is sent again if lost (tasks.request_watch). Returns the replicas
+    that confirmed (0 without WAIT).
     """
     queue = queue or celery.conf.task_default_queue
     kwargs: dict[str, Any] = {"pixels_key": PIXELS_PREFIX + task_id, "size": list(size), "top": top,
@@ -120,8 +129,9 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
     key, shards = kwargs["pixels_key"], pixel_shards()
     if shards:  # before the message exists, so no worker can look for pixels that are not there yet
         shards.for_key(key).set(key, pixels, ex=ttl_s)
-    script = (_ENQUEUE, 3, queue, key, ISSUED_PREFIX + task_id, -1 if max_depth is None else max_depth, ttl_s,
-              b"" if shards else pixels, message, issued or "")
+    script = (_ENQUEUE, 5, queue, key, ISSUED_PREFIX + task_id, WATCH_KEY, MESSAGES_KEY,
+              -1 if max_depth is None else max_depth, ttl_s, b"" if shards else pixels, message, issued or "",
+              task_id if watched else "", time.time())
     if wait_replicas:
         with client.pipeline(transaction=False) as pipe:
             depth, confirmed = pipe.eval(*script).wait(wait_replicas, wait_ms).execute()
@@ -182,9 +192,32 @@ def fetch_pixels(client: redis.Redis, keys: list[str]) -> list[bytes | None]:
     return found
 
 
+def pixels_present(client: redis.Redis, keys: list[str]) -> list[bool]:
+    """Whether each key's pixels are still stored (on the broker, or on their shard)."""
+    shards = pixel_shards()
+    groups = shards.by_shard(keys) if shards else [(client, list(range(len(keys))))]
+    found = [False] * len(keys)
+    for holder, positions in groups:
+        with holder.pipeline(transaction=False) as pipe:
+            for i in positions:
+                pipe.exists(keys[i])
+            for i, there in zip(positions, pipe.execute()):
+                found[i] = bool(there)
+    return found
+
+
+def forget(client: redis.Redis | redis.client.Pipeline, request_ids: list[str]) -> None:
+    """Stop watching answered requests (WATCH_KEY): two commands on `client`, whatever their number."""
+    if request_ids:
+        client.zrem(WATCH_KEY, *request_ids)
+        client.hdel(MESSAGES_KEY, *request_ids)
+
+
 def drop_pixels(client: redis.Redis | redis.client.Pipeline, keys: list[str]) -> Callable[[], None]:
-    """Delete answered requests' pixels. On the broker the DEL goes on `client` (a pipeline: sent with the
-    answers); on shards it is left to the returned function, to call once the answers are stored."""
+    """Delete answered requests' pixels and stop watching them. On the broker the DEL goes on `client` (a
+    pipeline: sent with the answers); on shards it is left to the returned function, to call once the answers
+    are stored."""
+    forget(client, [key.removeprefix(PIXELS_PREFIX) for key in keys])
     shards = pixel_shards()
     if not shards:
         if keys:

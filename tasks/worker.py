@@ -197,6 +197,9 @@ def _set_up() -> None:
         _choose_batch_size(served.current)
     _announce()
     start_heartbeat(celery_app.conf.broker_url, _status)
+    from tasks.jobs import start_stall_sweep  # a deployment without decoders still finds lost requests
+
+    start_stall_sweep(pixel_store())
 
 
 def _started(name: str | None) -> ServedModel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import time
@@ -361,8 +362,9 @@ def test_sentinel_urls_name_every_sentinel_the_db_and_the_password():
         connect("sentinel://127.0.0.1:26379", master="")
 
 
-def test_stale_model_routes_are_read_again_by_one_thread_while_the_others_use_the_old_ones(tmp_path):
-    """16 request threads find the cached routes stale while Redis is slow: one MGET, not 16."""
+def test_stale_model_routes_are_read_again_by_one_thread_while_the_others_wait_for_its_answer(tmp_path):
+    """16 request threads find the cached routes stale while Redis is slow and the model's record changed: one
+    MGET, not 16, and every thread answers with the new record (none from the stale entry)."""
     import subprocess
     import threading
 
@@ -370,7 +372,7 @@ def test_stale_model_routes_are_read_again_by_one_thread_while_the_others_use_th
 
     from imageclf.redis_server import free_port, ping, redis_argv
     from imageclf.supervise import wait_until
-    from tasks.model_records import CACHE_S, InputLookup
+    from tasks.model_records import CACHE_S, SERVED_PREFIX, InputLookup
 
     port = free_port()
     server = subprocess.Popen(redis_argv(port, str(tmp_path), durable=False), stdout=subprocess.DEVNULL)
@@ -384,6 +386,8 @@ def test_stale_model_routes_are_read_again_by_one_thread_while_the_others_use_th
 
         lookup = InputLookup(client)
         first = lookup.routes_of("resnet50")  # built in: served at version 1 before any worker announces it
+        assert first.default.version == 1
+        client.set(SERVED_PREFIX + "resnet50", json.dumps({"input_size": [160, 160], "version": 2}))
         time.sleep(CACHE_S + 0.05)
         before = mgets()
         slow = threading.Thread(target=lambda: redis.Redis.from_url(url).execute_command("DEBUG", "SLEEP", "0.5"))
@@ -401,7 +405,7 @@ def test_stale_model_routes_are_read_again_by_one_thread_while_the_others_use_th
             thread.start()
         for thread in threads + [slow]:
             thread.join(10)
-        assert len(found) == 16 and all(routes.default == first.default for routes in found)
+        assert len(found) == 16 and {(r.default.version, r.default.height) for r in found} == {(2, 160)}
         assert mgets() - before == 1
         time.sleep(CACHE_S + 0.05)
         lookup.routes_of("resnet50")

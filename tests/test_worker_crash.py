@@ -26,6 +26,7 @@ import redis
 from imageclf.service_process import ServiceProcess
 from imageclf.supervise import wait_until
 from tasks.readiness import live_workers
+from tasks.request_watch import count_resent
 from tests.helpers import CLASS_INDEX, SHARED, labelled_photos
 
 VISIBILITY_S = 15  # the default: a live worker renews its tasks, so only a dead one's come back
@@ -141,6 +142,32 @@ def test_requests_held_by_a_killed_worker_main_process_are_answered_within_their
     answered = results(svc, ids, timeout_s=120)
     assert all(answered[i]["status"] == "SUCCESS" for i in ids) and len(answered) == len(ids)
     model_process(client, not_pid=pid)
+
+
+def test_requests_taken_by_a_worker_killed_before_recording_them_are_sent_again(crashable):
+    """kombu's Redis transport takes a message (BRPOP) and records it as delivered in a second step: a worker
+    killed in between loses it, and nothing in Celery or kombu ever queues it again. Here the worker's main
+    process is frozen, the requests' messages are taken from the queue as its BRPOPs would, and it is killed:
+    the sweep (tasks.request_watch) finds each unanswered with its message nowhere and queues it again."""
+    svc, client = crashable
+    photos = labelled_photos()[:3]
+    main = psutil.Process(model_process(client)).parent()
+    assert main is not None and "celery" in " ".join(main.cmdline())
+    before = count_resent(client)
+    main.suspend()
+    try:
+        ids = [submit(svc, (SHARED / r["path"]).read_bytes()) for r in photos]
+        taken = 0
+        while client.rpop("interactive.resnet50") is not None:
+            taken += 1
+    finally:
+        main.kill()
+    assert taken >= 2  # a BRPOP the frozen process had pending may have taken the first one: lost all the same
+    answered = results(svc, ids, timeout_s=150)
+    assert len(answered) == len(ids) and all(body["status"] == "SUCCESS" for body in answered.values()), answered
+    assert count_resent(client) - before >= taken
+    metrics = httpx.get(svc.url + "/metrics", timeout=10).text
+    assert f"imageclf_requests_resent_total {float(count_resent(client))}" in metrics
 
 
 def test_a_request_whose_worker_always_dies_is_failed_after_max_deliveries(crashable):
