@@ -74,7 +74,9 @@ SERVICE_METRICS: dict[str, tuple[type, str, list[str]]] = {
     "imageclf_inference_seconds": (HistogramMetricFamily, "Seconds per model call", ["model", "version"]),
     "imageclf_jobs_resumed": (CounterMetricFamily, "Jobs taken up again by a decoder, by reason: `driver_died` (the "
                               "process running a step was killed; its requeued step resumed it), `stalled` (no "
-                              "progress for JOB_STALL_S and no step running: the stall sweep sent its step again)",
+                              "progress for JOB_STALL_S and no step running: the stall sweep sent its step again), "
+                              "`items_lost` (items sent, then lost with a Redis that died before writing them to "
+                              "disk: sent again)",
                               ["reason"]),
     "imageclf_requests_resent": (CounterMetricFamily, "Requests whose task message was lost (taken by a worker "
                                  "killed before it recorded it, or with a failed-over Redis master) and that the "
@@ -195,7 +197,7 @@ class _ServiceCollector:
             stats = read_stats(self.client)
             resumed = _family("imageclf_jobs_resumed")
             counts_resumed = read_resumed(self.client)
-            for reason in ("driver_died", "stalled"):
+            for reason in ("driver_died", "stalled", "items_lost"):
                 resumed.add_metric([reason], counts_resumed.get(reason, 0))
             resent = _family("imageclf_requests_resent")
             resent.add_metric([], count_resent(self.client))

@@ -147,8 +147,9 @@ def diagnose(svc: ServiceProcess, chaos: Chaos) -> list[dict[str, Any]]:
             record = client.hgetall(f"imageclf:job:{job.id}")
             fields = {k.decode(): v.decode(errors="replace") for k, v in record.items()
                       if k.decode() not in ("spec", "result")}
-            found.append({"job": job.id, "fields": fields, "pending": [where_is(client, tid.decode())
-                                                                       for tid in list(pending)[:5]]})
+            found.append({"job": job.id, "fields": fields, "items": client.hlen(f"imageclf:job:{job.id}:items"),
+                          "model_window": client.zcard(f"imageclf:bulk:in-flight:{MODEL}"),
+                          "pending": [where_is(client, tid.decode()) for tid in list(pending)[:5]]})
     return found
 
 

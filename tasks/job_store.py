@@ -39,8 +39,9 @@ from typing import Any, cast
 import redis
 
 import settings
-from tasks.payloads import PIXELS_PREFIX, drop_pixels
+from tasks.payloads import PIXELS_PREFIX, drop_pixels, pixels_present
 from tasks.redis_clients import text
+from tasks.result_store import RESULT_KEY_PREFIX
 
 JOB_PREFIX = "imageclf:job:"
 ACTIVE_KEY = "imageclf:jobs:active"
@@ -238,12 +239,32 @@ def active_jobs(client: redis.Redis) -> list[str]:
     return [text(cast(bytes, job_id)) for job_id in client.zrange(ACTIVE_KEY, 0, -1)]
 
 
+def prune_in_flight(client: redis.Redis, key: str, older_than_s: float, at_most: int = 200) -> int:
+    """Drop from a model's bulk window (`key`) the ids no job waits for: sent over `older_than_s` ago, with
+    neither pixels (the model took them, or they expired) nor an answer (gathered by the job). A Redis that died
+    in the middle of a gathering leaves such ids behind (what it had not written to disk is lost, and a pipeline
+    is not atomic), and each would hold a place in the window for good. Returns how many were dropped."""
+    old = [text(t) for t in cast(list[bytes], client.zrangebyscore(key, "-inf", time.time() - older_than_s,
+                                                                    0, at_most))]
+    if not old:
+        return 0
+    present = pixels_present(client, [PIXELS_PREFIX + tid for tid in old])
+    with client.pipeline(transaction=False) as pipe:
+        for tid in old:
+            pipe.exists(RESULT_KEY_PREFIX + tid)
+        answered = pipe.execute()
+    gone = [tid for tid, pixels, answer in zip(old, present, answered) if not pixels and not answer]
+    if gone:
+        client.zrem(key, *gone)
+    return len(gone)
+
+
 def count_resumed(client: redis.Redis, reason: str) -> None:
     client.hincrby(RESUMED_KEY, reason, 1)
 
 
 def read_resumed(client: redis.Redis) -> dict[str, int]:
-    """Jobs taken up again since Redis started, by reason (`stalled`, `driver_died`)."""
+    """Jobs taken up again since Redis started, by reason (`stalled`, `driver_died`, `items_lost`)."""
     return {text(k): int(v) for k, v in client.hgetall(RESUMED_KEY).items()}
 
 

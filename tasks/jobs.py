@@ -68,6 +68,7 @@ from tasks.job_store import (
     job_dir,
     mark_reading,
     pending_key,
+    prune_in_flight,
     read_items,
     read_job,
     record_death,
@@ -226,9 +227,8 @@ class _Driver:
         model_workers = sum(w.get("model") == spec["model"] and w.get("role") == "model"
                             for w in live_workers(self.client))
         bulk_limit = settings.BULK_IN_FLIGHT * max(1, model_workers)
-        # Forget ids of crashed drivers' sends, answered or not, once their pixels have expired.
         self.in_flight_key = bulk_in_flight_key(spec["model"])
-        self.client.zremrangebyscore(self.in_flight_key, "-inf", time.time() - self.ttl)
+        prune_in_flight(self.client, self.in_flight_key, _LOST_CHECK_S)
         try:
             while True:
                 done, in_flight, unanswered = self._collect()
@@ -259,6 +259,8 @@ class _Driver:
                 if cursor >= total and in_flight == 0 and done >= total:
                     self._finish(spec, total, extra.get("decode_error"))
                     return False
+                if cursor >= total and in_flight == 0 and sent == 0:
+                    self._resend_missing(spec, total)
                 if time.monotonic() >= deadline:
                     return True
                 if sent == 0:
@@ -405,9 +407,12 @@ class _Driver:
                         unanswered[tid] = record["i"]
                         self._ages[tid] = age_s
                     continue
+                # In this order, whatever a Redis killed mid-way keeps (a prefix) is consistent: the item is still
+                # pending with its answer (gathered again), or gathered; never pending without a place in the
+                # window's count, nor counted in the window for good.
+                pipe.zrem(self.in_flight_key, tid)
                 pipe.hset(items_key(self.job_id), str(record["i"]), json.dumps({**record, **outcome}))
                 pipe.hdel(pending_key(self.job_id), tid)
-                pipe.zrem(self.in_flight_key, tid)
                 pipe.delete(RESULT_KEY_PREFIX + tid)
             for key in (pending_key(self.job_id), items_key(self.job_id)):
                 pipe.expire(key, self.ttl)
@@ -439,6 +444,28 @@ class _Driver:
                 pipe.hdel(pending_key(self.job_id), tid)
                 pipe.zrem(self.in_flight_key, tid)
                 pipe.execute()
+            items = self._items(spec, index, total)
+            try:
+                again = next(items, None)
+                if again is not None:
+                    self._send(spec, *again)
+            finally:
+                items.close()
+
+    def _resend_missing(self, spec: dict[str, Any], total: int) -> None:
+        """Send again the items the cursor is past that are neither answered nor pending. A Redis killed while this
+        step ran loses what it had not written to disk (the append-only file is synced every second), and the
+        step's client reconnects to the restarted server and goes on: the lost items' records and messages are
+        gone while the step's own cursor is not, so nothing else would ever send them."""
+        have = {int(k) for k in self.client.hkeys(items_key(self.job_id))}
+        have |= {json.loads(raw)["i"] for raw in self.client.hvals(pending_key(self.job_id))}
+        missing = [i for i in range(total) if i not in have][:settings.JOB_IN_FLIGHT]
+        if not missing:
+            return
+        logger.warning("job %s: items %s were lost with Redis (sent, then neither pending nor answered); sending "
+                       "them again", self.job_id, missing)
+        count_resumed(self.client, "items_lost")
+        for index in missing:
             items = self._items(spec, index, total)
             try:
                 again = next(items, None)

@@ -221,6 +221,49 @@ def test_a_broken_chain_is_found_by_the_stall_sweep(service, redis_client):
     assert resumed(service, "stalled") >= before + 1
 
 
+def test_items_whose_records_were_lost_with_redis_are_sent_again(service, redis_client):
+    """A Redis killed -9 loses what it had not written to disk (the append-only file is synced every second),
+    while the step's client reconnects and goes on past the lost items: here two items of a job, all sent, lose
+    their pending records as they would. The job still answers each item once and right."""
+    from tasks.job_store import bulk_in_flight_key, pending_key
+    from tasks.readiness import live_workers
+
+    before = resumed(service, "items_lost")
+    [model] = [psutil.Process(w["pid"]) for w in live_workers(redis_client) if w.get("role") == "model"]
+    model.suspend()  # no answers: every item stays pending
+    try:
+        job_id, labels = submit_zip(service, 6)  # under the service's JOB_IN_FLIGHT (8): all sent at once
+        deadline = time.monotonic() + 60
+        while redis_client.hlen(pending_key(job_id)) < len(labels):
+            assert time.monotonic() < deadline, "the job's items were never all sent"
+            time.sleep(0.05)
+        lost = [tid.decode() for tid in redis_client.hkeys(pending_key(job_id))[:2]]
+        redis_client.hdel(pending_key(job_id), *lost)
+        redis_client.zrem(bulk_in_flight_key("mobilenet_v1_0.75"), *lost)
+    finally:
+        model.resume()
+    body = finished(service, job_id, 120)
+    assert_each_item_once_and_right(body, labels)
+    assert resumed(service, "items_lost") >= before + 1
+
+
+def test_a_model_window_drops_ids_no_job_waits_for(redis_client):
+    """Ids sent over the age limit with neither pixels nor an answer leave the window; the others stay."""
+    from tasks.job_store import prune_in_flight
+    from tasks.payloads import PIXELS_PREFIX
+    from tasks.result_store import RESULT_KEY_PREFIX
+
+    key = f"imageclf:bulk:in-flight:test-{uuid.uuid4().hex}"
+    old, waiting, answered, young = (str(uuid.uuid4()) for _ in range(4))
+    redis_client.zadd(key, {old: time.time() - 60, waiting: time.time() - 60, answered: time.time() - 60,
+                            young: time.time()})
+    redis_client.set(PIXELS_PREFIX + waiting, b"\0", ex=60)
+    redis_client.set(RESULT_KEY_PREFIX + answered, b"{}", ex=60)
+    assert prune_in_flight(redis_client, key, 10) == 1
+    assert {m.decode() for m in redis_client.zrange(key, 0, -1)} == {waiting, answered, young}
+    redis_client.delete(key, PIXELS_PREFIX + waiting, RESULT_KEY_PREFIX + answered)
+
+
 def test_the_launcher_restarts_a_dead_part_with_backoff_and_gives_up_when_it_keeps_dying():
     deaths = 5
     from imageclf.run import Parts, restart_dead
