@@ -122,11 +122,18 @@ class AdaptiveBatches(Batches):
     def __init__(self) -> None:
         super().__init__()
         self._buffer = PriorityBuffer(self.bulk_prefix, on_put=self._received)
-        self._in_flight = 0
+        self._running: dict[int, bool] = {}  # batches sent to the pool: serial -> a process accepted it
+        self._serials = count()
         self._last_run_s = 0.0
         self._hold_until: float | None = None
 
+    @property
+    def _in_flight(self) -> int:
+        return len(self._running)
+
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 (Celery's name)
+        # Called at every start of the consumer, also after a lost broker connection.
+        self._after_consumer_start(consumer)
         handler = super().Strategy(task, app, consumer)
         if not self.flush_when_idle:
             return handler
@@ -150,6 +157,19 @@ class AdaptiveBatches(Batches):
                     hub.call_soon(flush_if_idle)
 
         return handle_and_flush_when_idle
+
+    def _after_consumer_start(self, consumer: Any) -> None:
+        """After a lost broker connection, Celery cleared the event loop's timers (the flush timer with them,
+        which celery-batches never starts again while it believes one exists) and the pool dropped the batches
+        no process had accepted yet (their callbacks never come; their messages come back from the broker).
+        Forget both, and flush what the buffer holds on a new timer: else requests held for companions wait
+        for a timer that never fires, and a batch that never returns keeps every bulk request waiting."""
+        self._running = {serial: True for serial, accepted in self._running.items() if accepted}
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        if self._buffer.qsize():
+            self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
 
     @staticmethod
     def _simple(request: Any) -> SimpleRequest:
@@ -256,10 +276,13 @@ class AdaptiveBatches(Batches):
         """
         acks_late = [r for r in requests if r.task.acks_late]
         acks_early = [r for r in requests if not r.task.acks_late]
-        self._in_flight += 1
+        serial = next(self._serials)
+        self._running[serial] = False
         started = [time.monotonic(), time.time()]  # when the pool took the batch: for its runtime, for events
 
         def on_accepted(pid: int, time_accepted: float) -> None:
+            if serial in self._running:
+                self._running[serial] = True
             started[:] = time.monotonic(), time.time()
             for req in acks_early:
                 req.acknowledge()
@@ -278,7 +301,7 @@ class AdaptiveBatches(Batches):
                 acknowledge_together([r for r in acks_late if r.id not in unstored])
                 requeue([r for r in acks_late if r.id in unstored])
             finally:  # whatever failed above, the worker goes on batching (else no lone request ever runs)
-                self._finished()
+                self._finished(serial)
 
         def on_error(exc: Any) -> None:
             # The pool process died (e.g. killed): its acks_late requests are released, not renewed, so the
@@ -290,7 +313,7 @@ class AdaptiveBatches(Batches):
             try:
                 release(acks_late)
             finally:
-                self._finished()
+                self._finished(serial)
 
         return self._pool.apply_async(
             apply_batches_task,
@@ -319,6 +342,6 @@ class AdaptiveBatches(Batches):
                 req.send_event("task-failed", exception="the batch failed; see the worker log", traceback="",
                                runtime=runtime, started=started)
 
-    def _finished(self) -> None:
-        self._in_flight -= 1
+    def _finished(self, serial: int) -> None:
+        self._running.pop(serial, None)
         self._do_flush()

@@ -147,3 +147,74 @@ def test_a_batch_that_cannot_store_its_answers_is_requeued_not_dropped(tmp_path)
         api.wait(20)
         server.terminate()
         server.wait(10)
+
+
+def test_the_model_worker_batches_again_after_its_broker_connection_is_lost(tmp_path):
+    """Redis killed while the model worker has a batch sent to its process but not yet taken, and requests
+    waiting in its buffer. Celery then clears the event loop's timers (the batch flush timer too) and the pool
+    drops the batch no process took (its callbacks never come): before this was handled, the worker counted
+    that batch as running for good, so job images (which never queue behind a running batch) and interactive
+    requests short of a full batch waited forever. Seen under chaos with Redis killed."""
+    import psutil
+    import redis
+
+    from tasks.readiness import live_workers
+
+    argv, url, server = durable_redis(tmp_path)
+    env = {**service_env(url, tmp_path), "BATCH_SIZE": "8"}
+    api, api_url = start_api(url, env)
+    workers = subprocess.Popen([sys.executable, "-m", "imageclf.start_workers"], cwd=ROOT,
+                               env={**os.environ, **env}, start_new_session=True)
+    client = redis.Redis.from_url(url)
+    photos = labelled_photos()[:6]
+
+    def submit(row: dict) -> str:
+        response = httpx.post(api_url + "/predict", params={"timeout": "0"},
+                              files={"image": (SHARED / row["path"]).read_bytes()}, timeout=30)
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    try:
+        def model_pids() -> list[int]:
+            return [w["pid"] for w in live_workers(client) if w.get("role") == "model"]
+
+        assert wait_until(model_pids, 180), "no model worker came up"
+        model = psutil.Process(model_pids()[0])
+        model.suspend()  # a batch is sent to the process and waits there, not taken
+        ids = [submit(row) for row in photos[:4]]
+        assert wait_until(lambda: client.llen("interactive.mobilenet_v1_0.75") == 0, 30)
+        time.sleep(1.0)
+        ids += [submit(row) for row in photos[4:]]  # these wait in the worker's buffer behind it
+        assert wait_until(lambda: client.llen("interactive.mobilenet_v1_0.75") == 0, 30)
+        time.sleep(1.5)  # past the append-only file's one-second fsync
+
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        time.sleep(2.0)  # the worker sees the connection lost
+        server = subprocess.Popen(argv)
+        assert wait_until(lambda: ping(url), 30)
+        model.resume()
+        job = httpx.post(api_url + "/jobs", files=[("images", (f"{i}.jpg", (SHARED / row["path"]).read_bytes()))
+                                                   for i, row in enumerate(photos)], timeout=30)
+        assert job.status_code == 202, job.text
+
+        states: dict[str, dict] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(states) < len(ids) + 1:
+            for task_id in [*ids, job.json()["id"]]:
+                body = httpx.get(api_url + f"/result/{task_id}", timeout=30).json()
+                if body.get("status") in ("SUCCESS", "FAILURE", "REVOKED"):
+                    states[task_id] = body
+            time.sleep(0.5)
+        assert len(states) == len(ids) + 1, f"answered {len(states)} of {len(ids) + 1} after the reconnect"
+        for task_id, row in zip(ids, photos):
+            assert states[task_id]["result"]["predictions"][0]["class_id"] == int(row["expected_class_id"])
+        items = states[job.json()["id"]]["result"]["items"]
+        assert [item["predictions"][0]["class_id"] for item in items] == [int(r["expected_class_id"]) for r in photos]
+    finally:
+        os.killpg(workers.pid, signal.SIGTERM)
+        workers.wait(60)
+        api.terminate()
+        api.wait(20)
+        server.terminate()
+        server.wait(10)
