@@ -173,6 +173,11 @@ MAX_UPLOAD_MB: float = _float("MAX_UPLOAD_MB", 20.0)
 MAX_JOB_UPLOAD_MB: float = _float("MAX_JOB_UPLOAD_MB", 1024.0)
 #: Most images in one job (uploaded files plus zip entries).
 MAX_JOB_FILES: int = _int("MAX_JOB_FILES", 2000)
+#: Folders (comma-separated) a job may name as its `source` instead of uploading images: volumes the API and
+#: every decoder mount at the same path. Empty: no job reads a folder.
+JOB_SOURCE_ROOTS: list[str] = [r.strip() for r in os.environ.get("JOB_SOURCE_ROOTS", "").split(",") if r.strip()]
+#: Most images in one job that names a `source` folder (nothing is uploaded, so it may be far larger).
+MAX_SOURCE_FILES: int = _int("MAX_SOURCE_FILES", 1_000_000)
 #: Most images in one evaluation job (files plus zip entries): its result lists figures, not every image, and
 #: its per-image CSV is kept in pages, so it may be far larger than a plain job.
 MAX_EVALUATION_IMAGES: int = _int("MAX_EVALUATION_IMAGES", 100_000)

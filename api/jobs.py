@@ -1,4 +1,4 @@
-"""POST /jobs (many images, zips, or a video: 202 at once) and DELETE /jobs/<id> (cancel).
+"""POST /jobs (many images, zips, a video, or a `source` folder: 202 at once) and DELETE /jobs/<id> (cancel).
 
 With `evaluate=true`, the images are a labelled dataset (zips in ImageFolder layout, or images
 with a `labels` CSV) and the job's result is each version's figures on it (`versions=1,2`).
@@ -29,6 +29,7 @@ from api.callbacks import requested_callback
 from api.errors import APIError
 from api.models import Route, requested_model, requested_version, route
 from api.quotas import charge_request
+from api.sources import source_items
 from api.submissions import issued, queue_unavailable, record_accepted, redis_client, refuse_when_full
 from api.uploads import flag, form_number
 from models.labelled_sets import LabelledSetError, csv_labels, folder_labels
@@ -54,9 +55,15 @@ def submit_job() -> ResponseReturnValue:
     request.max_form_parts = 2 * max(settings.MAX_JOB_FILES, settings.MAX_EVALUATION_IMAGES) + 100
     g.upload_limit_setting = "MAX_JOB_UPLOAD_MB"
     evaluate = flag("evaluate", default=False)
-    limit = (settings.MAX_EVALUATION_IMAGES, "MAX_EVALUATION_IMAGES") if evaluate else (settings.MAX_JOB_FILES,
-                                                                                      "MAX_JOB_FILES")
-    images, videos = _files(*limit)
+    source = request.form.get("source") or request.args.get("source")
+    videos: list[FileStorage] = []
+    if source is not None:
+        limit = (settings.MAX_SOURCE_FILES, "MAX_SOURCE_FILES")
+        images = _no_files()
+    else:
+        limit = (settings.MAX_EVALUATION_IMAGES, "MAX_EVALUATION_IMAGES") if evaluate else (settings.MAX_JOB_FILES,
+                                                                                          "MAX_JOB_FILES")
+        images, videos = _files(*limit)
     model = g.model = requested_model()
     callback = requested_callback()
     if evaluate and videos:
@@ -76,7 +83,8 @@ def submit_job() -> ResponseReturnValue:
             spec = _video_spec(videos[0], folder)
             total = spec["frames"]
         else:
-            spec, items = {"kind": "images"}, _images_items(images, folder, *limit)
+            items = source_items(source, *limit) if source is not None else _images_items(images, folder, *limit)
+            spec = {"kind": "images"}
             if evaluate:
                 items, labels = _label(items, model, versions)
                 spec["evaluate"] = {"versions": versions, "images": len(items) // len(versions), "labels": labels}
@@ -176,6 +184,15 @@ def _files(most: int, limit: str) -> tuple[list[FileStorage], list[FileStorage]]
     if len(images) > most:
         raise APIError(413, f"{len(images)} files; a job takes at most {most} ({limit})")
     return images, videos
+
+
+def _no_files() -> list[FileStorage]:
+    """A job naming its `source` folder uploads nothing (a `labels` CSV aside)."""
+    uploaded = sorted(name for name in request.files if name != "labels")
+    if uploaded:
+        raise APIError(400, f"a job names either a 'source' folder or uploads files, not both (got "
+                            f"{', '.join(map(repr, uploaded))})")
+    return []
 
 
 def _display_name(name: str | None, fallback: str) -> str:

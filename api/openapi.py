@@ -209,13 +209,16 @@ PATHS: dict[str, Any] = {
         },
     }},
     "/jobs": {"post": {
-        "summary": "Start a job: many images and zips, or one video; answered at once",
+        "summary": "Start a job: many images and zips, one video, or a source folder; answered at once",
         "parameters": [_MODEL, _VERSION_PARAM, _CALLBACK],
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
             "type": "object",
             "properties": {
                 "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
                 "video": {"type": "string", "format": "binary"},
+                "source": {"type": "string", "description": "instead of uploading: a folder under "
+                           "JOB_SOURCE_ROOTS (relative to a root, or absolute inside one) whose files are the "
+                           "job's images, subfolders included, in path order"},
                 "top": {"type": "integer", "minimum": 1, "maximum": 1000},
                 "fps": {"type": "number", "exclusiveMinimum": 0},
                 "every_n_frames": {"type": "integer", "minimum": 1},
@@ -227,13 +230,14 @@ PATHS: dict[str, Any] = {
             }}}}},
         "responses": {
             "202": _json(_ref("Accepted"), "accepted: poll result_url"),
-            "400": _error("no files, unknown field, both images and video, bad parameter, corrupt zip; to evaluate: "
-                          "folders, labels or files that match no class"),
+            "400": _error("no files, unknown field, both images and video, bad parameter, corrupt zip; a source "
+                          "outside JOB_SOURCE_ROOTS, with '..', reaching outside through a symbolic link, not a "
+                          "folder, or empty; to evaluate: folders, labels or files that match no class"),
             "404": _error("a version asked for is not served"),
             "401": _error("API_KEYS is set and no valid key was sent"),
             "429": _error("the key is over its rate limit or daily quota (Retry-After, RateLimit-* headers)"),
-            "413": _error("over MAX_JOB_UPLOAD_MB, MAX_JOB_FILES, MAX_UNZIPPED_MB, MAX_VIDEO_SECONDS or "
-                          "MAX_VIDEO_FRAMES"),
+            "413": _error("over MAX_JOB_UPLOAD_MB, MAX_JOB_FILES, MAX_SOURCE_FILES, MAX_UNZIPPED_MB, "
+                          "MAX_VIDEO_SECONDS or MAX_VIDEO_FRAMES"),
             "415": _error("the video cannot be decoded"),
             "503": _BUSY,
         },

@@ -40,6 +40,7 @@ import uuid
 import zipfile
 import zlib
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -345,7 +346,7 @@ class _Driver:
     def _read(self, item: dict[str, Any], archives: dict[str, zipfile.ZipFile]) -> bytes:
         """The item's bytes, from its file or its zip entry, refusing more than MAX_UPLOAD_MB."""
         limit = int(settings.MAX_UPLOAD_MB * 2**20)
-        path = job_dir(self.job_id) / item["file"]
+        path = _source_path(item["source"]) if "source" in item else job_dir(self.job_id) / item["file"]
         try:
             if "member" not in item:
                 with open(path, "rb") as f:
@@ -564,6 +565,17 @@ class _Driver:
             for archive in archives.values():
                 archive.close()
         return thumbnails
+
+
+def _source_path(listed: str) -> Path:
+    """A `source` job's file, resolved again as it is read: it must still lie inside JOB_SOURCE_ROOTS (the
+    volume may have changed since the API listed it)."""
+    real = Path(listed).resolve()
+    roots = [Path(root).resolve() for root in settings.JOB_SOURCE_ROOTS]
+    if not any(real == root or real.is_relative_to(root) for root in roots):
+        raise _ItemError("this file now lies outside JOB_SOURCE_ROOTS (a symbolic link changed since the job "
+                         "was submitted)")
+    return real
 
 
 def _outcome(meta: dict[str, Any] | None, age_s: float, ttl_s: int, compact: bool) -> dict[str, Any] | None:

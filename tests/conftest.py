@@ -35,7 +35,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The service's JOB_SOURCE_ROOTS: folders a job may name as its `source`."""
+    return tmp_path_factory.mktemp("sources")
+
+
+@pytest.fixture(scope="session")
+def service(redis_url: str, source_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """The whole service serving the shared ImageNet MobileNet, started the way `make run` does."""
     log = tmp_path_factory.mktemp("logs") / "mobilenet-service.log"
     svc = ServiceProcess(
@@ -51,6 +57,7 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             "JOB_IN_FLIGHT": "8",
             "FLOWER_BASIC_AUTH": FLOWER_AUTH,
             "UPLOAD_DIR": str(tmp_path_factory.mktemp("uploads")),
+            "JOB_SOURCE_ROOTS": str(source_root),
         },
         log_path=log,
     ).start()
