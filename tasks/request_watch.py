@@ -2,12 +2,12 @@
 
 The API records each request it queues (an id's time in WATCH_KEY, its queue and message in MESSAGES_KEY) in the
 script that queues it, and a model worker forgets it in the transaction that stores its answer and deletes its
-pixels (both in tasks.payloads). A message can still vanish in between:
-taken by a worker killed in the instant between its BRPOP and the script that records it as delivered, or
-queued on a Redis master that died before its replica had it (replication is asynchronous). So a sweep
-(tasks.jobs.start_stall_sweep, one process of all workers at a time) looks at requests recorded more than
-`older_than_s` ago: answered or expired ones (their pixels gone) are forgotten, and one whose pixels are still
-there but whose message is neither queued nor held by a worker is queued again under the same id.
+pixels (both in tasks.payloads). A message can still vanish in between: taken by a worker killed in the instant
+between its BRPOP and the script that records it as delivered, or queued on a Redis master that died before its
+replica had it (replication is asynchronous). So a sweep (tasks.jobs.start_stall_sweep, one process of all
+workers at a time) looks at requests recorded more than `older_than_s` ago: answered or expired ones (their
+pixels gone) are forgotten, and one whose pixels are still there but whose message is neither queued nor held
+by a worker is queued again under the same id.
 
 Called by: tasks.jobs (the sweep), api.metrics (the count).
 """
