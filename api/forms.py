@@ -10,15 +10,18 @@ and file parts go to `stream_factory` (spooled to disk past 500 KB), as werkzeug
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import IO, Any
 
-from flask import Request
+from flask import Request, request
 from multipart import MultipartError, MultipartSegment, ParserLimitReached, PushMultipartParser
 from werkzeug.datastructures import FileStorage, Headers, MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
-_CHUNK = 64 * 1024
+_CHUNK = 1024 * 1024  # gunicorn keeps what it read ahead (up to 1 MiB) and copies it again on every smaller read
 
 
 class MultipartFormParser(FormDataParser):
@@ -77,3 +80,31 @@ class UploadRequest(Request):
     """Flask's request with multipart bodies parsed by MultipartFormParser."""
 
     form_data_parser_class = MultipartFormParser
+    #: Where file parts are written as they arrive, when a view says so before it reads the form (write_parts_to).
+    parts_folder: Path | None = None
+
+    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
+                         filename: str | None = None, content_length: int | None = None) -> IO[bytes]:
+        if self.parts_folder is None:
+            return super()._get_file_stream(total_content_length, content_type, filename, content_length)
+        self.parts_folder.mkdir(parents=True, exist_ok=True)
+        return tempfile.NamedTemporaryFile(dir=self.parts_folder, prefix=".part-", delete=False)
+
+
+def write_parts_to(folder: Path) -> None:
+    """Have this request's file parts written straight into `folder` (created when the first part arrives), on
+    the volume where they are to stay: keeping one (keep_part) is then a rename, where werkzeug's spooled
+    temporary file cost a second write of every byte. The caller deletes the folder if the request fails."""
+    current = request._get_current_object()  # type: ignore[attr-defined]  # werkzeug's LocalProxy
+    if isinstance(current, UploadRequest):
+        current.parts_folder = folder
+
+
+def keep_part(upload: FileStorage, path: Path) -> None:
+    """Store an uploaded file at `path`: renamed when write_parts_to put it in that folder, else copied."""
+    written = getattr(upload.stream, "name", None)
+    if isinstance(written, str) and Path(written).parent == path.parent:
+        upload.stream.flush()
+        os.replace(written, path)
+    else:
+        upload.save(path)

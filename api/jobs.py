@@ -27,6 +27,7 @@ from werkzeug.datastructures import FileStorage
 import settings
 from api.callbacks import requested_callback
 from api.errors import APIError
+from api.forms import keep_part, write_parts_to
 from api.models import Route, requested_model, requested_version, route
 from api.quotas import charge_request
 from api.sources import source_items
@@ -54,6 +55,18 @@ def submit_job() -> ResponseReturnValue:
     # The form says whether this is an evaluation (which may hold more images) only once it is parsed.
     request.max_form_parts = 2 * max(settings.MAX_JOB_FILES, settings.MAX_EVALUATION_IMAGES) + 100
     g.upload_limit_setting = "MAX_JOB_UPLOAD_MB"
+    job_id = str(uuid.uuid4())
+    folder = job_dir(job_id)
+    write_parts_to(folder)  # the uploads land in the job's folder as they arrive
+    try:
+        return _accept(job_id, folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _accept(job_id: str, folder: Path) -> ResponseReturnValue:
+    """Check, store and record the job whose uploads are arriving in `folder`; 202."""
     evaluate = flag("evaluate", default=False)
     source = request.form.get("source") or request.args.get("source")
     videos: list[FileStorage] = []
@@ -75,28 +88,23 @@ def submit_job() -> ResponseReturnValue:
     top = int(form_number("top", default=5, low=1, high=1000, integer=True) or 5)
     if evaluate:
         top = max(top, 5)  # for the top-5 accuracy
-    job_id = g.task_id = str(uuid.uuid4())
-    folder = job_dir(job_id)
-    folder.mkdir(parents=True)
-    try:
-        if videos:
-            spec = _video_spec(videos[0], folder)
-            total = spec["frames"]
-        else:
-            items = source_items(source, *limit) if source is not None else _images_items(images, folder, *limit)
-            spec = {"kind": "images"}
-            if evaluate:
-                items, labels = _label(items, model, versions)
-                spec["evaluate"] = {"versions": versions, "images": len(items) // len(versions), "labels": labels}
-            write_items(folder, items)
-            total = len(items)
-        charge_request(total)  # a job counts its images (or frames)
-        spec.update(model=model, top=top, version=chosen.version, pinned=chosen.pinned,
-                    **({"callback_url": callback} if callback else {}))
-        _start(job_id, spec, total)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+    g.task_id = job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    if videos:
+        spec = _video_spec(videos[0], folder)
+        total = spec["frames"]
+    else:
+        items = source_items(source, *limit) if source is not None else _images_items(images, folder, *limit)
+        spec = {"kind": "images"}
+        if evaluate:
+            items, labels = _label(items, model, versions)
+            spec["evaluate"] = {"versions": versions, "images": len(items) // len(versions), "labels": labels}
+        write_items(folder, items)
+        total = len(items)
+    charge_request(total)  # a job counts its images (or frames)
+    spec.update(model=model, top=top, version=chosen.version, pinned=chosen.pinned,
+                **({"callback_url": callback} if callback else {}))
+    _start(job_id, spec, total)
     result_url = url_for("results.result", task_id=job_id)
     response = jsonify(success=True, id=job_id, status="PENDING", kind=spec["kind"], total=total,
                        result_url=result_url, **({"evaluate": {"versions": versions}} if evaluate else {}))
@@ -212,11 +220,11 @@ def _images_items(uploads: list[FileStorage], folder: Path, most: int, limit: st
         upload.stream.seek(0)
         if head != _ZIP_MAGIC:
             stored = f"{n:05d}.upload"
-            upload.save(folder / stored)
+            keep_part(upload, folder / stored)
             items.append({"name": name, "file": stored})
             continue
         stored = f"{n:05d}.zip"
-        upload.save(folder / stored)
+        keep_part(upload, folder / stored)
         entries, size = _zip_entries(folder / stored, name)
         unzipped += size
         items += [{"name": f"{name}/{entry}", "path": entry, "file": stored, "member": index}
@@ -260,7 +268,7 @@ def _video_spec(upload: FileStorage, folder: Path) -> dict[str, Any]:
         raise APIError(400, "give either 'fps' or 'every_n_frames', not both")
     suffix = Path(upload.filename or "").suffix.lower()
     stored = "video" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else "")
-    upload.save(folder / stored)
+    keep_part(upload, folder / stored)
     name = _display_name(upload.filename, "video")
     try:
         info = probe(str(folder / stored))
