@@ -1,10 +1,14 @@
-"""Jobs that name their images where they already are: `source`, a folder under JOB_SOURCE_ROOTS.
+"""Jobs that name their images where they already are: `source`, a folder under JOB_SOURCE_ROOTS, or an object
+store prefix (`s3://bucket/prefix`).
 
-A million images need no upload: the folder lies on a volume that the API and every decoder mount at the same
+A million images need no upload. A folder lies on a volume that the API and every decoder mount at the same
 path, and the job's items name its files. Only what lies inside a root may be read: `..` is refused, and the
 folder and every file in it are resolved (symbolic links followed) and must stay inside the root they were
 named under, so a link cannot lead a job to /etc. The decoders check each file again as they read it
 (tasks.jobs), since the volume can change between the listing and the reading.
+
+An `s3://` prefix is listed with fsspec's s3fs, which takes its credentials, region and endpoint from the
+environment as boto does (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...); the decoders read each object the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 import settings
 from api.errors import APIError
+from tasks.job_store import S3_SCHEME
 
 
 def roots() -> list[Path]:
@@ -55,9 +60,12 @@ def source_folder(source: str) -> tuple[Path, Path]:
 
 
 def source_items(source: str, most: int, limit: str) -> list[dict[str, Any]]:
-    """One item per file under the `source` folder (its subfolders included, hidden files skipped), in path
-    order: its name relative to the folder (so an ImageFolder tree names its classes) and its resolved path. At
-    most `most` (the setting `limit`): 413 past it; 400 when it holds no file or a link leading outside."""
+    """One item per file under the `source` folder or `s3://` prefix (subfolders included, hidden files skipped),
+    in path order: its name relative to the source (so an ImageFolder tree names its classes) and where to read
+    it. At most `most` (the setting `limit`): 413 past it; 400 when it holds no file, a link leads outside, or
+    the bucket cannot be listed (with the provider's error)."""
+    if source.startswith(S3_SCHEME):
+        return _object_items(source, most, limit)
     folder, root = source_folder(source)
     items: list[dict[str, Any]] = []
     for current, dirs, files in os.walk(folder):
@@ -74,4 +82,28 @@ def source_items(source: str, most: int, limit: str) -> list[dict[str, Any]]:
                 raise APIError(413, f"the folder holds more than {most} files ({limit})")
     if not items:
         raise APIError(400, f"'source' {source[:200]!r} holds no files")
+    return items
+
+
+def _object_items(source: str, most: int, limit: str) -> list[dict[str, Any]]:
+    """source_items for an `s3://bucket/prefix`."""
+    from s3fs import S3FileSystem  # imported only for an object store source: aiobotocore is a heavy import
+
+    prefix = source[len(S3_SCHEME):].strip("/")
+    if not prefix or ".." in PurePosixPath(prefix).parts:
+        raise APIError(400, f"'source' must be s3://<bucket>/<prefix> without '..', got {source[:200]!r}")
+    try:
+        keys = sorted(S3FileSystem().find(prefix))
+    except Exception as exc:  # botocore, aiohttp and fsspec raise many kinds; all mean the same to the client
+        raise APIError(400, f"cannot list {source[:200]!r}: {type(exc).__name__}: {exc}") from None
+    items: list[dict[str, Any]] = []
+    for key in keys:
+        relative = key[len(prefix):].lstrip("/") or PurePosixPath(key).name
+        if any(part.startswith(".") for part in PurePosixPath(relative).parts):
+            continue
+        items.append({"name": relative, "path": relative, "source": S3_SCHEME + key})
+        if len(items) > most:
+            raise APIError(413, f"the prefix holds more than {most} objects ({limit})")
+    if not items:
+        raise APIError(400, f"'source' {source[:200]!r} holds no objects")
     return items

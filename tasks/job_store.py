@@ -47,6 +47,8 @@ JOB_PREFIX = "imageclf:job:"
 ACTIVE_KEY = "imageclf:jobs:active"
 RESUMED_KEY = "imageclf:jobs:resumed"
 BULK_IN_FLIGHT_PREFIX = "imageclf:bulk:in-flight:"
+#: An item whose `source` starts with this is an object in an S3-compatible store, read with s3fs.
+S3_SCHEME = "s3://"
 ACTIVE = ("PENDING", "PROGRESS")
 _ITEMS_FILE = "items.jsonl"
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")

@@ -57,6 +57,7 @@ from tasks import celery_app
 from tasks.job_results import evaluation_result, images_result, video_result
 from tasks.job_store import (
     FINAL,
+    S3_SCHEME,
     acquire_lock,
     active_jobs,
     append_csv,
@@ -346,6 +347,8 @@ class _Driver:
     def _read(self, item: dict[str, Any], archives: dict[str, zipfile.ZipFile]) -> bytes:
         """The item's bytes, from its file or its zip entry, refusing more than MAX_UPLOAD_MB."""
         limit = int(settings.MAX_UPLOAD_MB * 2**20)
+        if item.get("source", "").startswith(S3_SCHEME):
+            return _object(item["source"], limit)
         path = _source_path(item["source"]) if "source" in item else job_dir(self.job_id) / item["file"]
         try:
             if "member" not in item:
@@ -565,6 +568,20 @@ class _Driver:
             for archive in archives.values():
                 archive.close()
         return thumbnails
+
+
+def _object(url: str, limit: int) -> bytes:
+    """An `s3://` source's object, at most `limit` bytes (MAX_UPLOAD_MB)."""
+    from s3fs import S3FileSystem  # imported only for an object store source: aiobotocore is a heavy import
+
+    try:
+        with S3FileSystem().open(url[len(S3_SCHEME):], "rb") as f:
+            data = f.read(limit + 1)
+    except Exception as exc:  # botocore, aiohttp and fsspec raise many kinds: the item fails alone
+        raise _ItemError(f"cannot read {url}: {type(exc).__name__}: {exc}") from None
+    if len(data) > limit:
+        raise _ItemError(f"larger than {settings.MAX_UPLOAD_MB:g} MB (MAX_UPLOAD_MB)")
+    return data
 
 
 def _source_path(listed: str) -> Path:

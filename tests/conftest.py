@@ -11,7 +11,7 @@ import redis
 
 from imageclf.redis_server import free_port
 from imageclf.service_process import ServiceProcess
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, CLASS_INDEX, FLOWER_AUTH, MOBILENET_FILE, SHARED
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, CLASS_INDEX, FLOWER_AUTH, MOBILENET_FILE, S3_CREDENTIALS, SHARED
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -41,7 +41,20 @@ def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def service(redis_url: str, source_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def s3_endpoint() -> Iterator[str]:
+    """An S3 server on 127.0.0.1 (moto's), for jobs whose `source` is an s3:// prefix."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def service(redis_url: str, source_root: Path, s3_endpoint: str,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """The whole service serving the shared ImageNet MobileNet, started the way `make run` does."""
     log = tmp_path_factory.mktemp("logs") / "mobilenet-service.log"
     svc = ServiceProcess(
@@ -58,6 +71,7 @@ def service(redis_url: str, source_root: Path, tmp_path_factory: pytest.TempPath
             "FLOWER_BASIC_AUTH": FLOWER_AUTH,
             "UPLOAD_DIR": str(tmp_path_factory.mktemp("uploads")),
             "JOB_SOURCE_ROOTS": str(source_root),
+            **S3_CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint,
         },
         log_path=log,
     ).start()

@@ -25,6 +25,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update"]
 
 
+#: What the service and the tests tell the S3 server (moto's accepts any credentials).
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 def labelled_photos() -> list[dict]:
     """MANIFEST rows of photos with an unambiguous expected class."""
     with open(SHARED / "MANIFEST.tsv", newline="", encoding="utf-8") as f:

@@ -1,5 +1,6 @@
-"""Jobs that name a `source` folder under JOB_SOURCE_ROOTS instead of uploading: every file is answered, in path
-order, a labelled tree evaluates, and nothing outside the roots can be named or reached through a link."""
+"""Jobs that name a `source` folder under JOB_SOURCE_ROOTS, or an s3:// prefix (on a local S3 server), instead of
+uploading: every file is answered, in path order, a labelled tree evaluates, nothing outside the roots can be
+named or reached through a link, and a bucket that cannot be listed is refused with the provider's error."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import SHARED, finished_job, labelled_photos
+from tests.helpers import S3_CREDENTIALS, SHARED, finished_job, labelled_photos
 
 
 def photo_tree(root: Path, by_class: bool = False) -> tuple[str, list[str], list[int]]:
@@ -76,3 +77,36 @@ def test_what_lies_outside_the_roots_is_refused_naming_the_problem(service, sour
     both = httpx.post(service.url + "/jobs", data={"source": leaky.name}, timeout=30,
                       files={"images": ("x.jpg", b"\xff\xd8")})
     assert both.status_code == 400 and "not both" in both.json()["error"]
+
+
+def test_an_s3_prefix_is_classified_object_by_object_in_key_order(service, s3_endpoint):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                      region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"])
+    bucket, prefix = f"photos-{uuid.uuid4().hex[:8]}", "incoming/2026"
+    s3.create_bucket(Bucket=bucket)
+    placed = []
+    for i, row in enumerate(labelled_photos()):
+        key = f"{'a' if i % 2 else 'b'}/{i:03d}{Path(row['path']).suffix}"
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=(SHARED / row["path"]).read_bytes())
+        placed.append((key, int(row["expected_class_id"])))
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/.DS_Store", Body=b"skipped")
+    placed.sort()
+    submitted = httpx.post(service.url + "/jobs", data={"source": f"s3://{bucket}/{prefix}/"}, timeout=60)
+    assert submitted.status_code == 202 and submitted.json()["total"] == len(placed), submitted.text
+    items = finished_job(service.url, submitted.json()["result_url"])["result"]["items"]
+    assert [item["name"] for item in items] == [key for key, _ in placed]
+    assert [item["predictions"][0]["class_id"] for item in items] == [c for _, c in placed]
+
+    s3.create_bucket(Bucket=bucket + "-empty")
+    cases = {
+        f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x": "bucket does not exist",
+        f"s3://{bucket}-empty/anything": "holds no objects",
+        "s3://": "must be s3://<bucket>/<prefix>",
+        f"s3://{bucket}/../other": "without '..'",
+    }
+    for source, problem in cases.items():
+        response = httpx.post(service.url + "/jobs", data={"source": source}, timeout=60)
+        assert response.status_code == 400 and problem in response.json()["error"], (source, response.text)
