@@ -53,7 +53,15 @@ def build_keras_model(spec: ModelSpec, weights: str) -> keras.Model:
     if weights == "random":
         return _resolve(spec.builder)(weights=None, **spec.builder_kwargs)
     if weights == "imagenet":
-        return _resolve(spec.builder)(weights="imagenet", **spec.builder_kwargs)
+        try:  # Keras downloads them the first time, into ~/.keras/models
+            return _resolve(spec.builder)(weights="imagenet", **spec.builder_kwargs)
+        except Exception as exc:  # Keras raises a bare Exception for a failed download
+            if "URL fetch failure" not in str(exc):
+                raise
+            raise RuntimeError(
+                f"could not download {spec.name}'s ImageNet weights ({exc}). Without internet access set "
+                "MODEL_WEIGHTS to a weights file (.h5 or .keras), or MODEL_WEIGHTS=random to try the service "
+                "with meaningless answers, or serve your own model (imageclf add-model, MODELS=...)") from exc
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL_WEIGHTS={weights!r} is neither imagenet, random nor a file")
     if weights.endswith(".keras"):

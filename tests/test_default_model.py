@@ -61,3 +61,24 @@ def test_resnet50_random_weights_serves_1000_class_probabilities_and_stops_clean
     except httpx.ConnectError:
         pass
     assert (tmp_path / "redis" / "appendonlydir").exists() or any((tmp_path / "redis").glob("*.aof"))
+
+
+def test_without_a_network_the_default_model_says_how_to_run_offline(tmp_path):
+    """ImageNet weights that cannot be downloaded (here: every connection goes to a closed local port) fail with
+    what to do instead, not only Keras' 'URL fetch failure'."""
+    import os
+    import subprocess
+    import sys
+
+    from imageclf.service_process import ROOT
+
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9", "CUDA_VISIBLE_DEVICES": ""}
+    code = ("from models.keras_model import build_keras_model\n"
+            "from models.registry import get_spec\n"
+            "build_keras_model(get_spec('resnet50'), 'imagenet')\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode != 0
+    assert "MODEL_WEIGHTS=random" in run.stderr and "could not download resnet50's ImageNet weights" in run.stderr, \
+        run.stderr[-2000:]
