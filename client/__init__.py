@@ -100,6 +100,13 @@ class Client:
             uploads = [(field, (f.name, stack.enter_context(open(f, "rb")))) for f in files]
             return self._call("POST", "/jobs", data=form, files=uploads)
 
+    def submit_source(self, source: str, top: int = 5, model: str | None = None) -> dict[str, Any]:
+        """Start a job on images that are already where the service's decoders can read them, uploading nothing:
+        a folder under the service's JOB_SOURCE_ROOTS, or an `s3://bucket/prefix`. Returns {"id", "total", ...}
+        at once."""
+        form = {k: str(v) for k, v in {"source": source, "top": top, "model": model}.items() if v is not None}
+        return self._call("POST", "/jobs", data=form)
+
     def evaluate(self, paths: str | Path | Iterable[str | Path], versions: str | None = None,
                  labels: str | Path | None = None, model: str | None = None) -> dict[str, Any]:
         """Start an evaluation job: zips in ImageFolder layout (or images with a `file,label` CSV), on each of

@@ -34,6 +34,11 @@ def run_command(args: argparse.Namespace) -> int:
     """Run `classify` or `evaluate` with their parsed arguments (also `imageclf classify|evaluate`)."""
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.source is not None:
+        return _classify_source(args)
+    if not args.paths:
+        print("error: give image files, folders, zips or videos, or --source", file=sys.stderr)
+        return 2
     try:
         files = collect_files(args.paths)
     except FileNotFoundError as exc:
@@ -73,7 +78,9 @@ def add_commands(commands: argparse._SubParsersAction, **options: Any) -> None:
     """The `classify` and `evaluate` commands, on `python -m client` or `imageclf` (`options` go to each
     command's parser: an epilog, a formatter)."""
     classify = commands.add_parser("classify", help="classify images, folders, zips and videos", **options)
-    classify.add_argument("paths", nargs="+", help="image files, folders of images, zips of images, videos")
+    classify.add_argument("paths", nargs="*", help="image files, folders of images, zips of images, videos")
+    classify.add_argument("--source", help="instead of uploading: a folder the service's decoders read "
+                                           "(under its JOB_SOURCE_ROOTS), or s3://bucket/prefix")
     _service_options(classify)
     classify.add_argument("--top", type=int, default=5, help="labels per image (default 5)")
     sampling = classify.add_mutually_exclusive_group()
@@ -186,6 +193,24 @@ def _predict(client: Client, path: Path, top: int, model: str | None) -> dict[st
         return {"source": str(path), "kind": "image", "status": "FAILURE", "error": exc.message}
     return {"source": str(path), "kind": "image", "status": "SUCCESS", "model": body["model"],
             "model_version": body.get("model_version"), "predictions": body["predictions"]}
+
+
+def _classify_source(args: argparse.Namespace) -> int:
+    """`classify --source`: one job on what the service reads in place."""
+    if args.paths:
+        print("error: give either paths to upload or --source, not both", file=sys.stderr)
+        return 2
+    with Client(args.url, args.api_key) as client:
+        try:
+            job = client.submit_source(args.source, top=args.top, model=args.model)
+            output = {"source": args.source, **_follow(client, job, args.source[-30:], "img", args.no_progress)}
+        except ServiceError as exc:
+            print(f"error: {exc.message if exc.status == 0 else exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+    _emit([output], args)
+    return 0 if _succeeded(output) else 1
 
 
 def _job(client: Client, files: list[Path], args: argparse.Namespace, label: str) -> dict[str, Any]:

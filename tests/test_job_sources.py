@@ -4,13 +4,18 @@ named or reached through a link, and a bucket that cannot be listed is refused w
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import httpx
 
+from imageclf.service_process import ROOT
 from tests.helpers import S3_CREDENTIALS, SHARED, finished_job, labelled_photos
 
 
@@ -110,3 +115,22 @@ def test_an_s3_prefix_is_classified_object_by_object_in_key_order(service, s3_en
     for source, problem in cases.items():
         response = httpx.post(service.url + "/jobs", data={"source": source}, timeout=60)
         assert response.status_code == 400 and problem in response.json()["error"], (source, response.text)
+
+
+def test_the_cli_classifies_a_source_folder_and_refuses_paths_beside_it(service, source_root, tmp_path):
+    name, files, classes = photo_tree(source_root)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "client", "classify", "--url", service.url, "--no-progress",
+                               *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    done = cli("--source", name, "--csv")
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert [row["name"] for row in rows] == files
+    labels = {int(row["expected_class_id"]): row["expected_label"] for row in labelled_photos()}
+    assert [row["label"] for row in rows] == [labels[c] for c in classes]
+    both = cli("--source", name, str(tmp_path))
+    assert both.returncode == 2 and "not both" in both.stderr
+    outside = cli("--source", "../etc")
+    assert outside.returncode == 1 and "may not contain '..'" in outside.stderr
