@@ -17,24 +17,14 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import settings
 from api.errors import APIError
-from tasks.job_store import S3_SCHEME
-
-
-def roots() -> list[Path]:
-    """The configured roots, resolved."""
-    return [Path(root).resolve() for root in settings.JOB_SOURCE_ROOTS]
-
-
-def inside(path: Path, root: Path) -> bool:
-    return path == root or path.is_relative_to(root)
+from tasks.job_store import S3_SCHEME, inside, source_roots
 
 
 def source_folder(source: str) -> tuple[Path, Path]:
     """(the folder, resolved; the root it lies in) for `source`: a path relative to a root (the first root holding
     it), or an absolute path inside one. 400 naming the problem otherwise."""
-    allowed = roots()
+    allowed = source_roots()
     if not allowed:
         raise APIError(400, "this service reads no folders: 'source' needs JOB_SOURCE_ROOTS (folders every decoder "
                             "mounts at the same path); upload the images as 'images' instead")

@@ -25,6 +25,7 @@ driver's progress write cannot overwrite each other. No key lives without a TTL.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -49,6 +50,17 @@ RESUMED_KEY = "imageclf:jobs:resumed"
 BULK_IN_FLIGHT_PREFIX = "imageclf:bulk:in-flight:"
 #: An item whose `source` starts with this is an object in an S3-compatible store, read with s3fs.
 S3_SCHEME = "s3://"
+
+
+@functools.cache
+def source_roots() -> tuple[Path, ...]:
+    """JOB_SOURCE_ROOTS, resolved once: the folders a job's `source` may name and its decoders may read."""
+    return tuple(Path(root).resolve() for root in settings.JOB_SOURCE_ROOTS)
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path` is `root` or lies under it (both resolved)."""
+    return path == root or path.is_relative_to(root)
 ACTIVE = ("PENDING", "PROGRESS")
 _ITEMS_FILE = "items.jsonl"
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")

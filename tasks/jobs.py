@@ -65,6 +65,7 @@ from tasks.job_store import (
     count_resumed,
     discard,
     hand_over,
+    inside,
     is_driver,
     items_key,
     job_dir,
@@ -75,6 +76,7 @@ from tasks.job_store import (
     read_job,
     record_death,
     release_lock,
+    source_roots,
     take_stalled,
     update_if_active,
 )
@@ -448,13 +450,7 @@ class _Driver:
                 pipe.hdel(pending_key(self.job_id), tid)
                 pipe.zrem(self.in_flight_key, tid)
                 pipe.execute()
-            items = self._items(spec, index, total)
-            try:
-                again = next(items, None)
-                if again is not None:
-                    self._send(spec, *again)
-            finally:
-                items.close()
+            self._send_again(spec, index, total)
 
     def _resend_missing(self, spec: dict[str, Any], total: int) -> None:
         """Send again the items the cursor is past that are neither answered nor pending. A Redis killed while this
@@ -470,13 +466,17 @@ class _Driver:
                        "them again", self.job_id, missing)
         count_resumed(self.client, "items_lost")
         for index in missing:
-            items = self._items(spec, index, total)
-            try:
-                again = next(items, None)
-                if again is not None:
-                    self._send(spec, *again)
-            finally:
-                items.close()
+            self._send_again(spec, index, total)
+
+    def _send_again(self, spec: dict[str, Any], index: int, total: int) -> None:
+        """Read item `index` again from the job's files (or its source) and send it."""
+        items = self._items(spec, index, total)
+        try:
+            again = next(items, None)
+            if again is not None:
+                self._send(spec, *again)
+        finally:
+            items.close()
 
     def _messages_gone(self, waiting: list[str], model: str) -> list[str]:
         """Of items whose pixels are still there, those unanswered for _GONE_CHECK_S whose message is neither
@@ -588,8 +588,7 @@ def _source_path(listed: str) -> Path:
     """A `source` job's file, resolved again as it is read: it must still lie inside JOB_SOURCE_ROOTS (the
     volume may have changed since the API listed it)."""
     real = Path(listed).resolve()
-    roots = [Path(root).resolve() for root in settings.JOB_SOURCE_ROOTS]
-    if not any(real == root or real.is_relative_to(root) for root in roots):
+    if not any(inside(real, root) for root in source_roots()):
         raise _ItemError("this file now lies outside JOB_SOURCE_ROOTS (a symbolic link changed since the job "
                          "was submitted)")
     return real
