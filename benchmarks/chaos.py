@@ -392,12 +392,13 @@ class Chaos:
                 continue
             rounds.remove(role)
             victim = self.rng.choice(sorted(found[role], key=lambda p: p.pid))
+            at = time.time()  # before the signal: a client cut by it may note its failure before this thread runs
             try:
                 victim.send_signal(signal.SIGKILL)
             except psutil.Error:
                 continue
             with self.lock:
-                self.kills.append((time.time(), role, victim.pid))
+                self.kills.append((at, role, victim.pid))
             print(f"[chaos] {time.strftime('%H:%M:%S')} killed {role} (pid {victim.pid})", file=sys.stderr,
                   flush=True)
 
