@@ -18,10 +18,10 @@ result_accept_content = ["json"]
 
 # Single images go to their model's interactive queue, job images and frames to its bulk queue (both
 # served by that model's workers, started with -Q interactive.<model>,bulk.<model>; senders name the
-# queue), job drivers to the decoder workers (-Q jobs).
+# queue), job drivers and chunks to the decoder workers (-Q jobs).
 task_default_queue = settings.interactive_queue(settings.MODELS[0])
-task_routes = {"job_step": {"queue": settings.JOBS_QUEUE}}
-imports = ("tasks.worker", "tasks.classify", "tasks.jobs", "tasks.webhooks")
+task_routes = {"job_step": {"queue": settings.JOBS_QUEUE}, "job_chunk": {"queue": settings.JOBS_QUEUE}}
+imports = ("tasks.worker", "tasks.classify", "tasks.jobs", "tasks.job_chunks", "tasks.webhooks")
 
 # One process owns the model (one per GPU); batching happens inside it.
 worker_pool = "prefork"

@@ -190,13 +190,19 @@ MAX_UNZIPPED_MB: float = _float("MAX_UNZIPPED_MB", 4096.0)
 MAX_VIDEO_SECONDS: float = _float("MAX_VIDEO_SECONDS", 4 * 3600.0)
 #: Most frames sampled from one video (the default `max_frames`, and its upper bound).
 MAX_VIDEO_FRAMES: int = _int("MAX_VIDEO_FRAMES", 20000)
-#: Most images or frames of one job queued for the model at once (the rest wait on disk).
-JOB_IN_FLIGHT: int = max(1, _int("JOB_IN_FLIGHT", 32))
+#: Most images or frames of one job in flight at once, being decoded or waiting for the model (the rest wait on
+#: disk). Empty: two chunks per live decoder process, so that each decoder always has its next chunk.
+JOB_IN_FLIGHT: int = max(0, _int("JOB_IN_FLIGHT", 0))
+#: Consecutive images or frames of a job that one decoder decodes in one task (a chunk; at most half of
+#: JOB_IN_FLIGHT when that is set). A chunk reaches the model in parts of its workers' bulk batch size
+#: (BULK_BATCH_SIZE), each one message computed as one batch.
+JOB_CHUNK: int = max(1, _int("JOB_CHUNK", BATCH_SIZE))
 #: Seconds a job may go without progress while no step works on it before a decoder takes it up again (its
 #: chain of steps was broken: a message lost with a broker, a process that died between two steps).
 JOB_STALL_S: float = max(1.0, _float("JOB_STALL_S", 30.0))
-#: Most job images and frames of all jobs together queued for the model, per live model worker. Below the
-#: workers' prefetch (3 x BATCH_SIZE), so a worker always has room to fetch a /predict request at once.
+#: Most job images and frames of all jobs together waiting for the model, per live model worker (beside the
+#: chunks being decoded). Below the workers' prefetch (3 x BATCH_SIZE messages), so a worker always has room
+#: to fetch a /predict request at once.
 BULK_IN_FLIGHT: int = max(1, _int("BULK_IN_FLIGHT", 2 * BATCH_SIZE))
 #: Decoder worker processes (they run jobs: unzip, decode images, sample video frames).
 DECODER_CONCURRENCY: int = max(1, _int("DECODER_CONCURRENCY", 2))

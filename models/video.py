@@ -53,6 +53,22 @@ def probe(path: str) -> VideoInfo:
         raise VideoDecodeError(f"not a video this service can decode ({exc.strerror or exc})") from None
 
 
+def _decoded_from(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                  t: float) -> Iterator[av.VideoFrame]:
+    """The stream's frames from the keyframe at or before `t` (seconds on the stream's clock) on."""
+    base = stream.time_base or Fraction(1, 1000)
+    container.seek(int(t / base), stream=stream, backward=True, any_frame=False)
+    return container.decode(stream)
+
+
+def _at_or_after(frames: Iterator[av.VideoFrame], t: float, base: Fraction, start: float) -> av.VideoFrame | None:
+    """The first of `frames` shown at `t` or later (None: the stream ends before)."""
+    for frame in frames:
+        if frame.pts is not None and float(frame.pts * base) - start >= t:
+            return frame
+    return None
+
+
 def _duration_s(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
@@ -95,17 +111,29 @@ def decode_frames(path: str, times: list[float], frame_rate: float, size: int | 
             stream.thread_type = "AUTO"
             base = stream.time_base or Fraction(1, 1000)
             start = float((stream.start_time or 0) * base)
-            frames = None
+            frames: Iterator[av.VideoFrame] | None = None
             last_t = -math.inf
             half_frame = 0.5 / frame_rate
+            seekable = True
             for target in times:
-                if frames is None or target - last_t > _SEEK_WHEN_AHEAD_S:
-                    container.seek(int((start + target) / base), stream=stream, backward=True, any_frame=False)
-                    frames = container.decode(stream)
+                sought = frames is None or (seekable and target - last_t > _SEEK_WHEN_AHEAD_S)
+                if sought:
+                    frames = _decoded_from(container, stream, start + target if seekable else start)
+                assert frames is not None
                 for frame in frames:
-                    if frame.pts is None:
+                    pts = frame.pts
+                    if pts is None:
                         continue
-                    last_t = float(frame.pts * base) - start
+                    if sought and frame.is_corrupt and seekable:
+                        # The seek landed where decoding cannot start (a file without a keyframe index before
+                        # the target): read this file from its start, and never seek in it again.
+                        seekable, frames = False, _decoded_from(container, stream, start)
+                        found = _at_or_after(frames, target - half_frame, base, start)
+                        if found is None or found.pts is None:
+                            return
+                        frame, pts = found, found.pts
+                    sought = False
+                    last_t = float(pts * base) - start
                     if last_t >= target - half_frame:
                         yield Frame(round(last_t, 6), round(last_t * frame_rate),
                                     _scaled(frame, height, width, resize))

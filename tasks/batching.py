@@ -89,9 +89,25 @@ class PriorityBuffer:
         return self._interactive.qsize()
 
     def take(self, limit: int, bulk_limit: int) -> list:
-        """Up to `limit` requests, interactive first; bulk ones only while the batch is under `bulk_limit`."""
+        """Up to `limit` images, interactive requests first; bulk ones only while the batch is under `bulk_limit`
+        images (a job's part counts its images, and goes whole: alone when it is larger)."""
         taken = _drain(self._interactive, limit)
-        return taken + _drain(self._bulk, min(limit, bulk_limit) - len(taken))
+        room = min(limit, bulk_limit) - len(taken)
+        while room > 0 or not taken:
+            try:
+                item = self._bulk.queue[0]  # a peek: only this thread takes from the buffer
+            except IndexError:
+                break
+            if taken and images(item) > room:
+                break
+            taken.append(self._bulk.get_nowait())
+            room -= images(item)
+        return taken
+
+
+def images(request: Any) -> int:
+    """How many images a request brings: a job's part several (tasks.job_chunks), any other one."""
+    return len((getattr(request, "kwargs", None) or {}).get("items") or (None,))
 
 
 def _drain(queue: Queue, limit: int) -> list:
@@ -330,6 +346,7 @@ class AdaptiveBatches(Batches):
         failed, revoked = summary.get("failed", {}), set(summary.get("revoked", []))
         outcomes = {task_id: f"version {version}: batch of {size}, inference {inference_ms:.0f} ms"
                     for version, size, inference_ms, ids in summary.get("groups", []) for task_id in ids}
+        outcomes.update(summary.get("parts", {}))
         for req in requests:
             if req.id in failed:
                 req.send_event("task-failed", exception=failed[req.id], traceback="", runtime=runtime,

@@ -7,7 +7,9 @@ client named it; else a version gone meanwhile falls back to the default). One m
 call never mixes versions: a batch runs one call per version it holds. Results carry
 the model version that answered and the per-stage timings. A request marked `shadow`
 is queued again for that version (tasks.shadow); a shadow copy (`compare`) is compared,
-not answered.
+not answered. A job's part (`items`: several images one after another, see tasks.job_chunks)
+is split into its images, each computed with the others of its version, and answered by one record:
+{"items": the part's item records, "answers": one {"predictions", "model_version"} or {"error"} per image}.
 Every request gets its own result or failure in the backend: celery-batches
 discards the task's return value and swallows its exceptions. The return value is
 a summary for the worker's main process, which sends each request's task event.
@@ -49,9 +51,7 @@ def _parse(kwargs: dict, data: bytes | None, shape: tuple[int, int, int]) -> tup
     Pixels sized for another version's input (sent while a rollout switched versions) are
     resized here rather than failed.
     """
-    top = kwargs.get("top", 5)
-    if not isinstance(top, int) or top < 1:
-        raise ValueError(f"'top' must be a positive integer, got {top!r}")
+    top = _top(kwargs)
     if data is None:
         raise ValueError(f"no pixels under {kwargs.get('pixels_key')!r} (missing, or expired before the batch ran)")
     sent = kwargs.get("size") or shape[:2]
@@ -60,10 +60,65 @@ def _parse(kwargs: dict, data: bytes | None, shape: tuple[int, int, int]) -> tup
     if len(data) != sent[0] * sent[1] * 3:
         raise ValueError(f"payload has {len(data)} bytes of pixels; {sent[0]}x{sent[1]} RGB needs "
                          f"{sent[0] * sent[1] * 3}")
-    image = np.frombuffer(data, np.uint8).reshape(sent[0], sent[1], 3)
-    if tuple(sent) != shape[:2]:
-        image = np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
-    return image, top
+    return _fit(np.frombuffer(data, np.uint8).reshape(sent[0], sent[1], 3), shape), top
+
+
+def _top(kwargs: dict) -> int:
+    top = kwargs.get("top", 5)
+    if not isinstance(top, int) or top < 1:
+        raise ValueError(f"'top' must be a positive integer, got {top!r}")
+    return top
+
+
+def _fit(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """`image` resized to the model's input, if it was sized for another."""
+    if image.shape[:2] == shape[:2]:
+        return image
+    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+
+
+def _part_images(kwargs: dict, data: bytes | None) -> list[np.ndarray]:
+    """A job part's images, or ValueError naming what is wrong with the whole part."""
+    count = len(kwargs["items"])
+    if data is None:
+        raise ValueError(f"no pixels under {kwargs.get('pixels_key')!r} (missing, or expired before the batch ran)")
+    sizes = kwargs.get("sizes") or [kwargs.get("size")] * count
+    if len(sizes) != count or not all(isinstance(s, list) and len(s) == 2 for s in sizes):
+        raise ValueError(f"'sizes' must give [height, width] for each of the {count} images")
+    needed = sum(height * width * 3 for height, width in sizes)
+    if needed != len(data):
+        raise ValueError(f"the part has {len(data)} bytes of pixels; its {count} images need {needed}")
+    images, offset = [], 0
+    for height, width in sizes:
+        images.append(np.frombuffer(data, np.uint8, height * width * 3, offset).reshape(height, width, 3))
+        offset += height * width * 3
+    return images
+
+
+class _Parts:
+    """The job parts of a batch: each image's answer (or error) as it comes, stored as one record per part."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, Any] = {}
+        self.answers: dict[str, list[dict | None]] = {}
+
+    def add(self, req: Any) -> None:
+        self.requests[req.id] = req
+        self.answers[req.id] = [None] * len(req.kwargs["items"])
+
+    def answer(self, req: Any, slot: int, answer: dict) -> None:
+        self.answers[req.id][slot] = answer
+
+    def store(self, pipe: redis.client.Pipeline, name: str) -> None:
+        for request_id, req in self.requests.items():
+            answers = [answer or {"error": "not computed"} for answer in self.answers[request_id]]
+            store_success(pipe, request_id, {"model": name, "items": req.kwargs["items"], "answers": answers},
+                          settings.RESULT_TTL_S)
+
+    def shown(self) -> dict[str, str]:
+        """What Flower shows as each part's outcome."""
+        return {request_id: f"{sum('error' not in (a or {}) for a in answers)} of {len(answers)} images answered"
+                for request_id, answers in self.answers.items()}
 
 
 def bulk_batch_size(configured: int, batch_size: int, gpu_visible: bool) -> int:
@@ -113,14 +168,15 @@ def classify(requests: list) -> dict:
         return {"batch_size": 0, "unstored": [req.id for req in requests]}
     summary: dict = {"batch_size": 0, "inference_ms": 0.0, "failed": {}, "revoked": [], "groups": [],
                      "unstored": []}
+    parts = _Parts()
     try:
-        groups = _by_version(requests, blobs, versions, default, summary, served.unloaded)
+        groups = _by_version(requests, blobs, versions, default, summary, served.unloaded, parts)
     except _REDIS_AWAY:
         return {**summary, "unstored": [req.id for req in requests]}
     # Clients' requests first, and their answers stored before any shadow copy runs: no answer waits for one.
     answered = [(model, group) for (model, shadow), group in groups.items() if not shadow]
     shadows = [(model, group) for (model, shadow), group in groups.items() if shadow]
-    shadow_keys = {_pixels_key(req) for _, group in shadows for req, _, _ in group}
+    shadow_keys = {_pixels_key(req) for _, group in shadows for req, *_ in group}
     kept: set[str] = set()  # pixels a shadow copy will read
     drops = []
     for part in (answered, shadows) if shadows else (answered,):
@@ -129,7 +185,9 @@ def classify(requests: list) -> dict:
             # killed mid-way, keeps both for the requeued requests).
             with client.pipeline(transaction=True) as pipe:
                 for model, group in part:
-                    _store(pipe, served.name, model, _classify_group(model, group, summary), kept)
+                    _store(pipe, served.name, model, _classify_group(model, group, summary, parts), kept, parts)
+                if part is answered:
+                    parts.store(pipe, served.name)
                 record_busy(pipe, served.name, time.perf_counter() - busy_since)
                 busy_since = time.perf_counter()
                 keep = kept | shadow_keys
@@ -140,10 +198,12 @@ def classify(requests: list) -> dict:
         except _REDIS_AWAY:  # maybe not stored: computed again after a requeue (the same answers), pixels kept
             logger.warning("batch of %d: Redis went away while storing its answers; they go back to the queue",
                            len(requests))
-            summary["unstored"] = [req.id for _, group in part for req, _, _ in group]
+            summary["unstored"] = list({req.id for _, group in part for req, *_ in group}
+                                       | (set(parts.requests) if part is answered else set()))
             break  # a batch whose answers were not stored runs none of its shadow copies
     for drop_on_shards in drops:
         drop_on_shards()
+    summary["parts"] = parts.shown()
     return summary
 
 
@@ -151,9 +211,10 @@ def _pixels_key(req: Any) -> str:
     return str(req.kwargs.get("pixels_key", ""))
 
 
-def _store(pipe: redis.client.Pipeline, name: str, model: Classifier, answers: list, kept: set[str]) -> None:
+def _store(pipe: redis.client.Pipeline, name: str, model: Classifier, answers: list, kept: set[str],
+           parts: _Parts) -> None:
     """Queue on `pipe` a group's metrics, answers (or shadow comparisons) and shadow copies; a shadow copy's
-    pixels go into `kept`."""
+    pixels go into `kept`, a job part's answers into `parts` (stored once the part's every image has one)."""
     if not answers:
         return
     inference_ms = answers[0][1]["timings"]["inference_ms"]
@@ -161,7 +222,10 @@ def _store(pipe: redis.client.Pipeline, name: str, model: Classifier, answers: l
     # Metrics first: a client woken by its answer and scraping /metrics already sees its batch counted.
     record_batch(pipe, name, model.version, len(answers), inference_ms / 1000.0,
                  sum(1 for req, *_ in answers if "compare" not in req.kwargs))
-    for req, result, row in answers:
+    for req, result, row, slot in answers:
+        if slot is not None:
+            parts.answer(req, slot, {"predictions": result["predictions"], "model_version": model.version})
+            continue
         if "compare" in req.kwargs:
             record_comparison(pipe, name, req.kwargs["compare"], model.version, row, per_image_ms)
             continue
@@ -175,13 +239,13 @@ def _store(pipe: redis.client.Pipeline, name: str, model: Classifier, answers: l
 
 
 def _by_version(requests: list, blobs: list[bytes | None], versions: dict[int, Classifier],
-                default: Classifier | None, summary: dict, unloaded: str | None
+                default: Classifier | None, summary: dict, unloaded: str | None, parts: _Parts
                 ) -> dict[tuple[Classifier, bool], list]:
-    """Each valid request's (request, image, top), grouped by the version that computes it and by whether it
-    is a shadow copy.
+    """Each valid image's (request, image, top, its place in a job part or None), grouped by the version that
+    computes it and by whether it is a shadow copy.
 
     Requests that cannot run (deadline passed, bad payload, a pinned version not served here) are
-    marked at once, each on its own.
+    marked at once, each on its own; so is each image of a part that cannot.
     """
     backend = celery_app.backend
     started = time.time()
@@ -193,13 +257,31 @@ def _by_version(requests: list, blobs: list[bytes | None], versions: dict[int, C
             summary["revoked"].append(req.id)
             continue
         try:
+            if "items" in req.kwargs:
+                _split_part(req, blob, versions, default, unloaded, parts, groups)
+                continue
             model = _model_for(req.kwargs, versions, default, unloaded)
             image, top = _parse(req.kwargs, blob, model.input_shape)
-            groups.setdefault((model, "compare" in req.kwargs), []).append((req, image, top))
+            groups.setdefault((model, "compare" in req.kwargs), []).append((req, image, top, None))
         except Exception as exc:  # one bad payload fails alone
             backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
             summary["failed"][req.id] = f"{type(exc).__name__}: {exc}"
     return groups
+
+
+def _split_part(req: Any, blob: bytes | None, versions: dict[int, Classifier], default: Classifier | None,
+                unloaded: str | None, parts: _Parts, groups: dict[tuple[Classifier, bool], list]) -> None:
+    """Add a job part's images to the groups of their versions (ValueError when the part as a whole is bad)."""
+    images, top = _part_images(req.kwargs, blob), _top(req.kwargs)
+    parts.add(req)
+    named = req.kwargs.get("versions") or [req.kwargs.get("version")] * len(images)
+    for slot, (image, version) in enumerate(zip(images, named)):
+        try:
+            model = _model_for({"version": version, "pinned": req.kwargs.get("pinned")}, versions, default, unloaded)
+        except LookupError as exc:
+            parts.answer(req, slot, {"error": f"{type(exc).__name__}: {exc}"})
+            continue
+        groups.setdefault((model, False), []).append((req, _fit(image, model.input_shape), top, slot))
 
 
 def _model_for(kwargs: dict, versions: dict[int, Classifier], default: Classifier | None,
@@ -217,53 +299,57 @@ def _model_for(kwargs: dict, versions: dict[int, Classifier], default: Classifie
     return model
 
 
-def _classify_group(model: Classifier, group: list, summary: dict) -> list:
-    """One model call for a version's requests: each answered request's (request, result, probability row).
+def _classify_group(model: Classifier, group: list, summary: dict, parts: _Parts) -> list:
+    """One model call for a version's images: each answered one's (request, result, probability row, place in
+    its part).
 
-    On an inference error every request of the group is marked failed.
+    On an inference error every image of the group is marked failed.
     """
     backend = celery_app.backend
-    requests = [req for req, _, _ in group]
+    requests = list({req.id: req for req, *_ in group}.values())  # a part's images share their request
     started = time.time()
     try:
         t0 = time.perf_counter()
-        probabilities = model.predict(np.stack([image for _, image, _ in group]))
+        probabilities = model.predict(np.stack([image for _, image, _, _ in group]))
         inference_ms = (time.perf_counter() - t0) * 1000.0
     except Exception as exc:
-        logger.exception("inference failed for a batch of %d (version %s)", len(requests), model.version)
-        for req in requests:
+        logger.exception("inference failed for a batch of %d (version %s)", len(group), model.version)
+        for req, _, _, slot in group:
+            if slot is not None:
+                parts.answer(req, slot, {"error": f"{type(exc).__name__}: {exc}"})
+                continue
             backend.mark_as_failure(req.id, exc, request=req, call_errbacks=False)
             summary["failed"][req.id] = f"{type(exc).__name__}: {exc}"
         return []
-    batch_id, padded = uuid.uuid4().hex, model.bucket_for(len(requests))
+    batch_id, padded = uuid.uuid4().hex, model.bucket_for(len(group))
     if tracing.enabled():
         tracing.record_batch(
             [(req.kwargs.get("trace"), req.kwargs.get("sent_at"), getattr(req, "received_at", None))
              for req in requests],
             started, started + inference_ms / 1000.0, **{
                 "imageclf.model": model.name, "imageclf.version": model.version,
-                "imageclf.batch_size": len(requests), "imageclf.batch_id": batch_id,
+                "imageclf.batch_size": len(group), "imageclf.batch_id": batch_id,
                 "imageclf.padded_to": padded, "imageclf.worker": worker_role()})
     logger.info(json.dumps({"event": "batch", "batch_id": batch_id, "model": model.name,
-                            "model_version": model.version, "worker": worker_role(), "size": len(requests),
+                            "model_version": model.version, "worker": worker_role(), "size": len(group),
                             "padded": padded, "inference_ms": round(inference_ms, 1)}))
     done_at = time.time()
     answers = []
-    for (req, _, top), row in zip(group, probabilities):
+    for (req, _, top, slot), row in zip(group, probabilities):
         result = {
             "model": model.name,
             "model_version": model.version,
             "predictions": model.top(row, top),
             "batch_id": batch_id,
-            "batch_size": len(requests),
+            "batch_size": len(group),
             "timings": _timings(req, started, inference_ms),
             "deliveries": getattr(req, "deliveries", 1),
             "done_at": done_at,
         }
-        answers.append((req, result, row))
-    summary["batch_size"] += len(requests)
+        answers.append((req, result, row, slot))
+    summary["batch_size"] += len(group)
     summary["inference_ms"] = round(summary["inference_ms"] + inference_ms, 2)
-    summary["groups"].append([model.version, len(requests), round(inference_ms, 2), [r.id for r in requests]])
+    summary["groups"].append([model.version, len(group), round(inference_ms, 2), [r.id for r in requests]])
     return answers
 
 

@@ -1,14 +1,16 @@
 """A job's state in Redis, shared by the API (create, read, cancel) and the decoder workers (drive).
 
     imageclf:job:<id>          hash: status, kind, total, done, cursor, spec (JSON), result (JSON), error, driver,
-                               and after a step died: died_at, reading, poison_at, poison_deaths (record_death)
-    imageclf:job:<id>:pending  hash: classify task id -> JSON of the item it classifies
+                               and for a video that ends early: video_end, decode_error (record_video_end)
+    imageclf:job:<id>:pending  hash: chunk id -> JSON of the chunk in flight: first, count, parts, left, sent
     imageclf:job:<id>:items    hash: item index -> JSON of its outcome
+    imageclf:job:<id>:chunks   hash: chunk id -> its deliveries; after a death, `<chunk>:reading` (the item being
+                               read) and `<chunk>:deaths:<item>` (poison_check)
     imageclf:job:<id>:csv      list: an evaluation's per-image CSV rows, in pages of text (kept with the result)
     imageclf:job:<id>:lock     the step currently working on the job: "<host>/<pid>/<random>"
     imageclf:jobs:active       sorted set: the ids of jobs not yet ended, by creation time (the stall sweep's list)
     imageclf:jobs:resumed      hash: jobs taken up again, by reason (`stalled`, `driver_died`), for /metrics
-    imageclf:bulk:in-flight:<model>  sorted set: classify task ids of all jobs sent and not yet gathered, by send time
+    imageclf:bulk:in-flight:<model>  sorted set: "<job id>/<chunk id>" of all jobs' chunks in flight, by send time
 
 An image job's items (one per image, or per image and version for an evaluation) are listed in
 UPLOAD_DIR/<id>/items.jsonl beside its files, not in Redis: the job record stays small however
@@ -33,16 +35,15 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import redis
 
 import settings
-from tasks.payloads import PIXELS_PREFIX, drop_pixels, pixels_present
+from tasks.payloads import PIXELS_PREFIX, drop_pixels
 from tasks.redis_clients import text
-from tasks.result_store import RESULT_KEY_PREFIX
 
 JOB_PREFIX = "imageclf:job:"
 ACTIVE_KEY = "imageclf:jobs:active"
@@ -92,19 +93,32 @@ if driver and driver ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'driver', ARGV[2])
 return 1
 """
-# A step of the job died. Its stored cursor becomes `died_at`: the steps after it store the cursor after every
-# item, and say which one they are reading (`reading`), through the stretch one step could have covered. A death
-# while reading the item at the cursor counts against that item (`poison_at`, `poison_deaths`); a death while the
-# step only waited (for room, for answers) counts against none. Returns {cursor, deaths while reading it}.
-_RECORD_DEATH = """
-local cursor, reading, poison_at, deaths = unpack(redis.call('HMGET', KEYS[1], 'cursor', 'reading', 'poison_at',
-                                                               'poison_deaths'))
-cursor = cursor or '0'
-redis.call('HSET', KEYS[1], 'died_at', cursor)
-if reading ~= cursor then return {tonumber(cursor), 0} end
-if poison_at == cursor then deaths = tonumber(deaths or '0') + 1 else deaths = 1 end
-redis.call('HSET', KEYS[1], 'poison_at', cursor, 'poison_deaths', deaths)
-return {tonumber(cursor), deaths}
+# A delivery of chunk ARGV[1] starts: count it (returned), and when the delivery before died while reading an item
+# (`<chunk>:reading` is still there), count a death against that item. ARGV[2]: the TTL.
+_CHUNK_ATTEMPT = """
+local reading = redis.call('HGET', KEYS[1], ARGV[1] .. ':reading')
+if reading then
+  redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':deaths:' .. reading, 1)
+  redis.call('HDEL', KEYS[1], ARGV[1] .. ':reading')
+end
+local attempt = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return attempt
+"""
+# Chunk ARGV[1] is about to read item ARGV[2]: its deaths when they reach ARGV[3], else 0, naming it as read now.
+_POISON_CHECK = """
+local deaths = tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. ':deaths:' .. ARGV[2]) or '0')
+if deaths >= tonumber(ARGV[3]) then return deaths end
+redis.call('HSET', KEYS[1], ARGV[1] .. ':reading', ARGV[2])
+return 0
+"""
+# A video's frames ran out at ARGV[1] (the earliest such place wins), with the decoder's error ARGV[2] ("": none).
+_VIDEO_END = """
+local now = redis.call('HGET', KEYS[1], 'video_end')
+if now and tonumber(now) <= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'video_end', ARGV[1])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'decode_error', ARGV[2]) end
+return 1
 """
 # A stalled job: active, not updated since ARGV[1] and no step holding its lock (KEYS[2]). Its `updated` is set
 # to ARGV[2] (so it is resent at most once per stall period) and its driver returned (a new one, ARGV[3], when it
@@ -138,6 +152,10 @@ def items_key(job_id: str) -> str:
     return JOB_PREFIX + job_id + ":items"
 
 
+def chunks_key(job_id: str) -> str:
+    return JOB_PREFIX + job_id + ":chunks"
+
+
 def csv_key(job_id: str) -> str:
     return JOB_PREFIX + job_id + ":csv"
 
@@ -149,7 +167,7 @@ def write_items(folder: Path, items: Iterable[dict[str, Any]]) -> None:
             f.write(json.dumps(item) + "\n")
 
 
-def read_items(job_id: str, start: int = 0) -> Iterator[dict[str, Any]]:
+def read_items(job_id: str, start: int = 0) -> Generator[dict[str, Any], None, None]:
     """The job's items from index `start` on, read lazily from its folder."""
     with open(job_dir(job_id) / _ITEMS_FILE, encoding="utf-8") as f:
         for line in itertools.islice(f, start, None):
@@ -200,8 +218,8 @@ def read_job(client: redis.Redis, job_id: str) -> dict[str, Any] | None:
     for optional in ("error", "decode_error"):
         if optional in fields:
             job[optional] = fields[optional]
-    if "died_at" in fields:  # a step died after storing this cursor (see record_death)
-        job["died_at"] = int(fields["died_at"])
+    if "video_end" in fields:  # the video's frames ran out there (record_video_end)
+        job["video_end"] = int(fields["video_end"])
     return job
 
 
@@ -229,15 +247,21 @@ def hand_over(client: redis.Redis, job_id: str, step_id: str, next_id: str) -> b
     return bool(client.eval(_HAND_OVER, 1, job_key(job_id), step_id, next_id))
 
 
-def record_death(client: redis.Redis, job_id: str) -> tuple[int, int]:
-    """A step of the job died: (the stored cursor, how many steps died while reading the item there)."""
-    cursor, deaths = client.eval(_RECORD_DEATH, 1, job_key(job_id))
-    return int(cursor), int(deaths)
+def chunk_attempt(client: redis.Redis, job_id: str, chunk_id: str) -> int:
+    """Count a delivery of the chunk: 1 the first time, more when a decoder died with it (or lost it). A
+    delivery after one that died while reading an item (poison_check named it) counts a death against it."""
+    return int(client.eval(_CHUNK_ATTEMPT, 1, chunks_key(job_id), chunk_id, settings.RESULT_TTL_S))
 
 
-def mark_reading(client: redis.Redis, job_id: str, index: int) -> None:
-    """Where a step died: say that item `index` is being read now (see record_death)."""
-    client.hset(job_key(job_id), "reading", index)
+def poison_check(client: redis.Redis, job_id: str, chunk_id: str, index: int) -> int:
+    """In a chunk delivered again after a death, before item `index` is read: the deaths counted against it when
+    they reach MAX_DELIVERIES (it then fails alone), else 0, and the item is named as the one being read."""
+    return int(client.eval(_POISON_CHECK, 1, chunks_key(job_id), chunk_id, index, settings.MAX_DELIVERIES))
+
+
+def record_video_end(client: redis.Redis, job_id: str, end: int, error: str | None) -> None:
+    """A video's frames ran out at sampled frame `end` (a corrupt or shorter video): the job ends there."""
+    client.eval(_VIDEO_END, 1, job_key(job_id), end, error or "")
 
 
 def take_stalled(client: redis.Redis, job_id: str, stall_s: float) -> str | None:
@@ -253,21 +277,31 @@ def active_jobs(client: redis.Redis) -> list[str]:
     return [text(cast(bytes, job_id)) for job_id in client.zrange(ACTIVE_KEY, 0, -1)]
 
 
+def part_id(chunk_id: str, k: int) -> str:
+    """The classify task id of a chunk's part `k` (tasks.job_chunks)."""
+    return f"{chunk_id}.{k}"
+
+
+def window_member(job_id: str, chunk_id: str) -> str:
+    """A chunk's member in its model's bulk window."""
+    return f"{job_id}/{chunk_id}"
+
+
 def prune_in_flight(client: redis.Redis, key: str, older_than_s: float, at_most: int = 200) -> int:
-    """Drop from a model's bulk window (`key`) the ids no job waits for: sent over `older_than_s` ago, with
-    neither pixels (the model took them, or they expired) nor an answer (gathered by the job). A Redis that died
-    in the middle of a gathering leaves such ids behind (what it had not written to disk is lost, and a pipeline
-    is not atomic), and each would hold a place in the window for good. Returns how many were dropped."""
+    """Drop from a model's bulk window (`key`) the chunks no job waits for: sent over `older_than_s` ago and no
+    longer pending in their job. A Redis that died in the middle of a gathering leaves such members behind
+    (what it had not written to disk is lost, and a pipeline is not atomic), and each would hold a place in the
+    window for good. Returns how many were dropped."""
     old = [text(t) for t in cast(list[bytes], client.zrangebyscore(key, "-inf", time.time() - older_than_s,
                                                                     0, at_most))]
     if not old:
         return 0
-    present = pixels_present(client, [PIXELS_PREFIX + tid for tid in old])
     with client.pipeline(transaction=False) as pipe:
-        for tid in old:
-            pipe.exists(RESULT_KEY_PREFIX + tid)
-        answered = pipe.execute()
-    gone = [tid for tid, pixels, answer in zip(old, present, answered) if not pixels and not answer]
+        for member in old:
+            job_id, _, chunk_id = member.partition("/")
+            pipe.hexists(pending_key(job_id), chunk_id)
+        waited = pipe.execute()
+    gone = [member for member, pending in zip(old, waited) if not pending]
     if gone:
         client.zrem(key, *gone)
     return len(gone)
@@ -336,16 +370,17 @@ def discard(client: redis.Redis, job_id: str) -> None:
 
     Classify requests whose pixels are gone fail at once without running the model.
     """
-    sent = [text(tid) for tid in client.hkeys(pending_key(job_id))]
+    sent = {text(cid): json.loads(raw) for cid, raw in client.hgetall(pending_key(job_id)).items()}
+    parts = [PIXELS_PREFIX + part_id(cid, k) for cid, chunk in sent.items() for k in range(chunk["parts"])]
     with client.pipeline(transaction=False) as pipe:  # one round trip when the pixels live on the broker
-        pipe.delete(pending_key(job_id), items_key(job_id))
+        pipe.delete(pending_key(job_id), items_key(job_id), chunks_key(job_id))
         pipe.zrem(ACTIVE_KEY, job_id)
-        drop_on_shards = drop_pixels(pipe, [PIXELS_PREFIX + tid for tid in sent])
+        drop_on_shards = drop_pixels(pipe, parts)
         pipe.execute()
     drop_on_shards()
     if sent:
         for key in client.scan_iter(match=BULK_IN_FLIGHT_PREFIX + "*"):
-            client.zrem(key, *sent)
+            client.zrem(key, *(window_member(job_id, cid) for cid in sent))
     shutil.rmtree(job_dir(job_id), ignore_errors=True)
 
 

@@ -92,7 +92,8 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
                      probabilities: bool = False, issued: str | None = None,
                      wait_replicas: int = 0, wait_ms: int = 1000, version: int | None = None,
                      pinned: bool = False, shadow: int | None = None,
-                     trace: dict[str, str] | None = None, watched: bool = False) -> int:
+                     trace: dict[str, str] | None = None, watched: bool = False,
+                     part: dict[str, Any] | None = None) -> int:
     """Store the pixels ((height, width) = `size`, RGB) with a TTL and queue the classify task, in one script.
 
     With `max_depth`, raises QueueFull instead, storing nothing, when `queue` already holds that many
@@ -103,8 +104,10 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
     (at most `wait_ms`) in the same round trip. `version` is the model version to compute it (None: the
     default), `pinned` when the client named it, `shadow` a version to compute it again in the bulk lane
     (tasks.shadow), `trace` the request's trace context (tasks.tracing). A `watched` request is recorded until
-    its answer is stored, so that its message is sent again if lost (tasks.request_watch). Returns the replicas
-    that confirmed (0 without WAIT).
+    its answer is stored, so that its message is sent again if lost (tasks.request_watch). A job's `part` holds
+    several images, their pixels one after another: `part` adds `items` (the record of each) and, where they
+    differ, `versions` and `sizes` (tasks.job_chunks); it is answered by one record. Returns the replicas that
+    confirmed (0 without WAIT).
     """
     queue = queue or celery.conf.task_default_queue
     kwargs: dict[str, Any] = {"pixels_key": PIXELS_PREFIX + task_id, "size": list(size), "top": top,
@@ -121,9 +124,12 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
         kwargs["shadow"] = shadow
     if trace:
         kwargs["trace"] = trace
+    if part:
+        kwargs.update(part)
     # Flower shows kwargsrepr and parses it again (ast.literal_eval) on every event it indexes: only what
     # a person reads there, not the pixels' key or timestamps.
-    shown = {"top": top, "size": list(size), **({"version": version} if version is not None else {}),
+    shown = {**({"images": len(part["items"])} if part else {}), "top": top, "size": list(size),
+             **({"version": version} if version is not None else {}),
              **({"expires_at": expires_at} if expires_at is not None else {})}
     message = task_message(celery, task_id, kwargs, queue, repr(shown))
     key, shards = kwargs["pixels_key"], pixel_shards()

@@ -132,7 +132,10 @@ def _unloaded_by(name: str) -> str | None:
 def _status() -> dict:
     """What this process's heartbeat says (GET /models shows it per worker)."""
     assert _served is not None
+    from tasks.classify import classify  # imports this module
+
     return {"role": _role, "model": _served.name, "pid": os.getpid(), "backend": settings.BACKEND,
+            "bulk_batch": classify.bulk_batch_size,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), **_batch_choice, **_served.status()}
 
 

@@ -25,11 +25,7 @@ from tasks.job_store import (
     discard,
     hand_over,
     is_driver,
-    items_key,
     job_key,
-    mark_reading,
-    read_job,
-    record_death,
     take_stalled,
     update_if_active,
 )
@@ -93,58 +89,63 @@ def test_the_sweep_takes_a_stalled_job_once_per_period_and_forgets_ended_ones(re
     discard(redis_client, job_id)
 
 
-def test_an_item_that_kills_its_decoder_every_time_fails_alone_and_the_job_goes_on(redis_client):
-    from tasks.jobs import _Driver
+def test_an_item_that_kills_its_decoder_every_time_fails_alone_and_the_job_goes_on(redis_client, tmp_path,
+                                                                                   monkeypatch):
+    """A chunk delivered again after a death reads its items one at a time, naming each in Redis first: an item
+    read by MAX_DELIVERIES processes that all died fails alone, and the chunk's other items are decoded."""
+    import settings
+    from tasks import job_chunks
+    from tasks.job_store import chunk_attempt, poison_check
 
     job_id = new_job(redis_client)
-    job = read_job(redis_client, job_id)
-    assert job is not None and "died_at" not in job
-    update_if_active(redis_client, job_id, 600, cursor=1)
-    assert record_death(redis_client, job_id) == (1, 0)  # a step died; on which item is not known
-    job = read_job(redis_client, job_id)
-    assert job is not None and job["died_at"] == 1  # from there on steps read one item a round and say which
-    assert record_death(redis_client, job_id) == (1, 0)  # died while waiting, not reading: no item is blamed
-    mark_reading(redis_client, job_id, 1)
-    assert record_death(redis_client, job_id) == (1, 1)
-    assert record_death(redis_client, job_id) == (1, 2)  # died again while reading the same item
-    _Driver(redis_client, job_id).skip(1, "a decoder process died 3 times while reading this item")
-    item = json.loads(redis_client.hget(items_key(job_id), "1"))
-    assert item["status"] == "FAILURE" and "died 3 times" in item["error"]
-    assert read_job(redis_client, job_id)["cursor"] == 2
-    _Driver(redis_client, job_id).skip(1, "again")  # the cursor moved on: nothing to skip
-    assert read_job(redis_client, job_id)["cursor"] == 2 and redis_client.hlen(items_key(job_id)) == 1
-    mark_reading(redis_client, job_id, 2)
-    assert record_death(redis_client, job_id) == (2, 1)  # a death on the next item counts afresh
+    assert chunk_attempt(redis_client, job_id, "c1") == 1  # first delivery: read at full speed
+    for attempt in range(2, settings.MAX_DELIVERIES + 3):  # each later delivery dies reading item 6
+        assert chunk_attempt(redis_client, job_id, "c1") == attempt  # read carefully
+        assert poison_check(redis_client, job_id, "c1", 5) == 0  # 5 is named as the one being read, and read
+        deaths = poison_check(redis_client, job_id, "c1", 6)
+        assert deaths == (settings.MAX_DELIVERIES if attempt == settings.MAX_DELIVERIES + 2 else 0)
+    assert poison_check(redis_client, job_id, "c1", 7) == 0  # the chunk goes on past it
+    assert chunk_attempt(redis_client, job_id, "c2") == 1 and poison_check(redis_client, job_id, "c2", 6) == 0
+
+    monkeypatch.setattr(settings, "UPLOAD_DIR", str(tmp_path))
+    (tmp_path / job_id).mkdir()
+    photo = SHARED / labelled_photos()[0]["path"]
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (tmp_path / job_id / name).write_bytes(photo.read_bytes())
+    chunk = {"id": "c3", "first": 10, "count": 3, "part": 3, "inputs": {"": [224, 224, "squash"]},
+             "items": [{"name": n, "file": n} for n in ("a.jpg", "b.jpg", "c.jpg")]}
+    for _ in range(settings.MAX_DELIVERIES):  # deliveries that each died reading item 11
+        chunk_attempt(redis_client, job_id, "c3")
+        poison_check(redis_client, job_id, "c3", 11)
+    chunk_attempt(redis_client, job_id, "c3")  # counts the last death
+    read = list(job_chunks._items(redis_client, job_id, {"kind": "images"}, chunk, careful=True))
+    assert [slot for slot, *_ in read] == [0, 1, 2]
+    assert [type(outcome) for _, _, outcome, _ in read] == [bytes, str, bytes]
+    assert f"died {settings.MAX_DELIVERIES} times" in read[1][2] and len(read[0][2]) == 224 * 224 * 3
     discard(redis_client, job_id)
 
 
-def test_an_item_whose_message_is_nowhere_is_found_and_sent_again(redis_client):
-    """Pixels still there, no answer, the message neither queued nor held by a worker (taken by one that died
-    before recording it): after _GONE_CHECK_S the driver counts it lost; queued or held, it does not."""
-    from tasks.jobs import _GONE_CHECK_S, _Driver
-    from tasks.payloads import PIXELS_PREFIX
+def test_a_chunk_whose_messages_are_nowhere_is_found(redis_client):
+    """A chunk with neither its decoding message nor a part's message queued or held by a worker (lost with a
+    failed-over Redis, or taken by one that died before recording it) is found; queued or held, it is not."""
+    from tasks.jobs import _Driver
 
     job_id = new_job(redis_client)
-    tid = str(uuid.uuid4())
-    redis_client.hset(job_key(job_id) + ":pending", tid, json.dumps({"i": 0, "sent": time.time() - _GONE_CHECK_S - 1}))
-    redis_client.set(PIXELS_PREFIX + tid, b"\0" * 12, ex=60)
-    queue = f"bulk.m-{uuid.uuid4().hex}"
+    cid = str(uuid.uuid4())
+    model = f"m-{uuid.uuid4().hex}"
+    driver = _Driver(redis_client, job_id)
 
-    def gone() -> list[str]:
-        driver = _Driver(redis_client, job_id)
-        driver.in_flight_key = "imageclf:bulk:in-flight:test"
-        _, _, unanswered = driver._collect()
-        assert list(unanswered) == [tid]
-        return driver._messages_gone([tid], queue.split(".", 1)[1])
+    def nowhere() -> list[str]:
+        return driver._nowhere([cid], model)
 
-    redis_client.lpush(queue, json.dumps({"headers": {"id": tid}}))
-    assert gone() == []  # still queued: waiting its turn, not lost
-    redis_client.delete(queue)
-    redis_client.hset("unacked", "a-tag", json.dumps([{"headers": {"id": tid}}, "", queue]))
-    assert gone() == []  # held by a live worker
+    for queue, message_id in ((f"bulk.{model}", f"{cid}.0"), ("jobs", f"{cid}.decode")):
+        redis_client.lpush(queue, json.dumps({"headers": {"id": message_id}}))
+        assert nowhere() == []  # still queued: waiting its turn, not lost
+        redis_client.lrem(queue, 1, json.dumps({"headers": {"id": message_id}}))
+    redis_client.hset("unacked", "a-tag", json.dumps([{"headers": {"id": f"{cid}.decode"}}, "", "jobs"]))
+    assert nowhere() == []  # held by a live worker
     redis_client.hdel("unacked", "a-tag")
-    assert gone() == [tid]
-    redis_client.delete(PIXELS_PREFIX + tid)
+    assert nowhere() == [cid]
     discard(redis_client, job_id)
 
 
@@ -191,12 +192,16 @@ def test_a_decoder_killed_mid_step_loses_nothing_and_the_job_goes_on(service, re
     job_id, labels = submit_zip(service, 60)
     lock = job_key(job_id) + ":lock"
     deadline = time.monotonic() + 60
-    while (holder := redis_client.get(lock)) is None:  # a step is running: its process is named in the lock
-        assert time.monotonic() < deadline, "no step of the job ever ran"
-        time.sleep(0.005)
-    pid = int(holder.decode().split("/")[1])
-    assert "--queues jobs" in " ".join(psutil.Process(pid).cmdline())  # a decoder's pool process
-    psutil.Process(pid).kill()
+    while True:  # until a process is killed in the middle of a step (steps are short: it may finish first)
+        while (holder := redis_client.get(lock)) is None:  # a step is running: its process is named in the lock
+            assert time.monotonic() < deadline, "no step of the job was ever caught running"
+            time.sleep(0.002)
+        process = psutil.Process(int(holder.decode().split("/")[1]))
+        assert "--queues jobs" in " ".join(process.cmdline())  # a decoder's pool process
+        process.kill()
+        process.wait(10)
+        if redis_client.get(lock) == holder:  # it died holding the job
+            break
     body = finished(service, job_id, 120)
     assert_each_item_once_and_right(body, labels)
     assert resumed(service, "driver_died") >= before + 1
@@ -225,7 +230,7 @@ def test_items_whose_records_were_lost_with_redis_are_sent_again(service, redis_
     """A Redis killed -9 loses what it had not written to disk (the append-only file is synced every second),
     while the step's client reconnects and goes on past the lost items: here two items of a job, all sent, lose
     their pending records as they would. The job still answers each item once and right."""
-    from tasks.job_store import bulk_in_flight_key, pending_key
+    from tasks.job_store import bulk_in_flight_key, pending_key, window_member
     from tasks.readiness import live_workers
 
     before = resumed(service, "items_lost")
@@ -234,12 +239,12 @@ def test_items_whose_records_were_lost_with_redis_are_sent_again(service, redis_
     try:
         job_id, labels = submit_zip(service, 6)  # under the service's JOB_IN_FLIGHT (8): all sent at once
         deadline = time.monotonic() + 60
-        while redis_client.hlen(pending_key(job_id)) < len(labels):
+        while sum(json.loads(c)["count"] for c in redis_client.hvals(pending_key(job_id))) < len(labels):
             assert time.monotonic() < deadline, "the job's items were never all sent"
             time.sleep(0.05)
-        lost = [tid.decode() for tid in redis_client.hkeys(pending_key(job_id))[:2]]
-        redis_client.hdel(pending_key(job_id), *lost)
-        redis_client.zrem(bulk_in_flight_key("mobilenet_v1_0.75"), *lost)
+        lost = redis_client.hkeys(pending_key(job_id))[0].decode()  # a chunk's record, as a killed Redis loses it
+        redis_client.hdel(pending_key(job_id), lost)
+        redis_client.zrem(bulk_in_flight_key("mobilenet_v1_0.75"), window_member(job_id, lost))
     finally:
         model.resume()
     body = finished(service, job_id, 120)
@@ -248,20 +253,19 @@ def test_items_whose_records_were_lost_with_redis_are_sent_again(service, redis_
 
 
 def test_a_model_window_drops_ids_no_job_waits_for(redis_client):
-    """Ids sent over the age limit with neither pixels nor an answer leave the window; the others stay."""
-    from tasks.job_store import prune_in_flight
-    from tasks.payloads import PIXELS_PREFIX
-    from tasks.result_store import RESULT_KEY_PREFIX
+    """Chunks sent over the age limit that their job no longer waits for leave the window; the others stay."""
+    from tasks.job_store import pending_key, prune_in_flight, window_member
 
     key = f"imageclf:bulk:in-flight:test-{uuid.uuid4().hex}"
-    old, waiting, answered, young = (str(uuid.uuid4()) for _ in range(4))
-    redis_client.zadd(key, {old: time.time() - 60, waiting: time.time() - 60, answered: time.time() - 60,
-                            young: time.time()})
-    redis_client.set(PIXELS_PREFIX + waiting, b"\0", ex=60)
-    redis_client.set(RESULT_KEY_PREFIX + answered, b"{}", ex=60)
+    job_id = new_job(redis_client)
+    old, waiting, young = (window_member(job_id, str(uuid.uuid4())) for _ in range(3))
+    redis_client.zadd(key, {old: time.time() - 60, waiting: time.time() - 60, young: time.time()})
+    redis_client.hset(pending_key(job_id), waiting.split("/")[1], json.dumps(
+        {"first": 0, "count": 1, "part": 1, "parts": 1, "left": [0], "sent": time.time() - 60}))
     assert prune_in_flight(redis_client, key, 10) == 1
-    assert {m.decode() for m in redis_client.zrange(key, 0, -1)} == {waiting, answered, young}
-    redis_client.delete(key, PIXELS_PREFIX + waiting, RESULT_KEY_PREFIX + answered)
+    assert {m.decode() for m in redis_client.zrange(key, 0, -1)} == {waiting, young}
+    redis_client.delete(key)
+    discard(redis_client, job_id)
 
 
 def test_the_launcher_restarts_a_dead_part_with_backoff_and_gives_up_when_it_keeps_dying():

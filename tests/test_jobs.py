@@ -210,14 +210,17 @@ def test_an_item_the_broker_lost_is_sent_again_and_the_job_finishes(service, red
     try:
         job = submit(service, files=files)
         deadline = time.monotonic() + 60
-        while redis_client.hlen(pending_key(job)) < len(photos) or redis_client.llen(queue) < len(photos):
+        while sum(json.loads(c)["count"] for c in redis_client.hvals(pending_key(job))) < len(photos) \
+                or redis_client.llen(queue) < len(photos):  # every item decoded and queued for the model
             assert time.monotonic() < deadline, "the job's items were not all queued"
             time.sleep(0.05)
-        lost_id, record = next(iter(redis_client.hgetall(pending_key(job)).items()))
-        lost_index = json.loads(record)["i"]
-        message = next(m for m in redis_client.lrange(queue, 0, -1) if lost_id in m)
-        assert redis_client.lrem(queue, 1, message) == 1
-        assert redis_client.delete(PIXELS_PREFIX + lost_id.decode()) == 1
+        lost_id, record = next(iter(redis_client.hgetall(pending_key(job)).items()))  # a chunk: all its parts
+        chunk = json.loads(record)
+        lost = range(chunk["first"], chunk["first"] + chunk["count"])
+        for message in [m for m in redis_client.lrange(queue, 0, -1) if lost_id in m]:
+            assert redis_client.lrem(queue, 1, message) == 1
+        keys = [f"{PIXELS_PREFIX}{lost_id.decode()}.{k}" for k in range(chunk["parts"])]
+        assert redis_client.delete(*keys) == len(keys)
     finally:
         assert app.control.add_consumer(queue, reply=True, timeout=5, destination=model_worker)
     body, _ = follow(service, job, timeout_s=120)
@@ -225,5 +228,5 @@ def test_an_item_the_broker_lost_is_sent_again_and_the_job_finishes(service, red
     items = body["result"]["items"]
     assert [i["status"] for i in items] == ["SUCCESS"] * len(photos), items
     assert [i["predictions"][0]["class_id"] for i in items] == [int(r["expected_class_id"]) for r in photos]
-    assert items[lost_index]["name"] == Path(photos[lost_index]["path"]).name
+    assert [items[i]["name"] for i in lost] == [Path(photos[i]["path"]).name for i in lost]
     assert "was lost by the broker" in service.log_path.read_text(errors="replace")
