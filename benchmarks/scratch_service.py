@@ -33,8 +33,9 @@ class Scratch:
     classes: list[str]  # ten of the model's class names, for labelled datasets
 
 
-def model_repository(work: Path, kind: str) -> tuple[Path, list[str]]:
-    """A model repository with the model, and the class names its dataset uses."""
+def model_repository(work: Path, kind: str, size: int = SIZE) -> tuple[Path, list[str]]:
+    """A model repository with the model (the near-free one taking `size`×`size` images), and the class names its
+    dataset uses."""
     import keras
 
     repo = work / "repository"
@@ -46,8 +47,8 @@ def model_repository(work: Path, kind: str) -> tuple[Path, list[str]]:
         model = keras.applications.ResNet50(weights=None)
     else:
         labels = [f"colour_{i}" for i in range(10)]
-        config = {"preprocess": "scale", "input_size": [SIZE, SIZE]}
-        model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.GlobalAveragePooling2D(),
+        config = {"preprocess": "scale", "input_size": [size, size]}
+        model = keras.Sequential([keras.Input((size, size, 3)), keras.layers.GlobalAveragePooling2D(),
                                   keras.layers.Dense(len(labels), activation="softmax")])
         weights = np.random.default_rng(1).normal(0, 6.0, (3, len(labels))).astype(np.float32)
         model.layers[-1].set_weights([weights, -weights.mean(axis=0) / 2])
@@ -59,12 +60,13 @@ def model_repository(work: Path, kind: str) -> tuple[Path, list[str]]:
 
 
 @contextmanager
-def scratch_service(kind: str, env: dict[str, str], prefix: str) -> Iterator[Scratch]:
-    """`imageclf.run` serving a `kind` model (near-free or resnet50) with `env`, on its own Redis."""
+def scratch_service(kind: str, env: dict[str, str], prefix: str, size: int = SIZE) -> Iterator[Scratch]:
+    """`imageclf.run` serving a `kind` model (near-free, taking `size`×`size` images, or resnet50) with `env`, on
+    its own Redis."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
     group = ProcessGroup()
     try:
-        repo, classes = model_repository(work, kind)
+        repo, classes = model_repository(work, kind, size)
         redis_url = start_scratch_redis(group, work)
         svc = ServiceProcess(env={"REDIS_URL": redis_url, "MODEL_REPOSITORY": str(repo), "MODELS": MODEL,
                                   "UPLOAD_DIR": str(work / "uploads"), **env}, log_path=work / "service.log").start()

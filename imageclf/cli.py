@@ -17,6 +17,7 @@ alone: `imageclf[service]`).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 import textwrap
@@ -89,11 +90,14 @@ def _parser() -> argparse.ArgumentParser:
                                              "(one per GPU), the decoders, Flower, the HTTP API and the gRPC "
                                              "service; stop them all on Ctrl-C or SIGTERM."),
                         epilog=settings_epilog(), formatter_class=_Formatter)
-    commands.add_parser("worker", help="start only the model workers and decoders (a host without the API)",
-                        description=_wrapped("Start one model worker per GPU in CUDA_VISIBLE_DEVICES (or one on the "
-                                             "CPU) for every model in MODELS, and the decoders, restarting any "
-                                             "that exits; the broker is REDIS_URL."),
-                        epilog=settings_epilog(), formatter_class=_Formatter)
+    worker = commands.add_parser(
+        "worker", help="start only the model workers and decoders (a host without the API)",
+        description=_wrapped("Start one model worker per GPU in CUDA_VISIBLE_DEVICES (or one on the CPU) for every "
+                             "model in MODELS, and the decoders, restarting any that exits; the broker is REDIS_URL."),
+        epilog=settings_epilog(), formatter_class=_Formatter)
+    worker.add_argument("--decoders-only", action="store_true",
+                        help="start only the decoders (DECODER_CONCURRENCY processes): a host that adds cores to "
+                             "decode jobs' images and frames")
     add_model = commands.add_parser(
         "add-model", help="add a trained model to the model repository as its next version",
         description=_wrapped("Check that a model file loads and classifies, then add it to the model repository as the "
@@ -136,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             run = importlib.import_module("imageclf.run").main
         elif args.command == "worker":
-            run = importlib.import_module("imageclf.start_workers").main
+            run = functools.partial(importlib.import_module("imageclf.start_workers").main,
+                                    decoders_only=args.decoders_only)
         elif args.command == "add-model":
             add = importlib.import_module("imageclf.add_model").add_from_arguments
             return int(add(args))

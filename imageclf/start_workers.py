@@ -131,12 +131,12 @@ def supervise_workers(group: ProcessGroup, commands: list[tuple[str, list[str], 
             group.start(name, *by_name[name])
 
 
-def main() -> int:
+def main(decoders_only: bool = False) -> int:
     install_stop_handlers()
     group = ProcessGroup()
     code = 0
     try:
-        code = supervise_workers(group, worker_commands(gpu_ids(), settings.MODELS))
+        code = supervise_workers(group, worker_commands(gpu_ids(), [] if decoders_only else settings.MODELS))
     except Stop:
         pass
     finally:

@@ -394,7 +394,7 @@ class _Driver:
         if not old or not self.client.set(pending_key(self.job_id) + ":searched", 1, nx=True,
                                           px=int(_LOST_CHECK_S * 1000)):
             return
-        for cid in self._nowhere(list(old), spec["model"]):
+        for cid in self._nowhere(list(old), [settings.bulk_queue(spec["model"]), settings.JOBS_QUEUE]):
             chunk = old[cid]
             answers = self.client.mget([RESULT_KEY_PREFIX + part_id(cid, k) for k in chunk["left"]])
             if all(answers):
@@ -407,13 +407,12 @@ class _Driver:
                 pipe.execute()
             self._send_range(spec, chunk["first"], chunk["count"])
 
-    def _nowhere(self, chunk_ids: list[str], model: str) -> list[str]:
-        """The chunks none of whose messages (`<id>.decode` to the decoders, `<id>.<k>` to the model) is queued
-        or held by a worker. First where a message would be now, then where it was before: one moving meanwhile
-        is missed by both and sent again, which costs a duplicate, never an answer."""
+    def _nowhere(self, chunk_ids: list[str], queues: list[str]) -> list[str]:
+        """The chunks none of whose messages (`<id>.decode` to the decoders, `<id>.<k>` to the model) is in
+        `queues` or held by a worker. First where a message would be now, then where it was before: one moving
+        meanwhile is missed by both and sent again, which costs a duplicate, never an answer."""
         held = "".join(map(text, self.client.hvals(kombu_redis.Channel.unacked_key)))
-        queued = "".join(map(text, self.client.lrange(settings.bulk_queue(model), 0, -1)))
-        queued += "".join(map(text, self.client.lrange(settings.JOBS_QUEUE, 0, -1)))
+        queued = "".join(text(message) for queue in queues for message in self.client.lrange(queue, 0, -1))
         return [cid for cid in chunk_ids if cid not in held and cid not in queued]
 
     def _resend_missing(self, spec: dict[str, Any], total: int) -> None:

@@ -132,17 +132,17 @@ def test_a_chunk_whose_messages_are_nowhere_is_found(redis_client):
 
     job_id = new_job(redis_client)
     cid = str(uuid.uuid4())
-    model = f"m-{uuid.uuid4().hex}"
+    queues = [f"bulk.m-{uuid.uuid4().hex}", f"jobs-{uuid.uuid4().hex}"]  # consumed by no worker
     driver = _Driver(redis_client, job_id)
 
     def nowhere() -> list[str]:
-        return driver._nowhere([cid], model)
+        return driver._nowhere([cid], queues)
 
-    for queue, message_id in ((f"bulk.{model}", f"{cid}.0"), ("jobs", f"{cid}.decode")):
+    for queue, message_id in zip(queues, (f"{cid}.0", f"{cid}.decode")):
         redis_client.lpush(queue, json.dumps({"headers": {"id": message_id}}))
         assert nowhere() == []  # still queued: waiting its turn, not lost
         redis_client.lrem(queue, 1, json.dumps({"headers": {"id": message_id}}))
-    redis_client.hset("unacked", "a-tag", json.dumps([{"headers": {"id": f"{cid}.decode"}}, "", "jobs"]))
+    redis_client.hset("unacked", "a-tag", json.dumps([{"headers": {"id": f"{cid}.decode"}}, "", queues[1]]))
     assert nowhere() == []  # held by a live worker
     redis_client.hdel("unacked", "a-tag")
     assert nowhere() == [cid]
