@@ -113,6 +113,7 @@ class Meter:
         stats = self.redis.info("commandstats")
         machine = psutil.cpu_times()
         return {"cpu": cpu, "calls": sum(v["calls"] for v in stats.values()),
+                "commands": {name.removeprefix("cmdstat_"): v["calls"] for name, v in stats.items()},
                 "busy": sum(machine) - machine.idle - getattr(machine, "iowait", 0.0), "all": sum(machine),
                 "wall": time.monotonic()}
 
@@ -129,11 +130,33 @@ def _difference(before: dict[str, Any], after: dict[str, Any], images: int, floo
         "cpu_ms_per_image": {name: round(seconds * 1000 / images, 3) for name, seconds in sorted(cpu.items())},
         "all_ms_per_image": round(total_ms, 3), "but_decoding_ms_per_image": round(total_ms - floor_ms, 3),
         "redis_commands_per_image": round((after["calls"] - before["calls"]) / images, 2),
+        "redis_commands": dict(sorted(((name, round((calls - before["commands"].get(name, 0)) / images, 3))
+                                       for name, calls in after["commands"].items()
+                                       if calls > before["commands"].get(name, 0)), key=lambda kv: -kv[1])[:8]),
     }
 
 
-def run_job(scratch: Scratch, meter: Meter, images: int, floor_ms: float, **post: Any) -> dict[str, Any]:
-    """Submit one job (`post`: httpx.post's files or data), wait for it, and measure it."""
+def profile(meter: Meter, folder: Path, seconds: int) -> list[subprocess.Popen]:
+    """py-spy, for `seconds`, on one process of each role (collapsed stacks in `folder`/<role>.txt)."""
+    chosen: dict[str, int] = {}
+    for root in meter.roots:
+        for process in [root, *root.children(recursive=True)]:
+            with_children = process.children()
+            name = role(process)
+            if name in ("decoders", "model: pool child", "API", "model: main") and name not in chosen \
+                    and not (name == "decoders" and with_children):
+                chosen[name] = process.pid
+    folder.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--duration",
+                              str(seconds), "--format", "raw", "--rate", "50", "--nonblocking", "-o",
+                              str(folder / f"{name.replace(':', '').replace(' ', '-')}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name, pid in chosen.items()]
+
+
+def run_job(scratch: Scratch, meter: Meter, images: int, floor_ms: float, profile_to: Path | None = None,
+            **post: Any) -> dict[str, Any]:
+    """Submit one job (`post`: httpx.post's files or data), wait for it, and measure it (and profile it)."""
+    profilers = profile(meter, profile_to, 20) if profile_to else []
     before = meter.read()
     response = httpx.post(scratch.svc.url + "/jobs", timeout=600, **post)
     assert response.status_code == 202, response.text
@@ -144,6 +167,8 @@ def run_job(scratch: Scratch, meter: Meter, images: int, floor_ms: float, **post
             break
         time.sleep(0.5)
     after = meter.read()
+    for profiler in profilers:
+        profiler.wait()
     assert body["status"] == "SUCCESS", body.get("error")
     result = body["result"]
     assert result.get("succeeded", len(result.get("frames", []))) == images, result.get("failed")
@@ -164,7 +189,7 @@ def env(images: int, folder: Path, decoders: int) -> dict[str, str]:
             "MAX_UNZIPPED_MB": "16384", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def bulk_runs(images: int) -> dict[str, Any]:
+def bulk_runs(images: int, profile_to: Path | None) -> dict[str, Any]:
     folder = jpegs(images)
     floor_ms = decoding_floor_ms(folder)
     cores = psutil.cpu_count() or 1
@@ -175,7 +200,8 @@ def bulk_runs(images: int) -> dict[str, Any]:
         with open(archive, "rb") as f:
             report["runs"]["zip"] = run_job(scratch, meter, images, floor_ms, files={"images": ("photos.zip", f)})
         archive.unlink()
-        report["runs"]["source folder"] = run_job(scratch, meter, images, floor_ms, data={"source": str(folder)})
+        report["runs"]["source folder"] = run_job(scratch, meter, images, floor_ms, profile_to,
+                                                  data={"source": str(folder)})
         second = subprocess.Popen([sys.executable, "-m", "imageclf", "worker", "--decoders-only"], cwd=ROOT,
                                   env={**os.environ, **scratch.svc.env, **env(images, folder, cores)},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -245,6 +271,9 @@ def markdown(report: dict[str, Any]) -> str:
     for name in roles:
         lines.append(f"| {name}, ms CPU | " + " | ".join(str(run["cpu_ms_per_image"].get(name, "—")) for run in runs)
                      + " |")
+    lines += ["", "Redis commands per image, the most frequent:", ""]
+    for name, run in report["runs"].items():
+        lines.append(f"- {name}: " + ", ".join(f"{cmd} {n}" for cmd, n in run["redis_commands"].items()))
     if "video" in report:
         v = report["video"]
         lines += ["", f"A {v['minutes']:g}-minute video sampled at 2 fps ({v['frames']} frames):", ""]
@@ -259,10 +288,12 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--video-minutes", type=float, default=0.0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--profile", type=Path, help="py-spy each role's process during the source-folder job "
+                                                       "(its first 20 s), collapsed stacks in this folder")
     args = parser.parse_args()
     from benchmarks.service import machine
 
-    report = {"images": args.images, "machine": machine(), **bulk_runs(args.images)}
+    report = {"images": args.images, "machine": machine(), **bulk_runs(args.images, args.profile)}
     if args.video_minutes:
         report["video"] = video_runs(args.video_minutes)
     publish(report, args.out, markdown)

@@ -192,7 +192,7 @@ def classify(requests: list) -> dict:
                 busy_since = time.perf_counter()
                 keep = kept | shadow_keys
                 done = list(shadow_keys) if part is shadows else [k for k in keys if k not in keep]
-                drop_on_shards = drop_pixels(pipe, done)
+                drop_on_shards = drop_pixels(pipe, done, watched=any(_watched(req) for req in requests))
                 pipe.execute()
             drops.append(drop_on_shards)
         except _REDIS_AWAY:  # maybe not stored: computed again after a requeue (the same answers), pixels kept
@@ -209,6 +209,12 @@ def classify(requests: list) -> dict:
 
 def _pixels_key(req: Any) -> str:
     return str(req.kwargs.get("pixels_key", ""))
+
+
+def _watched(req: Any) -> bool:
+    """Whether the API watches the request until it is answered (tasks.request_watch): any but a job's part or a
+    shadow copy (both on the bulk lane, each watched by what sent it)."""
+    return not str((req.delivery_info or {}).get("routing_key") or "").startswith(settings.BULK_PREFIX)
 
 
 def _store(pipe: redis.client.Pipeline, name: str, model: Classifier, answers: list, kept: set[str],

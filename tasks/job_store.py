@@ -375,7 +375,7 @@ def discard(client: redis.Redis, job_id: str) -> None:
     with client.pipeline(transaction=False) as pipe:  # one round trip when the pixels live on the broker
         pipe.delete(pending_key(job_id), items_key(job_id), chunks_key(job_id))
         pipe.zrem(ACTIVE_KEY, job_id)
-        drop_on_shards = drop_pixels(pipe, parts)
+        drop_on_shards = drop_pixels(pipe, parts, watched=False)
         pipe.execute()
     drop_on_shards()
     if sent:

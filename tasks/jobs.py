@@ -4,14 +4,15 @@ A job (images, zip entries, or a video's sampled frames) is driven by a chain of
 tasks. Each step gathers the answers of the job's chunks, sends more chunks (tasks.job_chunks: every
 decoder process on every host decodes them) while fewer than the job's window and its model's bulk
 window are in flight, stores progress, and finishes the job when every item has an outcome. A step
-that can send nothing more ends at once, and the next one is queued with a countdown of _POLL_S: the
-driver never holds a decoder process while it waits, so every decoder decodes.
+that can send nothing more ends at once, and the next one is queued with a countdown (_FULL_S while the
+windows are full, _POLL_S while it waits for the last answers): the driver never holds a decoder process
+while it waits, so every decoder decodes.
 
 The windows, in chunks of JOB_CHUNK items (at most half of JOB_IN_FLIGHT when that is set):
-- a job: JOB_IN_FLIGHT items, or by default two chunks per live decoder process, so that each decoder
-  always has its next chunk;
+- a job: JOB_IN_FLIGHT items, or by default four chunks per live decoder process, so that each decoder
+  always has its next chunks until the next step refills the window;
 - a model, all jobs together: BULK_IN_FLIGHT images per live model worker waiting for the model, plus
-  two chunks per decoder being decoded, and never more than BULK_IN_FLIGHT messages (parts) per model
+  four chunks per decoder being decoded, and never more than BULK_IN_FLIGHT messages (parts) per model
   worker: a 4-hour video never sits in Redis as pixels, and the model workers keep prefetch room for
   /predict requests.
 
@@ -94,7 +95,8 @@ logger = get_logger(__name__)
 STEP_S = 2.0          # most work per step before handing over to the next one
 THUMBNAILS = 48       # an evaluation's mistakes shown as thumbnails (the first ones)
 THUMBNAIL_PX = 96
-_POLL_S = 0.1         # the countdown of the next step when this one could send nothing
+_POLL_S = 0.1         # the countdown of the next step when this one sent everything and waits for answers
+_FULL_S = 0.25        # ... and when the windows are full (each decoder has chunks for longer than that)
 _LOST_CHECK_S = 10.0  # a chunk unanswered this long is looked for in the queues (see _resend_lost)
 _GONE_CHECK_S = 30.0  # a request unanswered this long is checked for its message (tasks.request_watch)
 _LOCK_S = 60.0        # a step's lock frees itself after this when its host is gone (on its own host: at once)
@@ -126,14 +128,13 @@ def job_step(self: Any, job_id: str) -> None:
         logger.warning("job %s: the process running its last step died; resuming from its stored cursor", job_id)
         count_resumed(client, "driver_died")
     try:
-        more, idle = _Driver(client, job_id).run(STEP_S)
+        more, countdown = _Driver(client, job_id).run(STEP_S)
     finally:
         with contextlib.suppress(*_REDIS_AWAY):  # else the lock frees itself after _LOCK_S
             release_lock(client, job_id, token)
     next_id = str(uuid.uuid4())
     if more and hand_over(client, job_id, step_id, next_id):
-        job_step.apply_async((job_id,), task_id=next_id, countdown=_POLL_S if idle else None,
-                             retry_policy=_SEND_POLICY)
+        job_step.apply_async((job_id,), task_id=next_id, countdown=countdown, retry_policy=_SEND_POLICY)
 
 
 def resume_stalled(client: redis.Redis, stall_s: float) -> list[str]:
@@ -173,6 +174,16 @@ def start_stall_sweep(client: redis.Redis) -> None:
 
 
 _input_lookup: InputLookup | None = None
+_workers: tuple[float, list[dict[str, Any]]] = (0.0, [])  # (when read, what the live workers announced)
+_pruned: dict[str, float] = {}  # model window -> when this process last pruned it
+
+
+def _live_workers(client: redis.Redis) -> list[dict[str, Any]]:
+    """The live workers, read at most once a second per process (a scan of their heartbeats)."""
+    global _workers
+    if time.monotonic() - _workers[0] >= 1.0:
+        _workers = (time.monotonic(), live_workers(client))
+    return _workers[1]
 
 
 def _inputs(client: redis.Redis) -> InputLookup:
@@ -192,7 +203,7 @@ def windows(workers: list[dict[str, Any]], model: str) -> tuple[int, int, int, i
     if settings.JOB_IN_FLIGHT:
         chunk = max(1, min(chunk, settings.JOB_IN_FLIGHT // 2))
     part = min(chunk, min((int(w.get("bulk_batch") or 1) for w in models), default=1))
-    decoding = 2 * decoders
+    decoding = 4 * decoders
     job_window = max(1, settings.JOB_IN_FLIGHT // chunk) if settings.JOB_IN_FLIGHT else decoding
     room = settings.BULK_IN_FLIGHT * max(1, len(models))  # images waiting for the model, and messages
     model_window = min(math.ceil(room / chunk) + decoding, max(1, room // math.ceil(chunk / part)))
@@ -210,13 +221,13 @@ class _Driver:
         self.chunk = self.part = 1
         self.in_flight_key = ""
 
-    def run(self, budget_s: float) -> tuple[bool, bool]:
+    def run(self, budget_s: float) -> tuple[bool, float | None]:
         """Work on the job until nothing more can be sent, at most `budget_s`: (whether another step is
-        needed, whether this one ended for want of room rather than time)."""
+        needed, the countdown before it)."""
         job = read_job(self.client, self.job_id)
         if job is None or job["status"] in FINAL:
             discard(self.client, self.job_id)
-            return False, False
+            return False, None
         if not job_dir(self.job_id).is_dir():  # the API wrote the files where this decoder cannot see them
             error = (f"this decoder ({socket.gethostname()}) cannot read the job's files: {job_dir(self.job_id)} "
                      f"does not exist here. UPLOAD_DIR must be one volume shared by the API and every decoder")
@@ -224,16 +235,18 @@ class _Driver:
             if update_if_active(self.client, self.job_id, self.ttl, status="FAILURE", error=error) == "OK":
                 self._announce_end(job["spec"])
             discard(self.client, self.job_id)
-            return False, False
+            return False, None
         spec, cursor = job["spec"], job["cursor"]
         total = min(job["total"], job.get("video_end", job["total"]))
         extra: dict[str, Any] = {"decode_error": job["decode_error"]} if "decode_error" in job else {}
         self.compact = "evaluate" in spec
         self._size_items(spec)
         self.client.expire(ISSUED_PREFIX + self.job_id, self.ttl)
-        self.chunk, self.part, job_window, model_window = windows(live_workers(self.client), spec["model"])
+        self.chunk, self.part, job_window, model_window = windows(_live_workers(self.client), spec["model"])
         self.in_flight_key = bulk_in_flight_key(spec["model"])
-        prune_in_flight(self.client, self.in_flight_key, _LOST_CHECK_S)
+        if time.monotonic() - _pruned.get(self.in_flight_key, -_LOST_CHECK_S) >= _LOST_CHECK_S:
+            _pruned[self.in_flight_key] = time.monotonic()
+            prune_in_flight(self.client, self.in_flight_key, _LOST_CHECK_S)
         listed = read_items(self.job_id, cursor) if spec["kind"] != "video" else None
         deadline = time.monotonic() + budget_s
         try:
@@ -250,14 +263,16 @@ class _Driver:
                                          done=min(done, total), total=total, cursor=cursor, **extra)
                 if state != "OK":  # cancelled (or expired) meanwhile
                     discard(self.client, self.job_id)
-                    return False, False
+                    return False, None
                 if cursor >= total and in_flight == 0 and done >= total:
                     self._finish(spec, total, job.get("decode_error"))
-                    return False, False
+                    return False, None
                 if cursor >= total and in_flight == 0 and sent == 0:
                     self._resend_missing(spec, total)
-                if sent == 0 or time.monotonic() >= deadline:
-                    return True, sent == 0
+                if time.monotonic() >= deadline:
+                    return True, None
+                if sent == 0:
+                    return True, _POLL_S if cursor >= total else _FULL_S
         finally:
             if listed is not None:
                 listed.close()

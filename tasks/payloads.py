@@ -23,6 +23,7 @@ from celery.utils.nodenames import anon_nodename
 from kombu import serialization
 
 import settings
+from tasks.redis_clients import pixel_packer
 
 PIXELS_PREFIX = "imageclf:pixels:"
 #: A request sent with `probabilities=True` gets its whole class-probability row stored here too, as
@@ -159,7 +160,8 @@ class PixelShards:
     """
 
     def __init__(self, urls: list[str]) -> None:
-        self._clients = [redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5) for url in urls]
+        self._clients = [redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5,
+                                              command_packer=pixel_packer()) for url in urls]
 
     def __bool__(self) -> bool:
         return bool(self._clients)
@@ -219,11 +221,13 @@ def forget(client: redis.Redis | redis.client.Pipeline, request_ids: list[str]) 
         client.hdel(MESSAGES_KEY, *request_ids)
 
 
-def drop_pixels(client: redis.Redis | redis.client.Pipeline, keys: list[str]) -> Callable[[], None]:
-    """Delete answered requests' pixels and stop watching them. On the broker the DEL goes on `client` (a
-    pipeline: sent with the answers); on shards it is left to the returned function, to call once the answers
-    are stored."""
-    forget(client, [key.removeprefix(PIXELS_PREFIX) for key in keys])
+def drop_pixels(client: redis.Redis | redis.client.Pipeline, keys: list[str],
+                watched: bool = True) -> Callable[[], None]:
+    """Delete answered requests' pixels and, unless none was `watched` (job parts, shadow copies), stop
+    watching them. On the broker the DEL goes on `client` (a pipeline: sent with the answers); on shards it is
+    left to the returned function, to call once the answers are stored."""
+    if watched:
+        forget(client, [key.removeprefix(PIXELS_PREFIX) for key in keys])
     shards = pixel_shards()
     if not shards:
         if keys:

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.connection import Encoder, PythonRespSerializer
 from redis.sentinel import Sentinel
 
 import settings
@@ -47,6 +48,7 @@ def sentinel_nodes(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
 
 def connect(url: str, master: str | None = None, **options: Any) -> redis.Redis:
     """A client for `url`; for a Sentinel URL, of the master named `master` (default REDIS_SENTINEL_MASTER)."""
+    options.setdefault("command_packer", pixel_packer())
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **options)
     master = master or settings.REDIS_SENTINEL_MASTER
@@ -55,6 +57,13 @@ def connect(url: str, master: str | None = None, **options: Any) -> redis.Redis:
     nodes, db, password = sentinel_nodes(url)
     sentinel = Sentinel(nodes, sentinel_kwargs={"socket_timeout": 2, "socket_connect_timeout": 2})
     return sentinel.master_for(master, db=db, password=password, **options)
+
+
+def pixel_packer() -> PythonRespSerializer:
+    """redis-py's own command packer, not hiredis': it sends a large value (a part's pixels) as it is, where
+    hiredis copies it into the command first (measured: 1.0 ms against 6.9 ms of CPU to SET 4.8 MB). Replies are
+    still parsed by hiredis when it is installed."""
+    return PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
 
 
 def text(value: bytes | str) -> str:
