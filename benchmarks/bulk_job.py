@@ -144,7 +144,7 @@ def profile(meter: Meter, folder: Path, seconds: int) -> list[subprocess.Popen]:
             with_children = process.children()
             name = role(process)
             if name in ("decoders", "model: pool child", "API", "model: main") and name not in chosen \
-                    and not (name == "decoders" and with_children):
+                    and not (name in ("decoders", "API") and with_children):  # a pool's child, not its master
                 chosen[name] = process.pid
     folder.mkdir(parents=True, exist_ok=True)
     return [subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--duration",
@@ -198,10 +198,11 @@ def bulk_runs(images: int, profile_to: Path | None) -> dict[str, Any]:
         meter = Meter([scratch.svc.proc.pid], scratch.redis_url)
         archive = zipped(folder, scratch.work)
         with open(archive, "rb") as f:
-            report["runs"]["zip"] = run_job(scratch, meter, images, floor_ms, files={"images": ("photos.zip", f)})
+            report["runs"]["zip"] = run_job(scratch, meter, images, floor_ms, profile_to and profile_to / "zip",
+                                            files={"images": ("photos.zip", f)})
         archive.unlink()
-        report["runs"]["source folder"] = run_job(scratch, meter, images, floor_ms, profile_to,
-                                                  data={"source": str(folder)})
+        report["runs"]["source folder"] = run_job(scratch, meter, images, floor_ms,
+                                                  profile_to and profile_to / "source", data={"source": str(folder)})
         second = subprocess.Popen([sys.executable, "-m", "imageclf", "worker", "--decoders-only"], cwd=ROOT,
                                   env={**os.environ, **scratch.svc.env, **env(images, folder, cores)},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -288,8 +289,9 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--video-minutes", type=float, default=0.0)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--profile", type=Path, help="py-spy each role's process during the source-folder job "
-                                                       "(its first 20 s), collapsed stacks in this folder")
+    parser.add_argument("--profile", type=Path, help="py-spy each role's process during the zip and the source "
+                                                       "folder jobs (their first 20 s), collapsed stacks in this "
+                                                       "folder")
     args = parser.parse_args()
     from benchmarks.service import machine
 

@@ -9,7 +9,8 @@ the model version that answered and the per-stage timings. A request marked `sha
 is queued again for that version (tasks.shadow); a shadow copy (`compare`) is compared,
 not answered. A job's part (`items`: several images one after another, see tasks.job_chunks)
 is split into its images, each computed with the others of its version, and answered by one record:
-{"items": the part's item records, "answers": one {"predictions", "model_version"} or {"error"} per image}.
+{"items": the part's item indices, "records": their other fields (if any), "answers": one {"predictions",
+"model_version"} or {"error"} per image}.
 Every request gets its own result or failure in the backend: celery-batches
 discards the task's return value and swallows its exceptions. The return value is
 a summary for the worker's main process, which sends each request's task event.
@@ -88,6 +89,8 @@ def _part_images(kwargs: dict, data: bytes | None) -> list[np.ndarray]:
     needed = sum(height * width * 3 for height, width in sizes)
     if needed != len(data):
         raise ValueError(f"the part has {len(data)} bytes of pixels; its {count} images need {needed}")
+    if all(size == sizes[0] for size in sizes):  # views of one array (_batch hands it to the model whole)
+        return list(np.frombuffer(data, np.uint8).reshape(count, sizes[0][0], sizes[0][1], 3))
     images, offset = [], 0
     for height, width in sizes:
         images.append(np.frombuffer(data, np.uint8, height * width * 3, offset).reshape(height, width, 3))
@@ -112,8 +115,10 @@ class _Parts:
     def store(self, pipe: redis.client.Pipeline, name: str) -> None:
         for request_id, req in self.requests.items():
             answers = [answer or {"error": "not computed"} for answer in self.answers[request_id]]
-            store_success(pipe, request_id, {"model": name, "items": req.kwargs["items"], "answers": answers},
-                          settings.RESULT_TTL_S)
+            result = {"model": name, "items": req.kwargs["items"], "answers": answers}
+            if "records" in req.kwargs:
+                result["records"] = req.kwargs["records"]
+            store_success(pipe, request_id, result, settings.RESULT_TTL_S)
 
     def shown(self) -> dict[str, str]:
         """What Flower shows as each part's outcome."""
@@ -275,6 +280,17 @@ def _by_version(requests: list, blobs: list[bytes | None], versions: dict[int, C
     return groups
 
 
+def _batch(images: list[np.ndarray]) -> np.ndarray:
+    """The images as one array: a job part's own buffer when they are all of it, in order (no copy), else stacked."""
+    whole, first = images[0].base, images[0]
+    if isinstance(whole, np.ndarray) and whole.size == first.size * len(images) and whole.dtype == first.dtype:
+        start = whole.__array_interface__["data"][0]
+        if all(image.base is whole and image.shape == first.shape
+               and image.__array_interface__["data"][0] == start + i * first.nbytes for i, image in enumerate(images)):
+            return whole.reshape(len(images), *first.shape)
+    return np.stack(images)
+
+
 def _split_part(req: Any, blob: bytes | None, versions: dict[int, Classifier], default: Classifier | None,
                 unloaded: str | None, parts: _Parts, groups: dict[tuple[Classifier, bool], list]) -> None:
     """Add a job part's images to the groups of their versions (ValueError when the part as a whole is bad)."""
@@ -316,7 +332,7 @@ def _classify_group(model: Classifier, group: list, summary: dict, parts: _Parts
     started = time.time()
     try:
         t0 = time.perf_counter()
-        probabilities = model.predict(np.stack([image for _, image, _, _ in group]))
+        probabilities = model.predict(_batch([image for _, image, _, _ in group]))
         inference_ms = (time.perf_counter() - t0) * 1000.0
     except Exception as exc:
         logger.exception("inference failed for a batch of %d (version %s)", len(group), model.version)

@@ -7,7 +7,8 @@ the decoder seeks to its own segment, and each frame is sampled once.
 
 A chunk reaches the model as parts of the model workers' bulk batch size, each one `classify` message
 whose pixels are one Redis value (the images one after another) and whose answer is one record
-(tasks.classify): part `k` of chunk `<id>` is the task `<id>.<k>`. An item that cannot be decoded fails
+(tasks.classify): part `k` of chunk `<id>` is the task `<id>.<k>`; it names its items by index (`items`),
+with their other fields (`records`: a video frame's time) when they have some. An item that cannot be decoded fails
 alone, its outcome written into the job's items at once; a part none of whose items could be decoded is
 answered here, empty, so that the driver sees every part answered.
 
@@ -19,6 +20,7 @@ each named in Redis before it is read: an item read by MAX_DELIVERIES processes 
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -132,7 +134,9 @@ def _send_part(client: redis.Redis, spec: dict[str, Any], chunk: dict[str, Any],
         return
     sizes = [list(_size(chunk, version)[:2]) for _, _, version in part]
     versions = [version for _, _, version in part]
-    extra: dict[str, Any] = {"items": [record for record, _, _ in part]}
+    extra: dict[str, Any] = {"items": [record.pop("i") for record, _, _ in part]}
+    if any(record for record, _, _ in part):  # a video's frames: their times (an image's record is its index)
+        extra["records"] = [record for record, _, _ in part]
     if any(size != sizes[0] for size in sizes):
         extra["sizes"] = sizes
     if any(version != versions[0] for version in versions):
@@ -205,14 +209,17 @@ def read_item(job_id: str, item: dict[str, Any], archives: dict[str, zipfile.Zip
         return _object(item["source"], limit)
     path = _source_path(item["source"]) if "source" in item else job_dir(job_id) / item["file"]
     try:
+        # Never more than the limit, whatever a file's size or a zip entry's header claims; and read(n) allocates
+        # n bytes first, so n is the size the file says it has (+1, to see one that grew), not the limit.
         if "member" not in item:
             with open(path, "rb") as f:
-                data = f.read(limit + 1)
+                data = f.read(min(os.fstat(f.fileno()).st_size, limit) + 1)
         else:
             if item["file"] not in archives:
                 archives[item["file"]] = zipfile.ZipFile(path)
-            with archives[item["file"]].open(archives[item["file"]].infolist()[item["member"]]) as f:
-                data = f.read(limit + 1)  # never more, whatever the entry's header claims
+            entry = archives[item["file"]].infolist()[item["member"]]
+            with archives[item["file"]].open(entry) as f:
+                data = f.read(min(entry.file_size, limit) + 1)
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError,
             ValueError, IndexError) as exc:
         raise ItemError(f"cannot read this file ({type(exc).__name__}: {exc})") from None

@@ -110,7 +110,10 @@ _REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError, OperationalError)
 _SEND_POLICY = {"max_retries": 60, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}
 
 
+# No task events: a job takes several steps a second, which Flower would list by the thousand (it shows the
+# job's chunks instead).
 @celery_app.task(name="job_step", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+                 send_events=False,
                  autoretry_for=_REDIS_AWAY, max_retries=None, retry_backoff=1, retry_backoff_max=10,
                  retry_jitter=False, retry_kwargs={"retry_policy": _SEND_POLICY})
 def job_step(self: Any, job_id: str) -> None:
@@ -356,8 +359,10 @@ class _Driver:
                     continue
                 meta = {"status": "FAILURE", "error": f"no answer within {self.ttl} s (RESULT_TTL_S)"}
             if meta["status"] == "SUCCESS":
-                for record, answer in zip(meta["result"]["items"], meta["result"]["answers"]):
-                    outcomes[str(record["i"])] = json.dumps({**record, **self._outcome(answer)})
+                part = meta["result"]
+                records = part.get("records") or [{}] * len(part["items"])
+                for index, record, answer in zip(part["items"], records, part["answers"]):
+                    outcomes[str(index)] = json.dumps({"i": index, **record, **self._outcome(answer)})
             else:
                 start = chunk["first"] + k * chunk["part"]
                 failed.append((range(start, min(chunk["first"] + chunk["count"], start + chunk["part"])),
