@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -160,26 +161,20 @@ def _items(client: redis.Redis, job_id: str, spec: dict[str, Any], chunk: dict[s
     if spec["kind"] == "video":
         yield from _frames(client, job_id, spec, chunk, careful)
         return
-    archives: dict[str, zipfile.ZipFile] = {}
-    try:
-        for slot, item in enumerate(chunk["items"]):
-            index = first + slot
-            record = {"i": index}
-            version = item.get("version", spec.get("version"))
-            if careful and (deaths := poison_check(client, job_id, chunk["id"], index)):
-                yield slot, record, f"a decoder process died {deaths} times while reading this item " \
-                                    f"(MAX_DELIVERIES)", version
-                continue
-            try:
-                height, width, resize = _size(chunk, item.get("version"))
-                data = read_item(job_id, item, archives)
-                yield slot, record, decode_to_pixels(data, (height, width), settings.MAX_IMAGE_PIXELS, resize,
-                                                     _DECODE_BUDGET), version
-            except (ItemError, ImageDecodeError) as exc:
-                yield slot, record, str(exc), version
-    finally:
-        for archive in archives.values():
-            archive.close()
+    for slot, item in enumerate(chunk["items"]):
+        index = first + slot
+        record = {"i": index}
+        version = item.get("version", spec.get("version"))
+        if careful and (deaths := poison_check(client, job_id, chunk["id"], index)):
+            yield slot, record, f"a decoder process died {deaths} times while reading this item (MAX_DELIVERIES)", \
+                version
+            continue
+        try:
+            height, width, resize = _size(chunk, item.get("version"))
+            yield slot, record, decode_to_pixels(read_item(job_id, item), (height, width), settings.MAX_IMAGE_PIXELS,
+                                                 resize, _DECODE_BUDGET), version
+        except (ItemError, ImageDecodeError) as exc:
+            yield slot, record, str(exc), version
 
 
 def _frames(client: redis.Redis, job_id: str, spec: dict[str, Any], chunk: dict[str, Any], careful: bool
@@ -202,7 +197,29 @@ def _frames(client: redis.Redis, job_id: str, spec: dict[str, Any], chunk: dict[
         yield slot, {"i": first + slot, "t": frame.t, "frame": frame.index}, frame.pixels, version
 
 
-def read_item(job_id: str, item: dict[str, Any], archives: dict[str, zipfile.ZipFile]) -> bytes:
+#: Zips this process has open: path -> (the archive, when last read). Each chunk of a job reads a few of its
+#: entries, and opening a zip parses its whole central directory (20,000 entries: every chunk would pay for all).
+_ARCHIVES: dict[Path, tuple[zipfile.ZipFile, float]] = {}
+_ARCHIVES_KEPT = 4
+_ARCHIVE_IDLE_S = 30.0
+
+
+def _archive(path: Path) -> zipfile.ZipFile:
+    """The zip at `path`, opened once per process and kept while it is read (closed once idle, or deleted with
+    its job, when this process next reads a zip)."""
+    now = time.monotonic()
+    for kept, (archive, used) in list(_ARCHIVES.items()):
+        if kept != path and (now - used > _ARCHIVE_IDLE_S or len(_ARCHIVES) > _ARCHIVES_KEPT or not kept.exists()):
+            archive.close()
+            del _ARCHIVES[kept]
+    if path not in _ARCHIVES:
+        _ARCHIVES[path] = (zipfile.ZipFile(path), now)
+    archive = _ARCHIVES[path][0]
+    _ARCHIVES[path] = (archive, now)
+    return archive
+
+
+def read_item(job_id: str, item: dict[str, Any]) -> bytes:
     """The item's bytes, from its file, its zip entry or its source, refusing more than MAX_UPLOAD_MB."""
     limit = int(settings.MAX_UPLOAD_MB * 2**20)
     if item.get("source", "").startswith(S3_SCHEME):
@@ -215,10 +232,9 @@ def read_item(job_id: str, item: dict[str, Any], archives: dict[str, zipfile.Zip
             with open(path, "rb") as f:
                 data = f.read(min(os.fstat(f.fileno()).st_size, limit) + 1)
         else:
-            if item["file"] not in archives:
-                archives[item["file"]] = zipfile.ZipFile(path)
-            entry = archives[item["file"]].infolist()[item["member"]]
-            with archives[item["file"]].open(entry) as f:
+            archive = _archive(path)
+            entry = archive.infolist()[item["member"]]
+            with archive.open(entry) as f:
                 data = f.read(min(entry.file_size, limit) + 1)
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError,
             ValueError, IndexError) as exc:

@@ -45,7 +45,6 @@ import socket
 import threading
 import time
 import uuid
-import zipfile
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -512,19 +511,14 @@ class _Driver:
         read from the job's files before they are deleted; an image that cannot be read is left out."""
         wanted = list(dict.fromkeys(names))[:THUMBNAILS]
         items = {item["name"]: item for item in read_items(self.job_id) if item["name"] in wanted}
-        archives: dict[str, zipfile.ZipFile] = {}
         thumbnails: dict[str, str] = {}
-        try:
-            for name in wanted:
-                try:
-                    with Image.open(io.BytesIO(read_item(self.job_id, items[name], archives))) as image:
-                        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-                        out = io.BytesIO()
-                        image.convert("RGB").save(out, "JPEG", quality=80)
-                except (ItemError, OSError, ValueError, Image.DecompressionBombError):
-                    continue
-                thumbnails[name] = "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
-        finally:
-            for archive in archives.values():
-                archive.close()
+        for name in wanted:
+            try:
+                with Image.open(io.BytesIO(read_item(self.job_id, items[name]))) as image:
+                    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+                    out = io.BytesIO()
+                    image.convert("RGB").save(out, "JPEG", quality=80)
+            except (ItemError, OSError, ValueError, Image.DecompressionBombError):
+                continue
+            thumbnails[name] = "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
         return thumbnails

@@ -232,6 +232,45 @@ def test_the_batch_buffer_serves_interactive_requests_first_and_caps_bulk_fill()
     assert bulk_batch_size(64, 32, gpu_visible=False) == 32 and bulk_batch_size(4, 32, gpu_visible=True) == 4
 
 
+def test_a_job_part_counts_its_images_in_a_batch_and_goes_whole():
+    from types import SimpleNamespace
+
+    from tasks.batching import PriorityBuffer
+
+    buffer = PriorityBuffer("bulk.")
+
+    def put(name: str, images: int | None) -> None:
+        queue = "interactive.m" if images is None else "bulk.m"
+        kwargs = {"items": list(range(images))} if images else {}
+        buffer.put(SimpleNamespace(name=name, kwargs=kwargs, delivery_info={"routing_key": queue}))
+
+    put("p8", 8), put("i1", None), put("p4", 4), put("p16", 16), put("i2", None)
+    assert [r.name for r in buffer.take(limit=32, bulk_limit=16)] == ["i1", "i2", "p8", "p4"]  # 14 images
+    assert [r.name for r in buffer.take(limit=32, bulk_limit=8)] == ["p16"]  # larger than the room: alone
+    put("p16b", 16), put("i3", None)
+    assert [r.name for r in buffer.take(limit=32, bulk_limit=16)] == ["i3"]  # no room for the part beside it
+    assert [r.name for r in buffer.take(limit=32, bulk_limit=16)] == ["p16b"]
+
+
+def test_a_jobs_windows_follow_its_decoders_and_the_model_workers_batches(monkeypatch):
+    import settings
+    from tasks.jobs import windows
+
+    monkeypatch.setattr(settings, "JOB_CHUNK", 32)
+    monkeypatch.setattr(settings, "JOB_IN_FLIGHT", 0)
+    monkeypatch.setattr(settings, "BULK_IN_FLIGHT", 64)
+    decoders = [{"role": "decoder"}] * 8
+    gpu = [{"role": "model", "model": "m", "bulk_batch": 32}]
+    cpu = [{"role": "model", "model": "m", "bulk_batch": 1}]
+    # (chunk, part, the job's window, the model's window), windows in chunks
+    assert windows(decoders + gpu, "m") == (32, 32, 32, 34)  # 4 chunks a decoder; 64 images waiting + 32 decoding
+    assert windows(decoders + cpu, "m") == (32, 1, 32, 2)  # parts of one image: 64 messages at most
+    assert windows(decoders + gpu + gpu, "m") == (32, 32, 32, 36)
+    assert windows(gpu, "other") == (32, 1, 4, 2)  # no worker of that model yet: one image a part
+    monkeypatch.setattr(settings, "JOB_IN_FLIGHT", 8)
+    assert windows(decoders + gpu, "m") == (4, 4, 2, 48)  # chunks of at most half of JOB_IN_FLIGHT
+
+
 def test_upload_folders_of_jobs_redis_forgot_are_swept(tmp_path, monkeypatch, redis_client):
     import os
     import time

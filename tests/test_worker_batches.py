@@ -6,6 +6,7 @@ import socket
 import time
 import uuid
 
+import httpx
 import pytest
 from celery import Celery
 
@@ -128,3 +129,38 @@ def test_the_apis_own_task_message_is_the_one_send_task_writes(client_app, redis
         for extra in ("argsrepr", "kwargsrepr"):  # kombu copies them into the properties too; nothing reads them
             message["properties"].pop(extra, None)
     assert ours == theirs
+
+
+def test_a_job_part_is_computed_as_one_batch_and_answered_in_one_record(service, client_app, redis_client):
+    """A job's part (several images in one message, one Redis value) is one batch, and its answer one record
+    with an answer per image in order: an image for a version not served fails alone. Flower shows the part as
+    one task with its image count."""
+    from tests.helpers import FLOWER_AUTH
+
+    photos = labelled_photos()[:5]
+    pixels = b"".join(decode_to_pixels((SHARED / r["path"]).read_bytes(), 224, 10**9) for r in photos)
+    part_id = f"{uuid.uuid4()}.0"
+    versions = [1, 1, 99, 1, 1]  # the test model serves version 1 only
+    enqueue_classify(client_app, redis_client, part_id, pixels, (224, 224), 3, 600,
+                     queue="bulk.mobilenet_v1_0.75", version=1, pinned=True,
+                     part={"items": [10, 11, 12, 13, 14], "versions": versions})
+    (meta,) = wait_all(redis_client, [part_id])
+    assert meta["status"] == "SUCCESS", meta
+    result = meta["result"]
+    assert result["items"] == [10, 11, 12, 13, 14] and len(result["answers"]) == 5
+    for row, version, answer in zip(photos, versions, result["answers"]):
+        if version == 99:
+            assert "version 99 is not served" in answer["error"]
+            continue
+        assert answer["model_version"] == 1 and len(answer["predictions"]) == 3
+        assert answer["predictions"][0]["class_id"] == int(row["expected_class_id"])
+    assert not redis_client.exists(PIXELS_PREFIX + part_id)  # its pixels went with the answer
+
+    user, password = FLOWER_AUTH.split(":")
+    deadline = time.monotonic() + 30
+    while (task := httpx.get(f"{service.flower_url}/api/task/info/{part_id}", auth=(user, password),
+                             timeout=10)).status_code != 200 or task.json().get("state") != "SUCCESS":
+        assert time.monotonic() < deadline, f"Flower never showed the part as done: {task.text[:300]}"
+        time.sleep(0.5)
+    shown = task.json()
+    assert "'images': 5" in shown["kwargs"] and shown["result"] == "4 of 5 images answered", shown
