@@ -183,18 +183,18 @@ def zipped(folder: Path, work: Path) -> Path:
     return path
 
 
-def env(images: int, folder: Path, decoders: int) -> dict[str, str]:
-    return {"BULK_BATCH_SIZE": "32", "BATCH_SIZE": "32", "DECODER_CONCURRENCY": str(decoders),
+def env(images: int, folder: Path, decoders: int, bulk_batch: int = 32) -> dict[str, str]:
+    return {"BULK_BATCH_SIZE": str(bulk_batch), "BATCH_SIZE": "32", "DECODER_CONCURRENCY": str(decoders),
             "JOB_SOURCE_ROOTS": str(folder), "MAX_JOB_FILES": str(images + 10), "MAX_JOB_UPLOAD_MB": "16384",
             "MAX_UNZIPPED_MB": "16384", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def bulk_runs(images: int, profile_to: Path | None) -> dict[str, Any]:
+def bulk_runs(images: int, bulk_batch: int, profile_to: Path | None) -> dict[str, Any]:
     folder = jpegs(images)
     floor_ms = decoding_floor_ms(folder)
     cores = psutil.cpu_count() or 1
     report: dict[str, Any] = {"decoding_floor_ms": round(floor_ms, 3), "runs": {}}
-    with scratch_service("near-free", env(images, folder, cores), "bulk-job-", size=SIZE) as scratch:
+    with scratch_service("near-free", env(images, folder, cores, bulk_batch), "bulk-job-", size=SIZE) as scratch:
         meter = Meter([scratch.svc.proc.pid], scratch.redis_url)
         archive = zipped(folder, scratch.work)
         with open(archive, "rb") as f:
@@ -204,7 +204,7 @@ def bulk_runs(images: int, profile_to: Path | None) -> dict[str, Any]:
         report["runs"]["source folder"] = run_job(scratch, meter, images, floor_ms,
                                                   profile_to and profile_to / "source", data={"source": str(folder)})
         second = subprocess.Popen([sys.executable, "-m", "imageclf", "worker", "--decoders-only"], cwd=ROOT,
-                                  env={**os.environ, **scratch.svc.env, **env(images, folder, cores)},
+                                  env={**os.environ, **scratch.svc.env, **env(images, folder, cores, bulk_batch)},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(20)  # its decoders start and announce themselves
@@ -257,7 +257,8 @@ def video_runs(minutes: float) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# One job of {report['images']:,} distinct 1024×768 JPEGs, near-free model ({report['machine']})", "",
+    lines = [f"# One job of {report['images']:,} distinct 1024×768 JPEGs, near-free model, BULK_BATCH_SIZE "
+             f"{report.get('bulk_batch_size', 32)} ({report['machine']})", "",
              f"Decoding floor (decode_to_pixels to 224×224 in one process): {report['decoding_floor_ms']} ms an image.",
              "", "| per image | " + " | ".join(report["runs"]) + " |", "|---" * (len(report["runs"]) + 1) + "|"]
     runs = list(report["runs"].values())
@@ -288,6 +289,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--video-minutes", type=float, default=0.0)
+    parser.add_argument("--bulk-batch-size", type=int, default=32,
+                        help="BULK_BATCH_SIZE: 32 as on a GPU host (the default there); 1 is a CPU host's default")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--profile", type=Path, help="py-spy each role's process during the zip and the source "
                                                        "folder jobs (their first 20 s), collapsed stacks in this "
@@ -295,7 +298,8 @@ def main() -> int:
     args = parser.parse_args()
     from benchmarks.service import machine
 
-    report = {"images": args.images, "machine": machine(), **bulk_runs(args.images, args.profile)}
+    report = {"images": args.images, "machine": machine(), "bulk_batch_size": args.bulk_batch_size,
+              **bulk_runs(args.images, args.bulk_batch_size, args.profile)}
     if args.video_minutes:
         report["video"] = video_runs(args.video_minutes)
     publish(report, args.out, markdown)
