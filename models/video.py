@@ -108,7 +108,10 @@ def decode_frames(path: str, times: list[float], frame_rate: float, size: int | 
     try:
         with av.open(path, metadata_errors="ignore") as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            # Slice threads, not frame threads: a job's video is decoded by several processes at once, one stretch
+            # each, and frame threads refill their pipeline after every seek (measured, 720p at 2 fps: one decoder
+            # process 95 frames/s with SLICE, 73 with AUTO, 65 with none; two 112, 96, 109).
+            stream.thread_type = "SLICE"
             base = stream.time_base or Fraction(1, 1000)
             start = float((stream.start_time or 0) * base)
             frames: Iterator[av.VideoFrame] | None = None
