@@ -184,7 +184,10 @@ def zipped(folder: Path, work: Path) -> Path:
 
 
 def env(images: int, folder: Path, decoders: int, bulk_batch: int = 32) -> dict[str, str]:
-    return {"BULK_BATCH_SIZE": str(bulk_batch), "BATCH_SIZE": "32", "DECODER_CONCURRENCY": str(decoders),
+    """The service's settings: a model batch (and a job's chunk) of max(32, `bulk_batch`) images."""
+    batch = str(max(32, bulk_batch))
+    return {"BULK_BATCH_SIZE": str(bulk_batch), "BATCH_SIZE": batch, "JOB_CHUNK": batch,
+            "DECODER_CONCURRENCY": str(decoders),
             "JOB_SOURCE_ROOTS": str(folder), "MAX_JOB_FILES": str(images + 10), "MAX_JOB_UPLOAD_MB": "16384",
             "MAX_UNZIPPED_MB": "16384", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -299,7 +302,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--video-minutes", type=float, default=0.0)
     parser.add_argument("--bulk-batch-size", type=int, default=32,
-                        help="BULK_BATCH_SIZE: 32 as on a GPU host (the default there); 1 is a CPU host's default")
+                        help="BULK_BATCH_SIZE: 32 as on a GPU host (the default there: BATCH_SIZE); 1 is a CPU "
+                             "host's default; above 32 it is the model's BATCH_SIZE and JOB_CHUNK too")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--profile", type=Path, help="py-spy each role's process during the zip and the source "
                                                        "folder jobs (their first 20 s), collapsed stacks in this "

@@ -316,6 +316,7 @@ class _Driver:
         if items is not None:
             chunk["items"] = items
         job_chunk.apply_async((self.job_id, chunk), task_id=f"{chunk_id}.decode", queue=settings.JOBS_QUEUE,
+                              argsrepr=repr((self.job_id, {"first": first, "count": count})),  # what Flower shows
                               retry_policy=_SEND_POLICY)
         # Recorded after sending: a crash in between re-sends the chunk from the stored cursor.
         now = time.time()
@@ -454,7 +455,9 @@ class _Driver:
 
     def _finish(self, spec: dict[str, Any], total: int, decode_error: str | None) -> None:
         if spec["kind"] == "video":
-            result = video_result(spec["video"], self._outcomes(), decode_error)
+            # Frames past where the video ended (a corrupt stretch) are left out, as a single pass stops there.
+            result = video_result(spec["video"], {i: o for i, o in self._outcomes().items() if i < total},
+                                  decode_error)
             ok = bool(result["frames"])
             error = decode_error or "no frame could be classified"
         elif "evaluate" in spec:

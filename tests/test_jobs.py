@@ -69,6 +69,34 @@ def test_a_video_comes_back_with_its_label_and_a_timeline(service):
     assert result["summary"]["share"] == round(top1.count(result["summary"]["label"]) / len(top1), 4)
 
 
+def test_a_video_cut_short_keeps_the_frames_before_the_cut_in_order(service, tmp_path):
+    """A video whose data stops halfway (its header intact: it passes the checks at submit) is decoded in chunks
+    by several decoders: those past the cut find nothing, the one across it stops there. The result holds the
+    frames before the cut, once each and in order, and says why it stopped."""
+    import numpy as np
+
+    path = tmp_path / "full.mp4"
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:  # the header first
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt, stream.options = 320, 240, "yuv420p", {"g": "10"}
+        rng = np.random.default_rng(1)
+        for _ in range(100):  # 10 s
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = path.read_bytes()
+    job = submit(service, files={"video": ("cut.mp4", data[: len(data) // 2], "video/mp4")}, data={"fps": "2"})
+    body, _ = follow(service, job)
+    assert body["status"] == "SUCCESS", body
+    result = body["result"]
+    times = [f["t"] for f in result["frames"]]
+    assert 0 < len(times) < 20  # 20 sampled in the 10 s the header announces
+    assert times == [i * 0.5 for i in range(len(times))]  # from the start, none missing, none twice
+    assert "corrupt" in result["decode_error"] and result["summary"]["frames"] == len(times)
+
+
 def test_a_short_clip_sampled_every_frame(service):
     path = VIDEO / "realshort.mp4"
     job = submit(service, files={"video": (path.name, path.read_bytes())}, data={"every_n_frames": "3", "top": "2"})
