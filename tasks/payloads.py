@@ -48,22 +48,23 @@ class QueueFull(Exception):
         self.depth = depth
 
 
-# KEYS: the queue, the pixels' key, the issued id's key, WATCH_KEY, MESSAGES_KEY; ARGV: the depth limit (-1:
-# none), the TTL, the pixels ("": on a pixel shard), the task message, the issued record ("": none), the task id
-# and the time when watched ("": not watched). One round trip, atomic: a refused request stores nothing, and a
-# replica that holds the issued record holds the queued work too (scripts replicate as one transaction).
+# KEYS: the queue, the issued id's key, WATCH_KEY, MESSAGES_KEY; ARGV: the depth limit (-1: none), the TTL, the
+# task message, the issued record ("": none), the task id and the time when watched ("": not watched). Atomic: a
+# refused request queues nothing (its pixels, SET just before in the same round trip, are deleted then), and a
+# replica that holds the issued record holds the queued work too (scripts replicate as one transaction, after
+# the SET). The pixels are not an argument: Lua copies an argument twice more (measured: 3.8 ms of Redis' CPU
+# for a part's 4.8 MB through the script, 0.8 ms as a SET beside it).
 _ENQUEUE = """
 local limit = tonumber(ARGV[1])
 if limit >= 0 then
   local depth = redis.call('LLEN', KEYS[1])
   if depth >= limit then return depth end
 end
-if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2]) end
-redis.call('LPUSH', KEYS[1], ARGV[4])
-if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[2]) end
-if ARGV[6] ~= '' then
-  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
-  redis.call('HSET', KEYS[5], ARGV[6], KEYS[1] .. '\\n' .. ARGV[4])
+redis.call('LPUSH', KEYS[1], ARGV[3])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[2]) end
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+  redis.call('HSET', KEYS[4], ARGV[5], KEYS[1] .. '\\n' .. ARGV[3])
 end
 return -1
 """
@@ -134,21 +135,23 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
              **({"expires_at": expires_at} if expires_at is not None else {})}
     message = task_message(celery, task_id, kwargs, queue, repr(shown))
     key, shards = kwargs["pixels_key"], pixel_shards()
+    holder = shards.for_key(key) if shards else client
     if shards:  # before the message exists, so no worker can look for pixels that are not there yet
-        shards.for_key(key).set(key, pixels, ex=ttl_s)
-    script = (_ENQUEUE, 5, queue, key, ISSUED_PREFIX + task_id, WATCH_KEY, MESSAGES_KEY,
-              -1 if max_depth is None else max_depth, ttl_s, b"" if shards else pixels, message, issued or "",
-              task_id if watched else "", time.time())
-    if wait_replicas:
-        with client.pipeline(transaction=False) as pipe:
-            depth, confirmed = pipe.eval(*script).wait(wait_replicas, wait_ms).execute()
-    else:
-        depth, confirmed = client.eval(*script), 0
+        holder.set(key, pixels, ex=ttl_s)
+    with client.pipeline(transaction=False) as pipe:  # one round trip; on the broker the SET goes first
+        if not shards:
+            pipe.set(key, pixels, ex=ttl_s)
+        pipe.eval(_ENQUEUE, 4, queue, ISSUED_PREFIX + task_id, WATCH_KEY, MESSAGES_KEY,
+                  -1 if max_depth is None else max_depth, ttl_s, message, issued or "", task_id if watched else "",
+                  time.time())
+        if wait_replicas:
+            pipe.wait(wait_replicas, wait_ms)
+        replies = pipe.execute()
+    depth = replies[0 if shards else 1]
     if depth >= 0:
-        if shards:
-            shards.for_key(key).delete(key)  # refused: nothing of it stays
+        holder.delete(key)  # refused: nothing of it stays
         raise QueueFull(queue, depth)
-    return confirmed
+    return replies[-1] if wait_replicas else 0
 
 
 class PixelShards:
