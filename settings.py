@@ -204,8 +204,9 @@ JOB_STALL_S: float = max(1.0, _float("JOB_STALL_S", 30.0))
 #: chunks being decoded). Below the workers' prefetch (3 x BATCH_SIZE messages), so a worker always has room
 #: to fetch a /predict request at once.
 BULK_IN_FLIGHT: int = max(1, _int("BULK_IN_FLIGHT", 2 * BATCH_SIZE))
-#: Decoder worker processes (they run jobs: unzip, decode images, sample video frames).
-DECODER_CONCURRENCY: int = max(1, _int("DECODER_CONCURRENCY", 2))
+#: Decoder worker processes (they run jobs: unzip, decode images, sample video frames). Empty: one per core this
+#: process may run on, since one job's chunks are decoded by all of them (docs/BENCHMARKS-JOBS.md).
+DECODER_CONCURRENCY: int = max(1, _int("DECODER_CONCURRENCY", len(os.sched_getaffinity(0))))
 #: Largest accepted image, in pixels (width x height); larger ones are refused before decoding.
 MAX_IMAGE_PIXELS: int = _int("MAX_IMAGE_PIXELS", 64_000_000)
 #: Memory for decoded images per API or decoder process, in megabytes (Pillow holds 4 bytes a pixel): decodes
