@@ -149,6 +149,7 @@ def _send_part(client: redis.Redis, spec: dict[str, Any], chunk: dict[str, Any],
 
 
 def _size(chunk: dict[str, Any], version: int | None) -> tuple[int, int, str]:
+    """What an item for `version` is sized for: that version's input, else the job's (the driver's `inputs`)."""
     height, width, resize = chunk["inputs"].get("" if version is None else str(version)) or chunk["inputs"][""]
     return height, width, resize
 
@@ -170,7 +171,7 @@ def _items(client: redis.Redis, job_id: str, spec: dict[str, Any], chunk: dict[s
                 version
             continue
         try:
-            height, width, resize = _size(chunk, item.get("version"))
+            height, width, resize = _size(chunk, version)  # as _send_part says it is sized
             yield slot, record, decode_to_pixels(read_item(job_id, item), (height, width), settings.MAX_IMAGE_PIXELS,
                                                  resize, _DECODE_BUDGET), version
         except (ItemError, ImageDecodeError) as exc:
@@ -184,8 +185,8 @@ def _frames(client: redis.Redis, job_id: str, spec: dict[str, Any], chunk: dict[
     times = sample_times(info, spec.get("fps"), spec.get("every_n_frames"), spec["max_frames"])
     first, count = chunk["first"], chunk["count"]
     mine = times[first:first + count]
-    height, width, resize = _size(chunk, None)
     version = spec.get("version")
+    height, width, resize = _size(chunk, version)
     if careful and (deaths := poison_check(client, job_id, chunk["id"], first)):
         # A stretch that kills its decoder fails as a whole: frames are read in one pass, not one by one.
         for slot, t in enumerate(mine):
