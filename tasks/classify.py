@@ -46,7 +46,7 @@ logger = get_logger(__name__)
 _REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError)
 
 
-def _parse(kwargs: dict, data: bytes | None, shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
+def _parse(kwargs: dict, data: bytes | bytearray | None, shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
     """The request's image as an array of `shape` and its `top`, or ValueError naming what is wrong.
 
     Pixels sized for another version's input (sent while a rollout switched versions) are
@@ -78,7 +78,7 @@ def _fit(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
 
 
-def _part_images(kwargs: dict, data: bytes | None) -> list[np.ndarray]:
+def _part_images(kwargs: dict, data: bytearray | None) -> list[np.ndarray]:
     """A job part's images, or ValueError naming what is wrong with the whole part."""
     count = len(kwargs["items"])
     if data is None:
@@ -249,7 +249,7 @@ def _store(pipe: redis.client.Pipeline, name: str, model: Classifier, answers: l
             kept.add(_pixels_key(req))
 
 
-def _by_version(requests: list, blobs: list[bytes | None], versions: dict[int, Classifier],
+def _by_version(requests: list, blobs: list[bytearray | None], versions: dict[int, Classifier],
                 default: Classifier | None, summary: dict, unloaded: str | None, parts: _Parts
                 ) -> dict[tuple[Classifier, bool], list]:
     """Each valid image's (request, image, top, its place in a job part or None), grouped by the version that
@@ -291,7 +291,7 @@ def _batch(images: list[np.ndarray]) -> np.ndarray:
     return np.stack(images)
 
 
-def _split_part(req: Any, blob: bytes | None, versions: dict[int, Classifier], default: Classifier | None,
+def _split_part(req: Any, blob: bytearray | None, versions: dict[int, Classifier], default: Classifier | None,
                 unloaded: str | None, parts: _Parts, groups: dict[tuple[Classifier, bool], list]) -> None:
     """Add a job part's images to the groups of their versions (ValueError when the part as a whole is bad)."""
     images, top = _part_images(req.kwargs, blob), _top(req.kwargs)

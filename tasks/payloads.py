@@ -15,7 +15,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import redis
 from celery import Celery
@@ -23,6 +23,7 @@ from celery.utils.nodenames import anon_nodename
 from kombu import serialization
 
 import settings
+from tasks.pixel_reads import mget_into
 from tasks.redis_clients import pixel_packer
 
 PIXELS_PREFIX = "imageclf:pixels:"
@@ -191,15 +192,16 @@ def pixel_shards() -> PixelShards:
     return _shards
 
 
-def fetch_pixels(client: redis.Redis, keys: list[str]) -> list[bytes | None]:
-    """The pixels under each key (None where missing): one MGET on the broker, or one per shard."""
+def fetch_pixels(client: redis.Redis, keys: list[str]) -> list[bytearray | None]:
+    """The pixels under each key (None where missing): one MGET on the broker, or one per shard, each value
+    read straight into its own buffer (tasks.pixel_reads)."""
     shards = pixel_shards()
     if not keys or not shards:
-        return cast(list[bytes | None], client.mget(keys)) if keys else []  # replies are never decoded here
-    found: list[bytes | None] = [None] * len(keys)
+        return mget_into(client, keys) if keys else []
+    found: list[bytearray | None] = [None] * len(keys)
     for shard, positions in shards.by_shard(keys):
-        for i, blob in zip(positions, shard.mget([keys[i] for i in positions])):
-            found[i] = cast(bytes | None, blob)
+        for i, blob in zip(positions, mget_into(shard, [keys[i] for i in positions])):
+            found[i] = blob
     return found
 
 
