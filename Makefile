@@ -11,7 +11,7 @@ export CLASS_INDEX ?= $(wildcard $(CURDIR)/../shared/assets/imagenet_class_index
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml imageclf/__init__.py requirements/api.txt requirements/model.txt requirements/worker.txt \
+$(VENV)/.installed: pyproject.toml src/imageclf/__init__.py requirements/api.txt requirements/model.txt requirements/worker.txt \
                    requirements/client.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip

@@ -1,6 +1,6 @@
 """One big job on the near-free model: the bulk path's own cost per image, by process, and how busy the cores are.
 
-    python -m benchmarks.bulk_job --images 20000 --out docs/benchmark-bulk-job
+    python -m benchmarks.bulk_job --images 20000 --out benchmarks/results/benchmark-bulk-job
 
 Serves a near-free model (224×224×3 → global average pool → Dense(10): benchmarks.scratch_service) with
 BULK_BATCH_SIZE=32 (the default on a GPU host) and one decoder process per core, then runs one job of
@@ -32,15 +32,15 @@ import psutil
 import redis
 from PIL import Image
 
+from benchmarks import ROOT
 from benchmarks.reports import publish
 from benchmarks.scratch_service import Scratch, scratch_service
-from imageclf.service_process import ROOT
 
 PHOTOS = ROOT.parent / "shared" / "assets" / "images"
 SIZE = 224
 #: (what a process's command line contains, its role), first match wins.
-ROLES = (("gunicorn", "API"), ("api.grpc_server", "gRPC"), ("flower", "Flower"), ("--decoders-only", "supervisors"),
-         ("--queues jobs", "decoders"), ("imageclf", "supervisors"))
+ROLES = (("gunicorn", "API"), ("imageclf.api.grpc_server", "gRPC"), ("flower", "Flower"),
+         ("--decoders-only", "supervisors"), ("--queues jobs", "decoders"), ("imageclf", "supervisors"))
 
 
 def _make(args: tuple[int, Path, list[Path]]) -> None:
@@ -67,7 +67,7 @@ def jpegs(count: int) -> Path:
 
 def decoding_floor_ms(folder: Path, sample: int = 300) -> float:
     """decode_to_pixels of the job's JPEGs to the model's input, in this process: what no design avoids."""
-    from models.images import decode_to_pixels
+    from imageclf.models.images import decode_to_pixels
 
     files = sorted(folder.glob("*.jpg"))[:sample]
     blobs = [f.read_bytes() for f in files]

@@ -1,7 +1,7 @@
 """/predict with the response cache: a hit's latency and API CPU against a computed answer, in one run.
 
-    python -m benchmarks.cache --requests 400 --out docs/benchmark-cache
-    python -m benchmarks.cache --model resnet50 --requests 200 --out docs/benchmark-cache-resnet50
+    python -m benchmarks.cache --requests 400 --out benchmarks/results/benchmark-cache
+    python -m benchmarks.cache --model resnet50 --requests 200 --out benchmarks/results/benchmark-cache-resnet50
 
 Serves a user's `.keras` model (near-free, or ResNet50 with random weights: benchmarks.scratch_service
 builds both) with CACHE_TTL_S set, and sends one photo from one sequential client, phases alternating:

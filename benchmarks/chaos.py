@@ -1,6 +1,6 @@
 """Chaos: the whole service under load while random processes of every role are killed with SIGKILL.
 
-    python -m benchmarks.chaos --minutes 10 --seed 1 --out docs/benchmark-chaos
+    python -m benchmarks.chaos --minutes 10 --seed 1 --out benchmarks/results/benchmark-chaos
 
 It starts `imageclf run` as `make run` does (its own embedded Redis, which the launcher restarts), serving the
 shared ImageNet MobileNet. For `--minutes` it sends, all at once:
@@ -10,7 +10,7 @@ shared ImageNet MobileNet. For `--minutes` it sends, all at once:
 and every 4-9 s (seeded) kills one process with SIGKILL. The roles are taken in seeded rounds, each round every
 role once in a shuffled order, so that a short run still kills each: Redis, the API's gunicorn master and
 worker, the gRPC server, Flower, a model worker's main and pool process, a decoder's main and pool process. The
-launchers themselves (imageclf run, imageclf.start_workers) are the supervisors and are left alone, as init is.
+launchers themselves (imageclf run, imageclf.launch.start_workers) are the supervisors and are left alone, as init is.
 
 Then it stops the load and checks what the service promises (exit status 1 if any check fails):
 - every accepted job ends SUCCESS with each of its items answered once, in upload order, with the right labels
@@ -48,8 +48,9 @@ import httpx
 import psutil
 import redis
 
+from benchmarks import ROOT
 from benchmarks.reports import publish
-from imageclf.service_process import ROOT, ServiceProcess
+from imageclf.launch.service_process import ServiceProcess
 
 SHARED = ROOT.parent / "shared" / "assets"
 MODEL = "mobilenet_v1_0.75"
@@ -85,7 +86,7 @@ def role_of(proc: psutil.Process) -> str | None:
         return "redis"
     if "gunicorn" in cmd:
         return "api-worker" if "gunicorn" in parent_cmd else "api-master"
-    if "api.grpc_server" in cmd:
+    if "imageclf.api.grpc_server" in cmd:
         return "grpc"
     if " flower" in cmd:
         return "flower"

@@ -1,13 +1,13 @@
 """An evaluation job of 2,000 and of 20,000 images: memory of every process over the run, and /predict latency
 while it runs.
 
-    python -m benchmarks.evaluation --images 2000,20000 --out docs/benchmark-evaluation
-    python -m benchmarks.evaluation --model resnet50 --images 300 --out docs/benchmark-evaluation-resnet50
+    python -m benchmarks.evaluation --images 2000,20000 --out benchmarks/results/benchmark-evaluation
+    python -m benchmarks.evaluation --model resnet50 --images 300 --out benchmarks/results/benchmark-evaluation-resnet50
 
 Builds a user's `.keras` model, either near-free (mean colour, then a softmax over 10 classes:
 the service's own work is what is measured, not the model's) or ResNet50 with random weights
 (a real model's cost, for the latency of /predict beside the evaluation), and an ImageFolder
-zip of small JPEGs labelled with 10 of its classes, and serves it with `imageclf.run`. For each
+zip of small JPEGs labelled with 10 of its classes, and serves it with `imageclf.launch.run`. For each
 size, one client sends /predict without pause for `--idle` seconds, then the evaluation is
 submitted and the client goes on until it ends. Every `--every` seconds the resident memory of
 each process of the service is summed by role (API, decoders, model worker, Flower, Redis's used
@@ -35,7 +35,7 @@ import redis
 
 from benchmarks.reports import publish
 from benchmarks.scratch_service import SIZE, scratch_service
-from imageclf.service_process import ServiceProcess
+from imageclf.launch.service_process import ServiceProcess
 
 #: Which role a process of the service plays, by a piece of its command line (first match wins).
 _ROLES = (("gunicorn", "api"), ("flower", "flower"), ("--queues jobs", "decoders"), ("celery", "model worker"))

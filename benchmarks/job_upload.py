@@ -24,9 +24,9 @@ from pathlib import Path
 import httpx
 import psutil
 
-from imageclf.redis_server import free_port, ping, redis_argv
-from imageclf.service_process import ROOT
-from imageclf.supervise import wait_until
+from benchmarks import ROOT
+from imageclf.launch.redis_server import free_port, ping, redis_argv
+from imageclf.launch.supervise import wait_until
 
 
 def build_zip(images: int, kb: int) -> bytes:
@@ -64,7 +64,7 @@ def main() -> int:
     env = {**os.environ, "REDIS_URL": redis_url, "UPLOAD_DIR": str(work / "uploads"), "CUDA_VISIBLE_DEVICES": "",
            "MAX_JOB_FILES": str(args.images + 10), "MAX_JOB_UPLOAD_MB": "4096", "MAX_UNZIPPED_MB": "4096"}
     api = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", "8", "--bind",
-                            f"127.0.0.1:{api_port}", "api:create_app()"], cwd=ROOT, env=env)
+                            f"127.0.0.1:{api_port}", "imageclf.api:create_app()"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{api_port}"
     profiler = None
     try:

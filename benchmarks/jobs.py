@@ -5,7 +5,7 @@
         --weights ../shared/assets/models/mobilenet_v1_0.75_224_imagenet.keras --bulk-batch-sizes 1
 
 In one run: the worker's own Classifier in this process (raw images/s at a few batch
-sizes), then for each BULK_BATCH_SIZE a fresh service (own Redis, imageclf.run) that
+sizes), then for each BULK_BATCH_SIZE a fresh service (own Redis, imageclf.launch.run) that
 gets /predict requests while idle, then a video job sampling every frame of a shared
 clip: alone, then with a sequential /predict client beside it (closed loop: its next
 request follows each answer, the worst case, as it tends to arrive just after a bulk
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks import ROOT
 from benchmarks.service import DEFAULT_PHOTO, LocalService, machine, raw_throughput, test_jpeg
-from imageclf.service_process import ROOT
 
 DEFAULT_VIDEO = ROOT.parent / "shared" / "assets" / "video" / "dog_border_collie.mp4"
 
@@ -179,7 +179,7 @@ def main() -> int:
     parser.add_argument("--bulk-batch-sizes", default="1,2")
     parser.add_argument("--idle-requests", type=int, default=30)
     parser.add_argument("--rate", type=float, default=2.0, help="open-loop /predict arrivals per second")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)

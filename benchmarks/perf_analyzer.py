@@ -25,7 +25,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from imageclf.service_process import ROOT
+from benchmarks import ROOT
 
 HOME = ROOT / ".venv" / "perf_analyzer"
 BINARY = HOME / "bin" / "perf_analyzer"

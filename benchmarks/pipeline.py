@@ -1,7 +1,7 @@
 """What the service itself costs per image: a near-free model served with `make run`'s defaults.
 
     python -m benchmarks.pipeline                      # 32 and 64 clients, 20 s each
-    python -m benchmarks.pipeline --clients 32,64 --seconds 20 --out docs/benchmark-pipeline
+    python -m benchmarks.pipeline --clients 32,64 --seconds 20 --out benchmarks/results/benchmark-pipeline
 
 The model (224×224×3 → global average pool → Dense(10), a repository model saved as
 `.keras`) computes almost nothing, so every CPU-millisecond measured is the API, Redis,
@@ -11,7 +11,7 @@ Over each measured window it reads, per image:
 
 - the CPU of every process role (from /proc: user + system), the load client apart;
 - Redis' commands (`INFO commandstats`), bytes in and out and CPU (`INFO cpu`);
-- and, beside it, the in-process decode floor of the same JPEG (`models.images.decode_to_pixels`).
+- and, beside it, the in-process decode floor of the same JPEG (`imageclf.models.images.decode_to_pixels`).
 
 The report projects what one Redis and one 16-core host carry, and how many API cores one
 A100 (TensorFlow, 3,900 img/s) and one H200 (TensorRT INT8, 95,000 img/s) need.
@@ -36,11 +36,11 @@ import httpx
 import psutil
 import redis
 
+from benchmarks import ROOT
 from benchmarks.service import DEFAULT_PHOTO, LocalService, machine
-from imageclf.service_process import ROOT
 
 MODEL_NAME = "nearfree"
-#: Published rates a GPU takes for ResNet50 (see docs/BENCHMARKS-PIPELINE.md for the sources).
+#: Published rates a GPU takes for ResNet50 (see docs/benchmarks/per-image.md for the sources).
 GPU_RATES = {"A100, TensorFlow AMP + XLA": 3900.0, "H200, TensorRT INT8": 95000.0}
 HOST_CORES = 16
 
@@ -71,7 +71,7 @@ def role_of(process: psutil.Process, parents: dict[int, str]) -> str:
         if parent.startswith("decoder"):
             return "decoder"
         return "decoder" if "--queues jobs" in line else "model worker main"
-    for key, role in (("gunicorn", "API (gunicorn)"), ("api.grpc_server", "gRPC server"), ("flower", "Flower"),
+    for key, role in (("gunicorn", "API (gunicorn)"), ("imageclf.api.grpc_server", "gRPC server"), ("flower", "Flower"),
                       ("redis-server", "Redis"), ("imageclf", "supervisors")):
         if key in line:
             return role
@@ -114,7 +114,7 @@ def redis_counters(client: redis.Redis) -> dict:
 
 def decode_floor_ms(image: bytes, rounds: int = 300) -> float:
     """Median CPU-ms of one in-process decode + resize of `image` to 224×224 (what the API does per upload)."""
-    from models.images import decode_to_pixels
+    from imageclf.models.images import decode_to_pixels
 
     times = []
     for _ in range(rounds):
@@ -305,11 +305,11 @@ def worker_intake(svc: LocalService, images: int, pixels: bytes) -> dict:
 
     from celery import Celery
 
-    import settings
-    from tasks.payloads import enqueue_classify
+    from imageclf import settings
+    from imageclf.core.payloads import enqueue_classify
 
     app = Celery("intake")
-    app.config_from_object("celeryconfig")
+    app.config_from_object("imageclf.core.celeryconfig")
     app.conf.update(broker_url=svc.redis_url, result_backend=None)
     client = redis.Redis.from_url(svc.redis_url)
     processes = service_processes([svc.proc.pid, svc.redis.pid])
@@ -428,7 +428,7 @@ def main() -> int:
     parser.add_argument("--clients", default="32,64")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--image", type=Path, default=DEFAULT_PHOTO)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmark-pipeline",
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "benchmark-pipeline",
                         help="writes <out>.json and <out>.md")
     parser.add_argument("--env", action="append", default=[], help="extra NAME=VALUE for the service")
     parser.add_argument("--intake", type=int, default=2000,
@@ -472,8 +472,8 @@ def main() -> int:
 
 def start_redis_servers(n: int, work: Path) -> tuple[list[subprocess.Popen], list[str]]:
     """`n` throwaway Redis servers (the pixel shards) and their URLs."""
-    from imageclf.redis_server import free_port, ping, redis_argv
-    from imageclf.supervise import wait_until
+    from imageclf.launch.redis_server import free_port, ping, redis_argv
+    from imageclf.launch.supervise import wait_until
 
     procs, urls = [], []
     for i in range(n):

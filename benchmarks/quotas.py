@@ -1,6 +1,6 @@
 """One key overloading the service 10 times over its rate limit, and another key's /predict latency meanwhile.
 
-    python -m benchmarks.quotas --seconds 10 --cycles 3 --out docs/benchmark-quotas
+    python -m benchmarks.quotas --seconds 10 --cycles 3 --out benchmarks/results/benchmark-quotas
 
 Serves a user's `.keras` model (near-free, or ResNet50 with random weights: benchmarks.scratch_service
 builds both) with two keys: `noisy` limited to `--rate` images/s and `quiet` without limits. One sequential

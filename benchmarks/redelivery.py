@@ -1,6 +1,6 @@
 """How long requests held by a killed model worker take to be answered by its successor.
 
-    python -m benchmarks.redelivery --visibility 15,300 --out docs/benchmark-redelivery
+    python -m benchmarks.redelivery --visibility 15,300 --out benchmarks/results/benchmark-redelivery
 
 For each VISIBILITY_TIMEOUT_S it starts the service (its own Redis, the shared MobileNet, one model worker),
 freezes the model's pool process (SIGSTOP) so that 16 /predict requests (`timeout=0`) are all taken by the
@@ -27,11 +27,11 @@ import httpx
 import psutil
 import redis
 
+from benchmarks import ROOT
 from benchmarks.reports import publish
 from benchmarks.service import LocalService
-from imageclf.service_process import ROOT
-from imageclf.supervise import wait_until
-from tasks.readiness import live_workers
+from imageclf.core.readiness import live_workers
+from imageclf.launch.supervise import wait_until
 
 SHARED = ROOT.parent / "shared" / "assets"
 MODEL = "mobilenet_v1_0.75"

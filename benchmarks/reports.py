@@ -1,5 +1,5 @@
 """How every benchmark hands its figures over: the table printed, and with --out the raw JSON and the table as
-Markdown beside it (docs/benchmark-*.json and .md, which the docs/BENCHMARKS-*.md pages explain)."""
+Markdown beside it (benchmarks/results/benchmark-*.json and .md, which the docs/benchmarks/ pages explain)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     python -m benchmarks.rollout --clients 16
 
 Builds ResNet50 (random weights, the real architecture and size) as a user's `.keras`
-model in a temporary repository, serves it with `imageclf.run`, and while the clients
+model in a temporary repository, serves it with `imageclf.launch.run`, and while the clients
 send without pause: adds version 2, waits until answers carry it, deletes it, waits
 until answers carry version 1 again. Prints requests, errors, the slowest request
 before and during each switch, how long each switch took after the folder changed,
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import httpx
 
-from imageclf.redis_server import start_scratch_redis
-from imageclf.service_process import ServiceProcess
-from imageclf.supervise import ProcessGroup, wait_until
+from imageclf.launch.redis_server import start_scratch_redis
+from imageclf.launch.service_process import ServiceProcess
+from imageclf.launch.supervise import ProcessGroup, wait_until
 
 
 def _save_resnet(folder: Path, seed: int) -> None:

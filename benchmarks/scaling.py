@@ -27,10 +27,11 @@ import httpx
 import redis
 from tqdm import tqdm
 
+from benchmarks import ROOT
 from benchmarks.service import DEFAULT_PHOTO, e2e, machine, test_jpeg
-from imageclf.redis_server import free_port, ping, redis_argv
-from imageclf.service_process import ROOT
-from imageclf.supervise import wait_until
+from imageclf.core.celery_app import CELERY_APP
+from imageclf.launch.redis_server import free_port, ping, redis_argv
+from imageclf.launch.supervise import wait_until
 
 
 def redis_counters(client: redis.Redis) -> dict[str, float]:
@@ -47,8 +48,8 @@ def wait_cost(rounds: int = 2000) -> dict[str, float]:
     import statistics
     import uuid
 
-    from imageclf.redis_server import SentinelCluster
-    from tasks.redis_clients import connect
+    from imageclf.core.redis_clients import connect
+    from imageclf.launch.redis_server import SentinelCluster
 
     cluster = SentinelCluster(tempfile.mkdtemp(prefix="scaling-sentinel-")).start()
     try:
@@ -85,11 +86,11 @@ def run(workers: int, model: str, clients: int, requests: int, image: bytes, log
         api_port = free_port()
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", str(max(8, clients)), "--bind",
-             f"127.0.0.1:{api_port}", "--log-level", "warning", "api:create_app()"], cwd=ROOT, env=env,
+             f"127.0.0.1:{api_port}", "--log-level", "warning", "imageclf.api:create_app()"], cwd=ROOT, env=env,
             stdout=open(log_dir / f"api-{workers}.log", "w"), stderr=subprocess.STDOUT))
         for core in range(workers):
             processes.append(subprocess.Popen(
-                ["taskset", "-c", str(core % (os.cpu_count() or 1)), sys.executable, "-m", "celery", "-A", "tasks",
+                ["taskset", "-c", str(core % (os.cpu_count() or 1)), sys.executable, "-m", "celery", "-A", CELERY_APP,
                  "worker", "--pool", "prefork", "--concurrency", "1", "--queues",
                  f"interactive.{model},bulk.{model}", "--hostname", f"{model}-{core}@%h", "--loglevel", "WARNING"],
                 cwd=ROOT, env=env, stdout=open(log_dir / f"worker-{workers}-{core}.log", "w"),
@@ -133,7 +134,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if not shutil.which("taskset"):
         raise SystemExit("taskset (util-linux) is needed to pin each worker to a core")

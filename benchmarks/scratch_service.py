@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imageclf.redis_server import start_scratch_redis
-from imageclf.service_process import ServiceProcess
-from imageclf.supervise import ProcessGroup
+from imageclf.launch.redis_server import start_scratch_redis
+from imageclf.launch.service_process import ServiceProcess
+from imageclf.launch.supervise import ProcessGroup
 
 MODEL = "held_out"
 SIZE = 64  # the near-free model's input
@@ -61,7 +61,7 @@ def model_repository(work: Path, kind: str, size: int = SIZE) -> tuple[Path, lis
 
 @contextmanager
 def scratch_service(kind: str, env: dict[str, str], prefix: str, size: int = SIZE) -> Iterator[Scratch]:
-    """`imageclf.run` serving a `kind` model (near-free, taking `size`×`size` images, or resnet50) with `env`, on
+    """`imageclf.launch.run` serving a `kind` model (near-free, taking `size`×`size` images, or resnet50) with `env`, on
     its own Redis."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
     group = ProcessGroup()

@@ -6,7 +6,7 @@
     python -m benchmarks.service --url http://127.0.0.1:5000 --backends tensorflow   # a running service
 
 For each backend it measures the worker's own Classifier in this process (batch 1, 8,
-32: the ceiling), starts the service (its own Redis, imageclf.run) with its defaults (the
+32: the ceiling), starts the service (its own Redis, imageclf.launch.run) with its defaults (the
 worker picks its batch size; --batch-size sets BATCH_SIZE, "auto" to the best raw batch),
 sends real multipart uploads of a 1024x768 JPEG at each concurrency, and reads the
 per-stage timings every answer carries.
@@ -37,11 +37,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from imageclf.redis_server import free_port, ping, redis_argv
-from imageclf.service_process import ROOT, ServiceProcess
-from imageclf.supervise import wait_until
-from models.images import decode_to_pixels
-from models.registry import get_spec
+from benchmarks import ROOT
+from imageclf.launch.redis_server import free_port, ping, redis_argv
+from imageclf.launch.service_process import ServiceProcess
+from imageclf.launch.supervise import wait_until
+from imageclf.models.images import decode_to_pixels
+from imageclf.models.registry import get_spec
 
 DEFAULT_PHOTO = ROOT.parent / "shared" / "assets" / "images" / "cat_720p.jpg"
 STAGES = ("decode_ms", "queue_ms", "batch_wait_ms", "inference_ms", "result_ms")
@@ -57,7 +58,7 @@ def test_jpeg(photo: Path) -> bytes:
 def raw_throughput(model: str, weights: str, class_index: str, backend: str, image: bytes,
                    batches: list[int], seconds: float) -> dict[int, dict]:
     """Images/s and ms per call of the worker's own Classifier (same backend, no padding) per batch."""
-    from models.keras_model import load_classifier
+    from imageclf.models.keras_model import load_classifier
 
     spec = get_spec(model)
     with tempfile.TemporaryDirectory() as cache:
@@ -96,7 +97,7 @@ def service_counters(url: str) -> dict[str, float]:
 
 
 #: Process roles by a piece of their command line, first match wins.
-_ROLES = (("gunicorn", "API (gunicorn)"), ("api.grpc_server", "gRPC server"), ("flower", "Flower"),
+_ROLES = (("gunicorn", "API (gunicorn)"), ("imageclf.api.grpc_server", "gRPC server"), ("flower", "Flower"),
           ("--queues jobs", "decoders"), ("redis-server", "Redis"), ("celery", "model worker's consumer"),
           ("benchmarks.service", "load client"), ("imageclf", "supervisors"))
 
@@ -214,10 +215,10 @@ def redis_bytes_per_image(redis_url: str, pixels: bytes, size: tuple[int, int], 
     import redis
     from celery import Celery
 
-    from tasks.payloads import PIXELS_PREFIX, enqueue_classify
+    from imageclf.core.payloads import PIXELS_PREFIX, enqueue_classify
 
     app = Celery("benchmark")
-    app.config_from_object("celeryconfig")
+    app.config_from_object("imageclf.core.celeryconfig")
     app.conf.update(broker_url=redis_url, result_backend=None)
     queue = "benchmark-bytes"
     client = redis.Redis.from_url(redis_url)
@@ -250,7 +251,7 @@ def open_inference(svc: LocalService, model: str, image: bytes, levels: str) -> 
 
 
 class LocalService:
-    """Its own Redis plus the service (imageclf.run) for one backend, stopped on exit."""
+    """Its own Redis plus the service (imageclf.launch.run) for one backend, stopped on exit."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env, self.log_path = env, log_path
@@ -405,7 +406,7 @@ def main() -> int:
                         help="also run Triton's perf_analyzer over v2 HTTP and gRPC at these concurrencies "
                              "(installed on first use, see benchmarks/perf_analyzer.py); empty: skip")
     parser.add_argument("--url", help="benchmark this running service (one backend) instead of starting one")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
     image = test_jpeg(args.photo)

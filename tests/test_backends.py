@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.images import decode_to_pixels
-from models.registry import get_spec
+from imageclf.models.images import decode_to_pixels
+from imageclf.models.registry import get_spec
 from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, labelled_photos
 
 
@@ -18,7 +18,7 @@ def photos() -> tuple[list[dict], np.ndarray]:
 
 
 def test_onnxruntime_matches_tensorflow_on_every_labelled_photo(photos, tmp_path):
-    from models.keras_model import load_classifier
+    from imageclf.models.keras_model import load_classifier
 
     rows, batch = photos
     spec = get_spec("mobilenet_v1_0.75")
@@ -37,7 +37,7 @@ def test_onnxruntime_matches_tensorflow_on_every_labelled_photo(photos, tmp_path
 
 
 def test_unknown_backend_is_refused():
-    from models.keras_model import load_classifier
+    from imageclf.models.keras_model import load_classifier
 
     with pytest.raises(ValueError, match="unknown BACKEND"):
         load_classifier(get_spec("mobilenet_v1_0.75"), str(MOBILENET_FILE), str(CLASS_INDEX), 4, "tensorrt")

@@ -1,4 +1,4 @@
-"""tasks/broker.py against a real Redis: one client per channel, a batch's acknowledgements in one transaction."""
+"""imageclf.core.broker against a real Redis: one client per channel, a batch's acknowledgements in one transaction."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import uuid
 import redis
 from kombu import Connection, Queue
 
-from tasks.broker import acknowledge_together
+from imageclf.core.broker import acknowledge_together
+
+TRANSPORT = "imageclf.core.broker:Transport"
 
 
 class _Request:
@@ -26,7 +28,7 @@ def _calls(client: redis.Redis, command: str) -> int:
 def test_a_batch_is_acknowledged_in_one_transaction_and_nothing_stays_unacked(redis_url):
     client = redis.Redis.from_url(redis_url)
     queue = f"test-broker-{uuid.uuid4().hex}"
-    with Connection(redis_url, transport="tasks.broker:Transport") as conn:
+    with Connection(redis_url, transport=TRANSPORT) as conn:
         channel = conn.default_channel
         producer = conn.Producer(channel)
         for i in range(5):
@@ -59,7 +61,7 @@ def test_one_brpop_takes_the_queued_messages_recorded_as_kombu_would_and_restora
     unacknowledged hash exactly as kombu's QoS.append writes it, so kombu restores them after a crash."""
     client = redis.Redis.from_url(redis_url)
     name = f"test-take-{uuid.uuid4().hex}"
-    with Connection(redis_url, transport="tasks.broker:Transport") as conn:
+    with Connection(redis_url, transport=TRANSPORT) as conn:
         queue = _queued(conn, name, 10)
         got = []
         before = _calls(client, "brpop"), _calls(client, "eval")
@@ -87,7 +89,7 @@ def test_one_brpop_takes_the_queued_messages_recorded_as_kombu_would_and_restora
 def test_taking_more_stays_inside_the_prefetch_window(redis_url):
     client = redis.Redis.from_url(redis_url)
     name = f"test-window-{uuid.uuid4().hex}"
-    with Connection(redis_url, transport="tasks.broker:Transport") as conn:
+    with Connection(redis_url, transport=TRANSPORT) as conn:
         got = []
         with conn.Consumer(_queued(conn, name, 10), callbacks=[lambda body, message: got.append(message)],
                            accept=["json"]) as consumer:
@@ -106,8 +108,8 @@ def test_a_live_consumer_renews_what_it_holds_and_only_a_dead_ones_messages_come
     client.flushdb()
     name = f"test-touch-{uuid.uuid4().hex}"
     options = {"visibility_timeout": 1}
-    with Connection(url, transport="tasks.broker:Transport", transport_options=options) as live, \
-            Connection(url, transport="tasks.broker:Transport", transport_options=options) as dead:
+    with Connection(url, transport=TRANSPORT, transport_options=options) as live, \
+            Connection(url, transport=TRANSPORT, transport_options=options) as dead:
         _queued(live, name, 2)
         held = live.default_channel.basic_get(name, no_ack=False)
         lost = dead.default_channel.basic_get(name, no_ack=False)
@@ -131,14 +133,14 @@ def test_a_live_consumer_renews_what_it_holds_and_only_a_dead_ones_messages_come
 def test_a_message_held_past_the_renewal_limit_is_no_longer_renewed(redis_url, monkeypatch):
     """A message some failure left in a live worker's hands is not held forever: past RENEW_AT_MOST_S its
     renewals stop and the broker hands it out again."""
-    import tasks.broker
+    import imageclf.core.broker
 
-    monkeypatch.setattr(tasks.broker, "RENEW_AT_MOST_S", 0.6)
+    monkeypatch.setattr(imageclf.core.broker, "RENEW_AT_MOST_S", 0.6)
     url = redis_url.rsplit("/", 1)[0] + "/5"
     client = redis.Redis.from_url(url)
     client.flushdb()
     name = f"test-forgotten-{uuid.uuid4().hex}"
-    with Connection(url, transport="tasks.broker:Transport", transport_options={"visibility_timeout": 1}) as conn:
+    with Connection(url, transport=TRANSPORT, transport_options={"visibility_timeout": 1}) as conn:
         _queued(conn, name, 1)
         held = conn.default_channel.basic_get(name, no_ack=False)
         assert held is not None

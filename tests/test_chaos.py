@@ -2,7 +2,7 @@
 (Redis included) is killed with SIGKILL every 4-9 s, and nothing accepted is stuck, lost or wrong.
 
 The harness does the checking (its docstring lists them); this test runs it as a user would and reads its
-report. Ten-minute runs over three seeds are recorded in docs/BENCHMARKS-CHAOS.md.
+report. Ten-minute runs over three seeds are recorded in docs/benchmarks/chaos.md.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from benchmarks.chaos import ROLES
-from imageclf.service_process import ROOT
+from tests.helpers import ROOT
 
 
 def test_two_minutes_of_random_kills_leave_nothing_stuck_lost_or_wrong(tmp_path):

@@ -35,7 +35,7 @@ def test_services_healthchecks_profiles_and_secrets():
     api = " ".join(services["api"]["command"])
     assert "gunicorn" in api and "API_WORKERS" in api and "API_THREADS" in api
     # The Open Inference Protocol's gRPC service on its default port.
-    assert services["grpc"]["command"] == ["python", "-m", "api.grpc_server"]
+    assert services["grpc"]["command"] == ["python", "-m", "imageclf.api.grpc_server"]
     assert services["grpc"]["environment"]["GRPC_PORT"] == "8001" and services["grpc"]["ports"][0].endswith(":8001")
     assert services["worker-cpu"]["profiles"] == ["cpu"] and services["worker-gpu0"]["profiles"] == ["gpu"]
     [device] = services["worker-gpu0"]["deploy"]["resources"]["reservations"]["devices"]

@@ -15,7 +15,7 @@ import httpx
 import promql_parser
 import pytest
 
-from api.metrics import CPU, KEY_REQUESTS, LATENCY, REQUESTS
+from imageclf.api.metrics import CPU, KEY_REQUESTS, LATENCY, REQUESTS
 from tests.helpers import SHARED, labelled_photos
 
 DASHBOARD = json.loads((Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "imageclf.json").read_text())

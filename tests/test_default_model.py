@@ -10,8 +10,8 @@ from __future__ import annotations
 import httpx
 import psutil
 
-from imageclf.redis_server import ping
-from imageclf.service_process import ServiceProcess
+from imageclf.launch.redis_server import ping
+from imageclf.launch.service_process import ServiceProcess
 from tests.helpers import CLASS_INDEX, SHARED, labelled_photos
 
 
@@ -54,10 +54,10 @@ def test_resnet50_random_weights_serves_1000_class_probabilities_and_stops_clean
     finally:
         code = svc.stop()
     assert code == 0, svc.log_tail()
-    assert not ping(redis_url), "the embedded Redis outlived imageclf.run"
+    assert not ping(redis_url), "the embedded Redis outlived imageclf.launch.run"
     try:
         httpx.get(svc.url + "/healthz", timeout=2)
-        raise AssertionError("the API outlived imageclf.run")
+        raise AssertionError("the API outlived imageclf.launch.run")
     except httpx.ConnectError:
         pass
     assert (tmp_path / "redis" / "appendonlydir").exists() or any((tmp_path / "redis").glob("*.aof"))
@@ -70,12 +70,12 @@ def test_without_a_network_the_default_model_says_how_to_run_offline(tmp_path):
     import subprocess
     import sys
 
-    from imageclf.service_process import ROOT
+    from tests.helpers import ROOT
 
     env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9",
            "HTTP_PROXY": "http://127.0.0.1:9", "CUDA_VISIBLE_DEVICES": ""}
-    code = ("from models.keras_model import build_keras_model\n"
-            "from models.registry import get_spec\n"
+    code = ("from imageclf.models.keras_model import build_keras_model\n"
+            "from imageclf.models.registry import get_spec\n"
             "build_keras_model(get_spec('resnet50'), 'imagenet')\n")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)

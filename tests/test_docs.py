@@ -1,4 +1,4 @@
-"""The generated reference stays complete: every variable settings.py reads has a default and a description,
+"""The generated reference stays complete: every variable imageclf/settings.py reads has a default and a description,
 and the documentation site builds with every link resolving (`make test` builds it with --strict too)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def test_every_setting_has_a_description():
     settings = settings_reference()
     assert len(settings) > 50
     missing = [s.name for s in settings if len(s.description) < 10]
-    assert not missing, f"settings.py: give each of these a #: comment above it: {missing}"
+    assert not missing, f"imageclf/settings.py: give each of these a #: comment above it: {missing}"
 
 
 def test_a_setting_without_a_comment_is_found():
@@ -56,6 +56,6 @@ def test_the_changelog_names_the_version_the_package_has():
 
     releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", (ROOT / "CHANGELOG.md").read_text(), re.M)
     assert releases and releases[0] == __version__, (releases, __version__)
-    from api.v2 import SERVER_VERSION  # what the Open Inference Protocol's server metadata says
+    from imageclf.api.v2 import SERVER_VERSION  # what the Open Inference Protocol's server metadata says
 
     assert SERVER_VERSION == __version__

@@ -21,10 +21,9 @@ import httpx
 import psutil
 import redis
 
-from imageclf.redis_server import free_port, ping, redis_argv
-from imageclf.service_process import ROOT
-from imageclf.supervise import wait_until
-from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, labelled_photos, start_api
+from imageclf.launch.redis_server import free_port, ping, redis_argv
+from imageclf.launch.supervise import wait_until
+from tests.helpers import CLASS_INDEX, MOBILENET_FILE, ROOT, SHARED, labelled_photos, start_api
 
 
 def durable_redis(tmp_path) -> tuple[list[str], str, subprocess.Popen]:
@@ -86,12 +85,12 @@ class Running:
 
 @contextmanager
 def running(tmp_path) -> Iterator[Running]:
-    from tasks.readiness import live_workers
+    from imageclf.core.readiness import live_workers
 
     argv, url, server = durable_redis(tmp_path)
     env = {**service_env(url, tmp_path), "BATCH_SIZE": "8"}
     api, api_url = start_api(url, env)
-    workers = subprocess.Popen([sys.executable, "-m", "imageclf.start_workers"], cwd=ROOT,
+    workers = subprocess.Popen([sys.executable, "-m", "imageclf.launch.start_workers"], cwd=ROOT,
                                env={**os.environ, **env}, start_new_session=True)
     client = redis.Redis.from_url(url)
     service: Running | None = None
@@ -132,7 +131,7 @@ def test_accepted_requests_and_jobs_survive_a_redis_crash(tmp_path):
         server = subprocess.Popen(argv)
         assert wait_until(lambda: ping(url), 30)
 
-        workers = subprocess.Popen([sys.executable, "-m", "imageclf.start_workers"], cwd=ROOT,
+        workers = subprocess.Popen([sys.executable, "-m", "imageclf.launch.start_workers"], cwd=ROOT,
                                    env={**os.environ, **env}, start_new_session=True)
         states = ended(api_url, [*ids, job.json()["id"]], 240)
         assert len(states) == len(ids) + 1, f"answered {len(states)} of {len(ids) + 1} after the crash"

@@ -1,5 +1,5 @@
 """Evaluation jobs (POST /jobs evaluate=true) against the real service: each version's figures on a labelled
-set equal a straight in-process computation (Keras on the very pixels the service makes, models.evaluation
+set equal a straight in-process computation (Keras on the very pixels the service makes, imageclf.models.evaluation
 over its answers); ImageFolder zips and a labels CSV; the refusals; the CSV download.
 
 The model is made here: `colours` tells three classes apart by an image's mean colour (tests/user_models.py),
@@ -20,9 +20,9 @@ import httpx
 import numpy as np
 import pytest
 
-from imageclf.service_process import ServiceProcess
-from models.evaluation import Evaluation, Prediction, agreement
-from models.images import decode_to_pixels
+from imageclf.launch.service_process import ServiceProcess
+from imageclf.models.evaluation import Evaluation, Prediction, agreement
+from imageclf.models.images import decode_to_pixels
 from tests.helpers import SHARED, labelled_photos, screenshot
 from tests.user_models import colour_classifier, coloured_images, write_model
 
@@ -61,7 +61,7 @@ def imagefolder_zip(folders: list[str]) -> bytes:
 
 
 def in_process(version: int, names: list[str]) -> tuple[dict, dict[str, Prediction]]:
-    """The figures Keras gives on the service's pixels, computed with models.evaluation."""
+    """The figures Keras gives on the service's pixels, computed with imageclf.models.evaluation."""
     pixels = np.stack([np.frombuffer(decode_to_pixels(d, (160, 160), 10**9), np.uint8).reshape(160, 160, 3)
                        for d in IMAGES]).astype("float32") / 255
     rows = colour_classifier(SEEDS[version], classes=3).predict(pixels, verbose=0)
@@ -162,7 +162,7 @@ def test_what_cannot_be_evaluated_is_refused_before_anything_is_accepted(svc):
 
 
 def test_the_cli_prints_the_figures_and_gates_on_a_minimum_accuracy(svc, tmp_path, capsys):
-    from client.cli import main
+    from imageclf.client.cli import main
 
     archive = tmp_path / "photos.zip"
     archive.write_bytes(imagefolder_zip([CLASSES[t] for t in TRUTH]))

@@ -1,13 +1,13 @@
-"""A version's figures on a labelled set (models.evaluation) against figures worked out by hand, and matching a
-dataset's folders and CSV labels to the model's classes (models.labelled_sets)."""
+"""A version's figures on a labelled set (imageclf.models.evaluation) against figures worked out by hand, and matching a
+dataset's folders and CSV labels to the model's classes (imageclf.models.labelled_sets)."""
 
 from __future__ import annotations
 
 import pytest
 
-from models.evaluation import Evaluation, Prediction, agreement
-from models.labelled_sets import LabelledSetError, csv_labels, folder_labels
-from tasks.job_results import evaluation_result
+from imageclf.models.evaluation import Evaluation, Prediction, agreement
+from imageclf.models.labelled_sets import LabelledSetError, csv_labels, folder_labels
+from imageclf.workers.jobs.results import evaluation_result
 
 LABELS = ["A", "B", "C", "D"]
 A, B, C = 0, 1, 2
@@ -104,7 +104,7 @@ def test_a_name_that_several_classes_share_needs_its_class_id():
 
 
 def test_a_heatmap_past_50_classes_adds_the_quietest_up_as_other():
-    from models.confusion_plot import aggregate, confusion_png
+    from imageclf.models.confusion_plot import aggregate, confusion_png
 
     classes = [f"c{i}" for i in range(60)]
     matrix = [[(i + j) % 3 + (50 if i == j and i < 10 else 0) for j in range(60)] for i in range(60)]

@@ -17,9 +17,9 @@ import time
 import httpx
 import pytest
 
-from imageclf.redis_server import SentinelCluster
-from imageclf.service_process import ServiceProcess
-from imageclf.supervise import wait_until
+from imageclf.launch.redis_server import SentinelCluster
+from imageclf.launch.service_process import ServiceProcess
+from imageclf.launch.supervise import wait_until
 from tests.helpers import CLASS_INDEX, FLOWER_AUTH, MOBILENET_FILE, SHARED, finished_job, labelled_photos
 
 CLIENTS = 6

@@ -1,4 +1,4 @@
-"""The multipart parser behind every upload (api/forms.py) reads what werkzeug's own parser reads."""
+"""The multipart parser behind every upload (imageclf/api/forms.py) reads what werkzeug's own parser reads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
-from api.forms import MultipartFormParser
+from imageclf.api.forms import MultipartFormParser
 
 BOUNDARY = "----b0undary7MA4YWxkTrZu0gW"
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from api.json_bodies import nesting_depth
+from imageclf.api.json_bodies import nesting_depth
 from tests.helpers import SHARED, labelled_photos
 
 MODEL = "mobilenet_v1_0.75"

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import redis
 
-from tasks.job_store import (
+from imageclf.workers.jobs.store import (
     ACTIVE_KEY,
     acquire_lock,
     active_jobs,
@@ -93,9 +93,9 @@ def test_an_item_that_kills_its_decoder_every_time_fails_alone_and_the_job_goes_
                                                                                    monkeypatch):
     """A chunk delivered again after a death reads its items one at a time, naming each in Redis first: an item
     read by MAX_DELIVERIES processes that all died fails alone, and the chunk's other items are decoded."""
-    import settings
-    from tasks import job_chunks
-    from tasks.job_store import chunk_attempt, poison_check
+    from imageclf import settings
+    from imageclf.workers.jobs import chunks as job_chunks
+    from imageclf.workers.jobs.store import chunk_attempt, poison_check
 
     job_id = new_job(redis_client)
     assert chunk_attempt(redis_client, job_id, "c1") == 1  # first delivery: read at full speed
@@ -128,7 +128,7 @@ def test_an_item_that_kills_its_decoder_every_time_fails_alone_and_the_job_goes_
 def test_a_chunk_whose_messages_are_nowhere_is_found(redis_client):
     """A chunk with neither its decoding message nor a part's message queued or held by a worker (lost with a
     failed-over Redis, or taken by one that died before recording it) is found; queued or held, it is not."""
-    from tasks.jobs import _Driver
+    from imageclf.workers.jobs.driver import _Driver
 
     job_id = new_job(redis_client)
     cid = str(uuid.uuid4())
@@ -208,7 +208,7 @@ def test_a_decoder_killed_mid_step_loses_nothing_and_the_job_goes_on(service, re
 
 
 def test_a_broken_chain_is_found_by_the_stall_sweep(service, redis_client):
-    from tasks.readiness import live_workers
+    from imageclf.core.readiness import live_workers
 
     before = resumed(service, "stalled")
     [model] = [psutil.Process(w["pid"]) for w in live_workers(redis_client) if w.get("role") == "model"]
@@ -230,8 +230,8 @@ def test_items_whose_records_were_lost_with_redis_are_sent_again(service, redis_
     """A Redis killed -9 loses what it had not written to disk (the append-only file is synced every second),
     while the step's client reconnects and goes on past the lost items: here two items of a job, all sent, lose
     their pending records as they would. The job still answers each item once and right."""
-    from tasks.job_store import bulk_in_flight_key, pending_key, window_member
-    from tasks.readiness import live_workers
+    from imageclf.core.readiness import live_workers
+    from imageclf.workers.jobs.store import bulk_in_flight_key, pending_key, window_member
 
     before = resumed(service, "items_lost")
     [model] = [psutil.Process(w["pid"]) for w in live_workers(redis_client) if w.get("role") == "model"]
@@ -254,7 +254,7 @@ def test_items_whose_records_were_lost_with_redis_are_sent_again(service, redis_
 
 def test_a_model_window_drops_ids_no_job_waits_for(redis_client):
     """Chunks sent over the age limit that their job no longer waits for leave the window; the others stay."""
-    from tasks.job_store import pending_key, prune_in_flight, window_member
+    from imageclf.workers.jobs.store import pending_key, prune_in_flight, window_member
 
     key = f"imageclf:bulk:in-flight:test-{uuid.uuid4().hex}"
     job_id = new_job(redis_client)
@@ -270,8 +270,8 @@ def test_a_model_window_drops_ids_no_job_waits_for(redis_client):
 
 def test_the_launcher_restarts_a_dead_part_with_backoff_and_gives_up_when_it_keeps_dying():
     deaths = 5
-    from imageclf.run import Parts, restart_dead
-    from imageclf.supervise import GaveUp, ProcessGroup, RestartPolicy
+    from imageclf.launch.run import Parts, restart_dead
+    from imageclf.launch.supervise import GaveUp, ProcessGroup, RestartPolicy
 
     group = ProcessGroup()
     parts = Parts(group)

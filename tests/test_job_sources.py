@@ -15,8 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from imageclf.service_process import ROOT
-from tests.helpers import S3_CREDENTIALS, SHARED, finished_job, labelled_photos
+from tests.helpers import ROOT, S3_CREDENTIALS, SHARED, finished_job, labelled_photos
 
 
 def photo_tree(root: Path, by_class: bool = False) -> tuple[str, list[str], list[int]]:
@@ -121,8 +120,8 @@ def test_the_cli_classifies_a_source_folder_and_refuses_paths_beside_it(service,
     name, files, classes = photo_tree(source_root)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "client", "classify", "--url", service.url, "--no-progress",
-                               *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        return subprocess.run([sys.executable, "-m", "imageclf.client", "classify", "--url", service.url,
+                               "--no-progress", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
     done = cli("--source", name, "--csv")
     assert done.returncode == 0, done.stderr

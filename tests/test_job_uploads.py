@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imageclf.redis_server import free_port, ping, redis_argv
-from imageclf.supervise import wait_until
+from imageclf.launch.redis_server import free_port, ping, redis_argv
+from imageclf.launch.supervise import wait_until
 from tests.helpers import SHARED, labelled_photos, start_api
 
 VIDEO = SHARED / "video"

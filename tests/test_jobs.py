@@ -164,7 +164,7 @@ def test_cancelling_a_running_video_stops_it_and_removes_its_files(service, redi
 
 
 def cli(service, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "client", "classify", "--url", service.url, *args],
+    return subprocess.run([sys.executable, "-m", "imageclf.client", "classify", "--url", service.url, *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -198,7 +198,7 @@ def test_the_cli_fails_clearly(service, tmp_path):
     (tmp_path / "b.jpg").write_bytes((SHARED / labelled_photos()[0]["path"]).read_bytes())
     partly = cli(service, str(tmp_path / "a.txt"), str(tmp_path / "b.jpg"))
     assert partly.returncode == 1 and "a.txt\tFAILED" in partly.stdout
-    down = subprocess.run([sys.executable, "-m", "client", "classify", "--url", "http://127.0.0.1:9",
+    down = subprocess.run([sys.executable, "-m", "imageclf.client", "classify", "--url", "http://127.0.0.1:9",
                            str(tmp_path / "b.jpg")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert down.returncode == 1 and "cannot reach" in down.stderr
 
@@ -224,11 +224,11 @@ def test_an_item_the_broker_lost_is_sent_again_and_the_job_finishes(service, red
     waiting for it until RESULT_TTL_S (an hour)."""
     from celery import Celery
 
-    from tasks.job_store import pending_key
-    from tasks.payloads import PIXELS_PREFIX
+    from imageclf.core.payloads import PIXELS_PREFIX
+    from imageclf.workers.jobs.store import pending_key
 
     app = Celery("test-client")
-    app.config_from_object("celeryconfig")
+    app.config_from_object("imageclf.core.celeryconfig")
     app.conf.update(broker_url=redis_url, result_backend=None)
     queue = "bulk.mobilenet_v1_0.75"
     model_worker = [f"mobilenet_v1_0.75@{socket.gethostname()}"]

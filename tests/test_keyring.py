@@ -1,4 +1,4 @@
-"""API key entries with limits, and the keys file that is re-read when it changes (api.keyring)."""
+"""API key entries with limits, and the keys file that is re-read when it changes (imageclf.api.keyring)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from api.keyring import KeyRing, KeyringError, Limits, owner_of, parse_entry
+from imageclf.api.keyring import KeyRing, KeyringError, Limits, owner_of, parse_entry
 
 
 def test_an_entry_carries_a_rate_a_burst_and_a_daily_quota():
@@ -27,7 +27,7 @@ def test_a_bad_entry_is_refused_naming_where_but_never_the_key(entry):
 
 
 def test_the_keys_file_is_re_read_when_it_changes_and_a_broken_one_keeps_the_old_keys(tmp_path, monkeypatch):
-    monkeypatch.setattr("api.keyring._RECHECK_S", 0.0)
+    monkeypatch.setattr("imageclf.api.keyring._RECHECK_S", 0.0)
     path = tmp_path / "keys.txt"
     path.write_text("# clients\nalpha:rate=5/s\n\nbeta   # no limits\n")
     ring = KeyRing(["fixed:daily=10"], str(path))
@@ -49,7 +49,7 @@ def test_the_keys_file_is_re_read_when_it_changes_and_a_broken_one_keeps_the_old
 def test_a_refused_key_is_refused_again_here_without_redis_until_a_token_can_be_there(redis_url):
     import redis
 
-    from api import quotas
+    from imageclf.api import quotas
 
     client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/15")
     client.flushdb()

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from imageclf.service_process import ROOT
-from tasks.redis_clients import sentinel_nodes
+from imageclf.core.redis_clients import sentinel_nodes
+from tests.helpers import ROOT
 
 DEPLOY = ROOT / "deploy" / "kubernetes"
 KUBERNETES = latest_version()

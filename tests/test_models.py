@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from imageclf.service_process import ServiceProcess
+from imageclf.launch.service_process import ServiceProcess
 from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, finished_job, labelled_photos
 
 

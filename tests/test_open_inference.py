@@ -9,8 +9,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from imageclf.supervise import wait_until
-from models.images import decode_to_pixels
+from imageclf.launch.supervise import wait_until
+from imageclf.models.images import decode_to_pixels
 from tests.helpers import SHARED, grpc_health, labelled_photos
 
 MODEL = "mobilenet_v1_0.75"

@@ -21,10 +21,10 @@ import httpx
 import pytest
 from celery import Celery
 
-from imageclf.redis_server import free_port, ping, redis_argv
-from imageclf.service_process import ROOT
-from imageclf.supervise import wait_until
-from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, finished_job, labelled_photos, start_api
+from imageclf.core.celery_app import CELERY_APP
+from imageclf.launch.redis_server import free_port, ping, redis_argv
+from imageclf.launch.supervise import wait_until
+from tests.helpers import CLASS_INDEX, MOBILENET_FILE, ROOT, SHARED, finished_job, labelled_photos, start_api
 
 MODEL = "mobilenet_v1_0.75"
 OTHER_HOST = "gpu-node-7"
@@ -41,7 +41,7 @@ def on_other_host(home: Path, redis_url: str, queues: str, node: str) -> subproc
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(home), "REDIS_URL": redis_url,
            "MODEL": MODEL, "MODEL_WEIGHTS": str(MOBILENET_FILE), "CLASS_INDEX": str(CLASS_INDEX),
            "UPLOAD_DIR": str(home / "uploads"), "CUDA_VISIBLE_DEVICES": "", "BATCH_SIZE": "8"}
-    celery = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork", "--concurrency", "1",
+    celery = [sys.executable, "-m", "celery", "-A", CELERY_APP, "worker", "--pool", "prefork", "--concurrency", "1",
               "--queues", queues, "--hostname", f"{node}@%h", "--loglevel", "INFO"]
     if _can_set_hostname():
         celery = ["unshare", "--uts", "sh", "-c", f'hostname {OTHER_HOST} && exec "$@"', "sh", *celery]
@@ -79,7 +79,7 @@ def test_a_model_worker_elsewhere_serves_and_a_decoder_without_the_files_fails_t
     url, redis_url = api_without_workers
     worker = on_other_host(tmp_path / "host-b", redis_url, f"interactive.{MODEL},bulk.{MODEL}", MODEL)
     local_decoder = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--queues", "jobs", "--concurrency", "1",
+        [sys.executable, "-m", "celery", "-A", CELERY_APP, "worker", "--queues", "jobs", "--concurrency", "1",
          "--hostname", "decoder@%h"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         env={**os.environ, "REDIS_URL": redis_url, "MODEL": MODEL, "UPLOAD_DIR": str(tmp_path / "api-uploads")})
     try:
@@ -96,7 +96,7 @@ def test_a_model_worker_elsewhere_serves_and_a_decoder_without_the_files_fails_t
         assert done["status"] == "SUCCESS" and done["result"]["succeeded"] == 3
         # The only model worker is the one on the other host, answering by its own hostname.
         control = Celery("test-control")
-        control.config_from_object("celeryconfig")
+        control.config_from_object("imageclf.core.celeryconfig")
         control.conf.update(broker_url=redis_url, result_backend=None)
         nodes = {node for reply in control.control.ping(timeout=3) for node in reply}
         assert f"{MODEL}@{OTHER_HOST if _can_set_hostname() else socket.gethostname()}" in nodes, nodes

@@ -1,4 +1,4 @@
-"""The model's pixel reads (tasks.pixel_reads) against a real Redis: the same values as redis-py's MGET, in both
+"""The model's pixel reads (imageclf.core.pixel_reads) against a real Redis: the same values as redis-py's MGET, in both
 protocols, and a connection that stays usable after an error reply or a connection killed under it."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import os
 import pytest
 import redis
 
-from tasks.pixel_reads import mget_into
-from tasks.redis_clients import connect
+from imageclf.core.pixel_reads import mget_into
+from imageclf.core.redis_clients import connect
 
 
 @pytest.mark.parametrize("protocol", [2, 3])

@@ -15,10 +15,10 @@ import httpx
 import pytest
 import redis
 
-from imageclf.redis_server import free_port, ping, redis_argv
-from imageclf.service_process import ServiceProcess
-from imageclf.supervise import wait_until
-from tasks.payloads import PIXELS_PREFIX
+from imageclf.core.payloads import PIXELS_PREFIX
+from imageclf.launch.redis_server import free_port, ping, redis_argv
+from imageclf.launch.service_process import ServiceProcess
+from imageclf.launch.supervise import wait_until
 from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, finished_job, labelled_photos
 
 PIXELS = 224 * 224 * 3

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from imageclf.service_process import ServiceProcess
-from models.images import decode_to_pixels
+from imageclf.launch.service_process import ServiceProcess
+from imageclf.models.images import decode_to_pixels
 from tests.helpers import SHARED, labelled_photos
 
 PHOTOS = labelled_photos()
@@ -111,7 +111,7 @@ def test_flower_is_up(service):
 
 
 def test_results_and_ids_expire_and_pixels_are_deleted_once_answered(service, redis_client):
-    import settings
+    from imageclf import settings
 
     task_id = predict(service, SHARED / PHOTOS[0]["path"]).json()["id"]
     for key in (f"celery-task-meta-{task_id}", f"imageclf:issued:{task_id}"):

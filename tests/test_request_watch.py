@@ -1,4 +1,4 @@
-"""A request whose task message was lost is queued again (tasks.request_watch), against a real Redis: the API's
+"""A request whose task message was lost is queued again (imageclf.core.request_watch), against a real Redis: the API's
 script records it, a stored answer forgets it, and the sweep sends again only what is neither queued, held by a
 worker, answered nor expired."""
 
@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tasks import celery_app
-from tasks.payloads import MESSAGES_KEY, PIXELS_PREFIX, WATCH_KEY, drop_pixels, enqueue_classify
-from tasks.request_watch import count_resent, resend_lost
-from tasks.result_store import RESULT_KEY_PREFIX
+from imageclf.core.celery_app import celery_app
+from imageclf.core.payloads import MESSAGES_KEY, PIXELS_PREFIX, WATCH_KEY, drop_pixels, enqueue_classify
+from imageclf.core.request_watch import count_resent, resend_lost
+from imageclf.core.result_store import RESULT_KEY_PREFIX
 
 OLDER_THAN_S = 30.0
 
@@ -63,7 +63,8 @@ def test_a_request_whose_message_is_nowhere_is_queued_again_once(client):
 def test_answered_expired_and_unwatched_requests_are_never_sent_again(client):
     queue = "interactive.m"
     answered, expired, young = send(client, queue), send(client, queue), send(client, queue)
-    job_item = send(client, "bulk.m", watched=False)  # a job's items have their own recovery (tasks.jobs)
+    # A job's items have their own recovery (imageclf.workers.jobs.driver).
+    job_item = send(client, "bulk.m", watched=False)
     assert client.zscore(WATCH_KEY, job_item) is None
     client.delete(queue, "bulk.m")  # every message lost
     client.set(RESULT_KEY_PREFIX + answered, json.dumps({"status": "SUCCESS"}))

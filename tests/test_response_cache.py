@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from imageclf.service_process import ServiceProcess
-from imageclf.supervise import wait_until
+from imageclf.launch.service_process import ServiceProcess
+from imageclf.launch.supervise import wait_until
 from tests.user_models import colour_classifier, coloured_images, write_model
 
 IMAGE = coloured_images(1, seed=11)[0]

@@ -1,4 +1,4 @@
-"""The worker's version manager on its own (tasks.model_versions.ServedModel), with stand-in models: which
+"""The worker's version manager on its own (imageclf.workers.model.versions.ServedModel), with stand-in models: which
 versions it loads for a policy, in which order, what a failure leaves serving, what it routes."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from models.repository import RepositoryError
-from tasks import model_versions
-from tasks.model_versions import ServedModel
+from imageclf.models.repository import RepositoryError
+from imageclf.workers.model import versions as model_versions
+from imageclf.workers.model.versions import ServedModel
 
 
 class StandIn:

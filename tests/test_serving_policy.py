@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from models.repository import RepositoryError, parse_config
-from models.serving_policy import ServingPolicy, Shadow, Splitter, check_against, parse_policy
+from imageclf.models.repository import RepositoryError, parse_config
+from imageclf.models.serving_policy import ServingPolicy, Shadow, Splitter, check_against, parse_policy
 
 HERE = Path("config.json")
 

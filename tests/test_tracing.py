@@ -16,10 +16,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from benchmarks.otlp_receiver import OTLPReceiver
-from imageclf.redis_server import free_port
-from imageclf.service_process import ServiceProcess
-from imageclf.supervise import wait_until
-from tasks import tracing
+from imageclf.core import tracing
+from imageclf.launch.redis_server import free_port
+from imageclf.launch.service_process import ServiceProcess
+from imageclf.launch.supervise import wait_until
 from tests.user_models import colour_classifier, coloured_images, write_model
 
 IMAGES = coloured_images(2, seed=33)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imageclf.start_workers import gpu_ids, worker_commands
-from models.images import ImageDecodeError, decode_to_pixels
-from models.registry import MODELS, get_spec
+from imageclf.launch.start_workers import gpu_ids, worker_commands
+from imageclf.models.images import ImageDecodeError, decode_to_pixels
+from imageclf.models.registry import MODELS, get_spec
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -83,7 +83,7 @@ def test_pixel_limit_is_checked_from_the_header():
 
 
 def test_batch_buckets_cover_every_size_with_little_padding():
-    from models.keras_model import batch_buckets
+    from imageclf.models.keras_model import batch_buckets
 
     assert batch_buckets(32) == [1, 2, 4, 8, 16, 24, 32]
     assert batch_buckets(1) == [1]
@@ -94,7 +94,7 @@ def test_batch_buckets_cover_every_size_with_little_padding():
 
 
 def test_unpadded_classifier_runs_batches_as_they_are_and_padded_one_rounds_up():
-    from models.keras_model import Classifier
+    from imageclf.models.keras_model import Classifier
 
     calls = []
 
@@ -133,8 +133,8 @@ def test_gpu_discovery_follows_cuda_visible_devices(monkeypatch):
 
 
 def test_shadow_workers_take_their_device_and_their_queue_only(monkeypatch):
-    import settings
-    from tasks.worker import model_of_queues, shadow_only
+    from imageclf import settings
+    from imageclf.workers.roles import model_of_queues, shadow_only
 
     monkeypatch.setattr(settings, "SHADOW_DEVICE", "cpu")
     commands = {name: (argv, env) for name, argv, env in worker_commands(["0", "1"], ["plants"])}
@@ -154,8 +154,8 @@ def test_shadow_workers_take_their_device_and_their_queue_only(monkeypatch):
 
 
 def test_a_worker_serves_the_model_its_queues_name_and_decoders_none():
-    import settings
-    from tasks.worker import model_of_queues
+    from imageclf import settings
+    from imageclf.workers.roles import model_of_queues
 
     assert model_of_queues(None) == settings.MODELS[0]
     assert model_of_queues("interactive.mobilenet_v2,bulk.mobilenet_v2") == "mobilenet_v2"
@@ -171,7 +171,7 @@ def test_the_api_process_never_imports_tensorflow_nor_opentelemetry_when_tracing
     from tests.helpers import ROOT
 
     # (redis-py imports OpenTelemetry's metrics API itself when installed; tracing must add nothing to it.)
-    code = ("import sys, api; api.create_app(); "
+    code = ("import sys; from imageclf.api import create_app; create_app(); "
             "bad = [m for m in sys.modules if m in ('tensorflow', 'keras', 'opentelemetry.sdk.trace') "
             "or m.startswith(('opentelemetry.instrumentation', 'opentelemetry.exporter'))]; assert not bad, bad")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -181,7 +181,7 @@ def test_the_api_process_never_imports_tensorflow_nor_opentelemetry_when_tracing
 
 
 def test_video_summary_picks_the_most_frequent_label_and_joins_runs():
-    from tasks.job_results import summarize
+    from imageclf.workers.jobs.results import summarize
 
     def frame(t: float, cid: int) -> dict:
         return {"t": t, "frame": int(t * 10), "predictions": [{"label": f"c{cid}", "class_id": cid, "probability": 1}]}
@@ -195,7 +195,7 @@ def test_video_summary_picks_the_most_frequent_label_and_joins_runs():
 
 
 def test_job_items_keep_upload_order_and_missing_outcomes_count_as_failed():
-    from tasks.job_results import images_result
+    from imageclf.workers.jobs.results import images_result
 
     ok = {"status": "SUCCESS", "predictions": []}
     result = images_result(["a", "b", "c"], {2: ok, 0: {"status": "FAILURE", "error": "bad"}})
@@ -205,7 +205,7 @@ def test_job_items_keep_upload_order_and_missing_outcomes_count_as_failed():
 
 
 def test_frame_sampling_by_rate_or_count():
-    from models.video import VideoInfo, sample_times
+    from imageclf.models.video import VideoInfo, sample_times
 
     info = VideoInfo(duration_s=14.0, frame_rate=20.0, width=1, height=1, codec="h264")
     assert sample_times(info, None, None, 100) == [float(i) for i in range(14)]
@@ -217,8 +217,8 @@ def test_frame_sampling_by_rate_or_count():
 def test_the_batch_buffer_serves_interactive_requests_first_and_caps_bulk_fill():
     from types import SimpleNamespace
 
-    from tasks.batching import PriorityBuffer
-    from tasks.classify import bulk_batch_size
+    from imageclf.workers.model.batching import PriorityBuffer
+    from imageclf.workers.model.classify import bulk_batch_size
 
     buffer = PriorityBuffer("bulk.")
     for name in ("b1", "b2", "i1", "b3", "i2"):
@@ -235,7 +235,7 @@ def test_the_batch_buffer_serves_interactive_requests_first_and_caps_bulk_fill()
 def test_a_job_part_counts_its_images_in_a_batch_and_goes_whole():
     from types import SimpleNamespace
 
-    from tasks.batching import PriorityBuffer
+    from imageclf.workers.model.batching import PriorityBuffer
 
     buffer = PriorityBuffer("bulk.")
 
@@ -253,8 +253,8 @@ def test_a_job_part_counts_its_images_in_a_batch_and_goes_whole():
 
 
 def test_a_jobs_windows_follow_its_decoders_and_the_model_workers_batches(monkeypatch):
-    import settings
-    from tasks.jobs import windows
+    from imageclf import settings
+    from imageclf.workers.jobs.driver import windows
 
     monkeypatch.setattr(settings, "JOB_CHUNK", 32)
     monkeypatch.setattr(settings, "JOB_IN_FLIGHT", 0)
@@ -275,8 +275,8 @@ def test_upload_folders_of_jobs_redis_forgot_are_swept(tmp_path, monkeypatch, re
     import os
     import time
 
-    import settings
-    from tasks.job_store import job_key, sweep_orphans
+    from imageclf import settings
+    from imageclf.workers.jobs.store import job_key, sweep_orphans
 
     monkeypatch.setattr(settings, "UPLOAD_DIR", str(tmp_path))
     old = time.time() - 7200
@@ -291,7 +291,7 @@ def test_upload_folders_of_jobs_redis_forgot_are_swept(tmp_path, monkeypatch, re
 
 
 def test_model_config_defaults_presets_and_errors_that_name_file_and_key(tmp_path):
-    from models.repository import ModelConfig, RepositoryError, parse_config, read_config
+    from imageclf.models.repository import ModelConfig, RepositoryError, parse_config, read_config
 
     path = tmp_path / "config.json"
     assert read_config(tmp_path) == ModelConfig()  # no file: every default (x/255, RGB, NHWC, squash, softmax)
@@ -317,7 +317,7 @@ def test_model_config_defaults_presets_and_errors_that_name_file_and_key(tmp_pat
 
 
 def test_labels_versions_and_model_files_of_a_repository_folder(tmp_path):
-    from models.repository import RepositoryError, model_file, read_labels, versions
+    from imageclf.models.repository import RepositoryError, model_file, read_labels, versions
 
     with pytest.raises(RepositoryError, match="labels.txt: missing"):
         read_labels(tmp_path)
@@ -351,7 +351,7 @@ def test_center_crop_keeps_the_middle_and_squash_keeps_everything():
 
 
 def test_the_batch_size_is_the_smallest_within_5_percent_of_the_best_throughput():
-    from tasks.batch_size import candidates, pick, throughput_curve
+    from imageclf.workers.model.batch_size import candidates, pick, throughput_curve
 
     assert candidates(32) == [1, 2, 4, 8, 16, 32] and candidates(12) == [1, 2, 4, 8, 12] and candidates(1) == [1]
     cpu = {1: 13.9, 2: 15.8, 4: 16.9, 8: 17.7, 16: 18.2, 32: 18.4}  # flat past 8: the latency of 8 is free
@@ -365,7 +365,7 @@ def test_the_batch_size_is_the_smallest_within_5_percent_of_the_best_throughput(
 
 def test_the_batch_size_pick_does_not_follow_one_noisy_round():
     """Rounds go on until two in a row agree; a round bent by someone else's work on the cores loses."""
-    from tasks.batch_size import MAX_ROUNDS, pick, throughput_curve
+    from imageclf.workers.model.batch_size import MAX_ROUNDS, pick, throughput_curve
 
     quiet = {1: 41.0, 2: 56.0, 4: 75.0, 8: 80.0, 16: 79.0}
     # What a MobileNet worker measured with another TensorFlow process on its cores, then quiet rounds.
@@ -390,7 +390,7 @@ def test_the_batch_size_pick_does_not_follow_one_noisy_round():
 
 
 def test_sentinel_urls_name_every_sentinel_the_db_and_the_password():
-    from tasks.redis_clients import connect, is_sentinel, sentinel_nodes
+    from imageclf.core.redis_clients import connect, is_sentinel, sentinel_nodes
 
     url = "sentinel://:s3cret@10.0.0.1:26379/2;sentinel://10.0.0.2:26380;sentinel://redis-sentinel-2"
     assert is_sentinel(url) and not is_sentinel("redis://127.0.0.1:6379/0")
@@ -409,9 +409,9 @@ def test_stale_model_routes_are_read_again_by_one_thread_while_the_others_wait_f
 
     import redis
 
-    from imageclf.redis_server import free_port, ping, redis_argv
-    from imageclf.supervise import wait_until
-    from tasks.model_records import CACHE_S, SERVED_PREFIX, InputLookup
+    from imageclf.core.model_records import CACHE_S, SERVED_PREFIX, InputLookup
+    from imageclf.launch.redis_server import free_port, ping, redis_argv
+    from imageclf.launch.supervise import wait_until
 
     port = free_port()
     server = subprocess.Popen(redis_argv(port, str(tmp_path), durable=False), stdout=subprocess.DEVNULL)

@@ -1,5 +1,6 @@
 """A request answered without its body being read (refused: 400, 401, 429) keeps its connection: the API
-receives the rest of the body itself, in large reads, instead of closing the connection on it (api.unread_bodies).
+receives the rest of the body itself, in large reads, instead of closing the connection on it
+(imageclf.api.unread_bodies).
 Spoken over a raw socket, to see what happens to the connection."""
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def test_the_drain_reads_exactly_the_rest_of_the_body_and_never_into_the_next_re
     at Content-Length, whatever the app read; a body over the limit is not read at all."""
     import io
 
-    from api.unread_bodies import DrainUnreadBodies
+    from imageclf.api.unread_bodies import DrainUnreadBodies
 
     body, after = os.urandom(3_000_000), b"GET /next HTTP/1.1\r\n\r\n"
 

@@ -1,7 +1,7 @@
 """The user's own models from a model repository, served by the real service: answers equal the model's own.
 
 The models are made here (tests/user_models.py): a Keras 2-style CNN (4 classes, 160×160,
-/255) added with `imageclf.add_model` as legacy `.h5` and as `.keras`, and an ONNX model in
+/255) added with `imageclf.launch.add_model` as legacy `.h5` and as `.keras`, and an ONNX model in
 PyTorch's style (NCHW, torch mean/std, logits, 128×96, center crop). New versions are
 rolled out (and back) under load; broken models are reported without taking anything down.
 """
@@ -22,9 +22,9 @@ import httpx
 import numpy as np
 import pytest
 
-from imageclf.service_process import ServiceProcess
-from imageclf.supervise import wait_until
-from models.images import decode_to_pixels
+from imageclf.launch.service_process import ServiceProcess
+from imageclf.launch.supervise import wait_until
+from imageclf.models.images import decode_to_pixels
 from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, finished_job, labelled_photos
 from tests.user_models import LABELS, keras_cnn, onnx_classifier, write_model
 
@@ -35,7 +35,7 @@ ONNX_CONFIG = {"preprocess": "torch", "layout": "NCHW", "output": "logits", "res
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """plants_h5 and plants_keras added with imageclf.add_model, parts_onnx written by hand."""
+    """plants_h5 and plants_keras added with imageclf.launch.add_model, parts_onnx written by hand."""
     from imageclf.cli import main as imageclf
 
     def add_model(argv: list[str]) -> int:
@@ -169,8 +169,9 @@ def test_the_cli_classifies_with_a_repository_model(users_service, tmp_path):
     for path in PHOTOS[:2]:
         (folder / path.name).write_bytes(path.read_bytes())
     for target in (PHOTOS[0], folder):  # one image (POST /predict), a folder (a job)
-        done = subprocess.run([sys.executable, "-m", "client", "classify", "--url", users_service.url, "--model",
-                               "parts_onnx", "--json", str(target)], capture_output=True, text=True, timeout=120)
+        done = subprocess.run([sys.executable, "-m", "imageclf.client", "classify", "--url", users_service.url,
+                               "--model", "parts_onnx", "--json", str(target)], capture_output=True, text=True,
+                              timeout=120)
         assert done.returncode == 0, done.stderr
         [output] = json.loads(done.stdout)
         assert output["model"] == "parts_onnx"

@@ -26,10 +26,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from imageclf.service_process import ServiceProcess
-from imageclf.supervise import wait_until
-from models.images import decode_to_pixels
-from tasks.readiness import live_workers
+from imageclf.core.readiness import live_workers
+from imageclf.launch.service_process import ServiceProcess
+from imageclf.launch.supervise import wait_until
+from imageclf.models.images import decode_to_pixels
 from tests.helpers import screenshot
 from tests.user_models import LABELS, colour_classifier, coloured_images, write_model
 
@@ -85,7 +85,7 @@ def set_policy(svc: ServiceProcess, **policy) -> dict:
         return entry.get("policy") == applied and all(s["state"] in ("ready", "available", "failed")
                                                       for s in entry["versions"].values())
     assert wait_until(settled, 60, 0.1), plants(svc)
-    time.sleep(1.2)  # the API rereads routing every second (tasks.model_records.CACHE_S)
+    time.sleep(1.2)  # the API rereads routing every second (imageclf.core.model_records.CACHE_S)
     return plants(svc)
 
 

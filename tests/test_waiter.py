@@ -10,9 +10,9 @@ import uuid
 import pytest
 import redis
 
-from api.waiter import ResultWaiter
-from imageclf.supervise import wait_until
-from tasks.result_store import RESULT_KEY_PREFIX, read_meta
+from imageclf.api.waiter import ResultWaiter
+from imageclf.core.result_store import RESULT_KEY_PREFIX, read_meta
+from imageclf.launch.supervise import wait_until
 
 
 @pytest.fixture

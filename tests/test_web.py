@@ -107,8 +107,8 @@ def api_with_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An API with API_KEYS set (and no worker: accepted work just waits)."""
     import subprocess
 
-    from imageclf.redis_server import free_port, ping, redis_argv
-    from imageclf.supervise import wait_until
+    from imageclf.launch.redis_server import free_port, ping, redis_argv
+    from imageclf.launch.supervise import wait_until
     from tests.helpers import start_api
 
     port = free_port()

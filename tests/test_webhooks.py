@@ -16,9 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from imageclf.redis_server import free_port
-from imageclf.service_process import ServiceProcess
-from imageclf.supervise import wait_until
+from imageclf.launch.redis_server import free_port
+from imageclf.launch.service_process import ServiceProcess
+from imageclf.launch.supervise import wait_until
 from tests.user_models import colour_classifier, coloured_images, write_model
 
 SECRET = "webhook-test-secret"
@@ -192,7 +192,7 @@ def test_an_attempt_whose_worker_is_killed_mid_delivery_is_made_again(svc, recei
 def test_an_attempt_claimed_by_a_scheduler_that_died_is_sent_again_after_the_claim(redis_url):
     import redis
 
-    from tasks.webhooks import CLAIM_S, DUE_KEY, schedule, send_due
+    from imageclf.workers.jobs.webhooks import CLAIM_S, DUE_KEY, schedule, send_due
 
     client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/14")
     client.delete(DUE_KEY)
@@ -240,7 +240,7 @@ def test_the_address_check_on_literal_addresses(monkeypatch, host, address):
     """check_target alone, with DNS and connections made impossible: only literal addresses are parsed."""
     import socket
 
-    from tasks import webhook_targets
+    from imageclf.workers.jobs import webhook_targets
 
     real = socket.getaddrinfo
     monkeypatch.setattr(socket, "getaddrinfo", lambda h, *a, **k: real(h, *a, flags=socket.AI_NUMERICHOST))

@@ -13,12 +13,11 @@ import httpx
 import pytest
 import redis
 
-from api.auth import owner_of
-from imageclf.redis_server import free_port, ping, redis_argv
-from imageclf.service_process import ROOT
-from imageclf.supervise import wait_until
-from tasks.payloads import PIXELS_PREFIX
-from tests.helpers import SHARED, grpc_health, labelled_photos, start_api
+from imageclf.api.auth import owner_of
+from imageclf.core.payloads import PIXELS_PREFIX
+from imageclf.launch.redis_server import free_port, ping, redis_argv
+from imageclf.launch.supervise import wait_until
+from tests.helpers import ROOT, SHARED, grpc_health, labelled_photos, start_api
 
 DEPTH = 3
 MODEL = "mobilenet_v1_0.75"  # the API's model (start_api)
@@ -139,7 +138,7 @@ def test_open_inference_takes_keys_from_headers_and_grpc_metadata_and_refuses_pa
     _, client, _ = api_alone
     redis_url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
     grpc_port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "api.grpc_server"], cwd=ROOT, env={
+    server = subprocess.Popen([sys.executable, "-m", "imageclf.api.grpc_server"], cwd=ROOT, env={
         **os.environ, "REDIS_URL": redis_url, "MODEL": MODEL, "API_KEYS": ",".join(KEYS), "HOST": "127.0.0.1",
         "GRPC_PORT": str(grpc_port), "MAX_QUEUE_DEPTH": str(DEPTH), "CUDA_VISIBLE_DEVICES": ""})
     api, keyed = start_api(redis_url, {"API_KEYS": ",".join(KEYS), "MAX_QUEUE_DEPTH": str(DEPTH)})
@@ -202,7 +201,7 @@ def test_rate_limits_and_quotas_are_shared_by_every_api_process_and_answer_429(a
     first, first_url = start_api(redis_url, env)
     second, second_url = start_api(redis_url, env)
     grpc_port = free_port()
-    grpc_server = subprocess.Popen([sys.executable, "-m", "api.grpc_server"], cwd=ROOT, env={
+    grpc_server = subprocess.Popen([sys.executable, "-m", "imageclf.api.grpc_server"], cwd=ROOT, env={
         **os.environ, "REDIS_URL": redis_url, "MODEL": MODEL, "HOST": "127.0.0.1", "GRPC_PORT": str(grpc_port),
         "CUDA_VISIBLE_DEVICES": "", **env})
     limited, other = {"X-API-Key": "limited"}, {"X-API-Key": "other"}

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from celery import Celery
 
-from models.images import decode_to_pixels
-from tasks.payloads import PIXELS_PREFIX, enqueue_classify
-from tasks.result_store import READY_STATES, failure_message, read_meta
+from imageclf.core.payloads import PIXELS_PREFIX, enqueue_classify
+from imageclf.core.result_store import READY_STATES, failure_message, read_meta
+from imageclf.models.images import decode_to_pixels
 from tests.helpers import SHARED, labelled_photos
 
 QUEUE = "interactive.mobilenet_v1_0.75"  # the test service's model
@@ -22,7 +22,7 @@ QUEUE = "interactive.mobilenet_v1_0.75"  # the test service's model
 def client_app(service, redis_url: str) -> Celery:
     """A send-only client like the API's; results are read from Redis directly."""
     app = Celery("test-client")
-    app.config_from_object("celeryconfig")
+    app.config_from_object("imageclf.core.celeryconfig")
     app.conf.update(broker_url=redis_url, result_backend=None)
     return app
 
@@ -100,14 +100,14 @@ def test_a_request_past_its_deadline_is_skipped_not_computed(client_app, redis_c
 
 
 def test_the_apis_own_task_message_is_the_one_send_task_writes(client_app, redis_client):
-    """The API pushes its classify message from a script (tasks.payloads.task_message): it must be exactly
+    """The API pushes its classify message from a script (imageclf.core.payloads.task_message): it must be exactly
     what Celery's send_task through kombu would push, apart from the ids it makes fresh."""
     import base64
     import json
 
     from kombu import serialization
 
-    from tasks.payloads import task_message
+    from imageclf.core.payloads import task_message
 
     queue, task_id = f"test-message-{uuid.uuid4().hex}", str(uuid.uuid4())
     kwargs = {"pixels_key": PIXELS_PREFIX + task_id, "size": [224, 224], "top": 3, "sent_at": 1.5}

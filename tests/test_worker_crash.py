@@ -23,10 +23,10 @@ import psutil
 import pytest
 import redis
 
-from imageclf.service_process import ServiceProcess
-from imageclf.supervise import wait_until
-from tasks.readiness import live_workers
-from tasks.request_watch import count_resent
+from imageclf.core.readiness import live_workers
+from imageclf.core.request_watch import count_resent
+from imageclf.launch.service_process import ServiceProcess
+from imageclf.launch.supervise import wait_until
 from tests.helpers import CLASS_INDEX, SHARED, labelled_photos
 
 VISIBILITY_S = 15  # the default: a live worker renews its tasks, so only a dead one's come back
@@ -148,7 +148,7 @@ def test_requests_taken_by_a_worker_killed_before_recording_them_are_sent_again(
     """kombu's Redis transport takes a message (BRPOP) and records it as delivered in a second step: a worker
     killed in between loses it, and nothing in Celery or kombu ever queues it again. Here the worker's main
     process is frozen, the requests' messages are taken from the queue as its BRPOPs would, and it is killed:
-    the sweep (tasks.request_watch) finds each unanswered with its message nowhere and queues it again."""
+    the sweep (imageclf.core.request_watch) finds each unanswered with its message nowhere and queues it again."""
     svc, client = crashable
     photos = labelled_photos()[:3]
     main = psutil.Process(model_process(client)).parent()

@@ -1,9 +1,9 @@
 """MkDocs hook: the reference pages, generated at every build from where each thing is declared once.
 
-- reference/configuration.md from settings.py (each variable's default and `#:` comment;
+- reference/configuration.md from imageclf/settings.py (each variable's default and `#:` comment;
   imageclf/settings_reference.py reads them);
-- reference/metrics.md from the metrics the API registers and those it reads from Redis (api/metrics.py);
-- reference/http.md from the OpenAPI document the API serves at /openapi.json (api/openapi.py).
+- reference/metrics.md from the metrics the API registers and those it reads from Redis (imageclf/api/metrics.py);
+- reference/http.md from the OpenAPI document the API serves at /openapi.json (imageclf/api/openapi.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 
-#: Variables read by the libraries or the launchers rather than settings.py.
+#: Variables read by the libraries or the launchers rather than imageclf/settings.py.
 _OTHER_VARIABLES = [
     ("OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG, "
      "OTEL_EXPORTER_OTLP_HEADERS, OTEL_BSP_*, OTEL_PYTHON_FLASK_EXCLUDED_URLS",
@@ -33,7 +33,7 @@ def configuration() -> str:
     from imageclf.settings_reference import settings_reference
 
     lines = ["# Configuration", "",
-             "Every setting is an environment variable, read once at start by `settings.py`. This page is "
+             "Every setting is an environment variable, read once at start by `imageclf/settings.py`. This page is "
              "generated from it (each variable's default and its comment there), as is `imageclf run --help`.", "",
              "| variable | default | meaning |", "|---|---|---|"]
     for setting in settings_reference():
@@ -45,11 +45,11 @@ def configuration() -> str:
 
 
 def metrics() -> str:
-    from api.metrics import PROCESS_METRICS, SERVICE_METRICS
+    from imageclf.api.metrics import PROCESS_METRICS, SERVICE_METRICS
 
     lines = ["# Metrics", "", "`GET /metrics` (Prometheus' text format, no API key needed). Generated from "
-             "`api/metrics.py`: the API's own metrics (added up over its processes), then those read from Redis "
-             "at each scrape, where the workers keep their figures, so any API process shows every worker's.", "",
+             "`imageclf/api/metrics.py`: the API's own metrics (added up over its processes), then those read from "
+             "Redis at each scrape, where the workers keep their figures, so any API process shows every worker's.", "",
              "| metric | type | labels | meaning |", "|---|---|---|---|"]
     for metric in PROCESS_METRICS:
         (family,) = metric.describe()
@@ -72,7 +72,7 @@ def _exposed(name: str, type_: str) -> str:
 
 
 def http() -> str:
-    from api.openapi import SPEC
+    from imageclf.api.openapi import SPEC
 
     lines = ["# HTTP reference", "", "Rendered from the OpenAPI document the API serves (`GET /openapi.json`; "
              "`GET /docs` shows the same on the running service). The Open Inference Protocol's `/v2` routes "

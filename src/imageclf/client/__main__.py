@@ -1,0 +1,5 @@
+import sys
+
+from imageclf.client.cli import main
+
+sys.exit(main())
