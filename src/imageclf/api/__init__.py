@@ -13,7 +13,7 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
 from imageclf import settings
-from imageclf.api import admin, health, jobs, models, openapi, predict, results, usage, v2, web
+from imageclf.api import admin, health, jobs, models, openapi, predict, quality, results, usage, v2, web
 from imageclf.api.auth import init_auth
 from imageclf.api.errors import register_error_handlers
 from imageclf.api.forms import UploadRequest
@@ -53,7 +53,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     init_auth(app, KeyRing(settings.API_KEYS, settings.API_KEYS_FILE))
     init_metrics(app)
     for blueprint in (predict.bp, jobs.bp, results.bp, models.bp, health.bp, openapi.bp, web.bp, v2.bp, admin.bp,
-                      usage.bp):
+                      usage.bp, quality.bp):
         app.register_blueprint(blueprint)
     # Flask's documented way to add WSGI middleware; mypy does not allow assigning to a method.
     app.wsgi_app = DrainUnreadBodies(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])  # type: ignore[method-assign]

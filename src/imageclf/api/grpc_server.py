@@ -141,7 +141,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             size = served_input(request.model_name, request.model_version or None)
             parsed = _parse_infer(request, size)
             charge_request(parsed.count)
-            return _encode_infer(parsed, run(parsed, size, context.time_remaining()))
+            return _encode_infer(parsed, run(parsed, size, context.time_remaining(), route="grpc"))
         with tracing.served("inference.GRPCInferenceService/ModelInfer", dict(context.invocation_metadata())):
             return self._call(context, body)
 

@@ -31,7 +31,7 @@ from imageclf.api.forms import keep_part, write_parts_to
 from imageclf.api.models import Route, requested_model, requested_version, route
 from imageclf.api.quotas import charge_request
 from imageclf.api.sources import source_items
-from imageclf.api.submissions import issued, queue_unavailable, record_accepted, redis_client, refuse_when_full
+from imageclf.api.submissions import issued, key_id, queue_unavailable, record_accepted, redis_client, refuse_when_full
 from imageclf.api.uploads import flag, form_number
 from imageclf.core import tracing
 from imageclf.core.model_records import read_labels
@@ -289,6 +289,8 @@ def _video_spec(upload: FileStorage, folder: Path) -> dict[str, Any]:
 def _start(job_id: str, spec: dict[str, Any], total: int) -> None:
     """Record the job and its issued id, then queue its first step for the decoder workers."""
     client = redis_client()
+    if key_id():  # the prediction log's key id of the job's images
+        spec = {**spec, "key": key_id()}
     with queue_unavailable():
         refuse_when_full(settings.JOBS_QUEUE)
         step_id = str(uuid.uuid4())

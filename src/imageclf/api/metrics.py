@@ -16,11 +16,14 @@ import logging.handlers
 import os
 import queue
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import redis
+import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -28,7 +31,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from imageclf import settings
 from imageclf.api.auth import ANONYMOUS
+from imageclf.core import database
+from imageclf.core.live_quality import drift, labelled_counts
+from imageclf.core.model_records import read_labels
+from imageclf.core.prediction_log import DROPPED_KEY
 from imageclf.core.readiness import live_workers
+from imageclf.core.redis_clients import text
 from imageclf.core.request_watch import count_resent
 from imageclf.core.shadow import read_comparisons
 from imageclf.core.stats import BATCH_SIZE_BUCKETS, INFERENCE_BUCKETS_S, by_version, cumulative, read_stats
@@ -84,6 +92,16 @@ SERVICE_METRICS: dict[str, tuple[type, str, list[str]]] = {
     "imageclf_model_busy_seconds": (CounterMetricFamily, "Seconds model processes spent on batches (fetch pixels, "
                                     "model call, store answers); its rate over the model workers is their busy "
                                     "ratio", ["model"]),
+    "imageclf_prediction_log_dropped": (CounterMetricFamily, "Prediction log rows a model worker dropped: its "
+                                        "buffer (PREDICTION_LOG_BUFFER) was full while the database was away",
+                                        ["model"]),
+    "imageclf_live_accuracy": (GaugeMetricFamily, "Top-1 accuracy of a version over the answers labelled in the "
+                               "last 24 hours (POST /feedback)", ["model", "version"]),
+    "imageclf_labelled": (CounterMetricFamily, "Logged answers of a version that carry a label (within "
+                          "PREDICTION_LOG_DAYS)", ["model", "version"]),
+    "imageclf_drift": (GaugeMetricFamily, "Population stability index of a version's answers in the last 24 hours "
+                       "against its reference window, per signal (confidence, entropy, classes); 0.2 and above is "
+                       "flagged", ["model", "version", "signal"]),
 }
 
 
@@ -155,6 +173,8 @@ def metrics() -> Response:
         for metric in PROCESS_METRICS:
             registry.register(metric)
     registry.register(_ServiceCollector(current_app.extensions["redis"]))
+    if settings.PREDICTION_LOG and settings.DATABASE_URL:
+        registry.register(_QualityCollector(current_app.extensions["redis"]))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
@@ -214,6 +234,57 @@ class _ServiceCollector:
         up.add_metric([], 1)
         yield from (up, depth, in_flight, workers, memory, versions, agreement, resumed, resent)
         yield from _worker_stats(stats)
+
+
+class _QualityCollector:
+    """Live accuracy, labelled answers and drift per version, read from the prediction log (at most once every
+    QUALITY_EVERY_S per API process: each is a query over the log)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        dropped = _family("imageclf_prediction_log_dropped")
+        try:
+            for model, n in sorted(self.client.hgetall(DROPPED_KEY).items()):
+                dropped.add_metric([text(model)], int(n))
+        except redis.RedisError:
+            pass
+        yield dropped
+        yield from _quality_families(self.client)
+
+
+QUALITY_EVERY_S = 30.0
+_quality_cache: tuple[float, list[Metric]] = (0.0, [])
+_quality_lock = threading.Lock()
+
+
+def _quality_families(client: redis.Redis) -> list[Metric]:
+    global _quality_cache
+    with _quality_lock:
+        if time.monotonic() - _quality_cache[0] < QUALITY_EVERY_S:
+            return _quality_cache[1]
+        accuracy, labelled, drifted = (_family("imageclf_live_accuracy"), _family("imageclf_labelled"),
+                                       _family("imageclf_drift"))
+        try:
+            engine = database.engine()
+            day = timedelta(hours=24)
+            for (model, version), (count, right) in sorted(labelled_counts(engine, day).items()):
+                accuracy.add_metric([model, str(version)], right / count)
+            for (model, version), (count, _) in sorted(labelled_counts(engine, timedelta(days=36500)).items()):
+                labelled.add_metric([model, str(version)], count)
+            for model in settings.MODELS:
+                labels = read_labels(client, model)
+                if not labels:
+                    continue
+                for drift_version, report in drift(engine, model, len(labels), day).items():
+                    for signal, figures in report["signals"].items():
+                        if figures["psi"] is not None:
+                            drifted.add_metric([model, drift_version, signal], figures["psi"])
+        except (sa.exc.SQLAlchemyError, redis.RedisError, RuntimeError):
+            return []  # the database away: no figures this scrape, the next one asks again
+        _quality_cache = (time.monotonic(), [accuracy, labelled, drifted])
+        return _quality_cache[1]
 
 
 def _worker_stats(stats: dict[str, dict[str, float]]) -> Iterator[Metric]:

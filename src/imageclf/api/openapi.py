@@ -37,6 +37,11 @@ _VERSION = {"type": ["integer", "null"], "minimum": 1,
             "description": "the model version that answered (repository models: the version folder; built-ins: 1)"}
 
 SCHEMAS: dict[str, Any] = {
+    "Feedback": {"type": "object", "required": ["label"], "properties": {
+        "id": {"type": "string", "description": "the request's id (POST /predict, v2, gRPC)"},
+        "job": {"type": "string"}, "item": {"oneOf": [{"type": "integer"}, {"type": "string"}],
+                                           "description": "the image's index in its job, or its file name"},
+        "label": {"oneOf": [{"type": "string"}, {"type": "integer"}], "description": "a class name or id"}}},
     "Error": {"type": "object", "required": ["success", "error"],
               "properties": {"success": {"const": False}, "error": {"type": "string", "minLength": 1}}},
     "Prediction": _PREDICTION,
@@ -315,6 +320,34 @@ PATHS: dict[str, Any] = {
         "responses": {"201": _json({"type": "object"}, "added as the next version"),
                       "400": _error("not a model file, or it does not load or answer"),
                       "409": _error("the model has no folder in MODEL_REPOSITORY here"), **_ADMIN}}},
+    "/feedback": {"post": {
+        "summary": "Label logged answers (ground truth that arrives later): one entry, a list, or a CSV",
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/Feedback"}, {
+                "type": "array", "items": {"$ref": "#/components/schemas/Feedback"}}]}},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "format": "binary",
+                         "description": "CSV with a header `id,label`, or `file,label` with `job`"},
+                "job": {"type": "string"}}}}}},
+        "responses": {"200": _json({"type": "object"}, "labelled (a repeated label replaces the earlier one)"),
+                      "400": _error("a label the model does not have, or an entry naming nothing"),
+                      "404": _error("no logged answer with that id for this key"),
+                      "409": _error("the prediction log is off"), "429": _error("the key's quota is used up")}}},
+    "/models/{model}/quality": {"get": {
+        "summary": "Live quality per version over the labelled answers, and drift against each version's reference",
+        "parameters": [_MODEL_PATH,
+                       {"name": "window", "in": "query", "schema": {"type": "string", "default": "24h"},
+                        "description": "a number and s, m, h or d"},
+                       {"name": "last", "in": "query", "schema": {"type": "integer", "minimum": 1},
+                        "description": "the last N labelled answers of each version instead of a window"}],
+        "responses": {"200": _json({"type": "object"}, "per version: labelled, accuracy, top5_accuracy, per_class, "
+                                                       "confusion, expected_calibration_error; drift per version"),
+                      "404": _error("unknown model"), "409": _error("the prediction log is off")}}},
+    "/models/{model}/reference": {"post": {
+        "summary": "Control API: start every version's drift reference again, from now",
+        "parameters": [_MODEL_PATH],
+        "responses": {"200": _json({"type": "object"}, "reset"), "404": _error("no logged answers of the model"),
+                      **_ADMIN}}},
     "/metrics": {"get": {"summary": "Prometheus metrics",
                          "responses": {"200": {"description": "text exposition format",
                                                "content": {"text/plain": {"schema": {"type": "string"}}}}}}},

@@ -19,6 +19,7 @@ from flask import current_app, g
 from kombu.exceptions import OperationalError
 
 from imageclf import settings
+from imageclf.api.auth import ANONYMOUS
 from imageclf.api.errors import APIError
 from imageclf.api.waiter import ResultWaiter
 from imageclf.core import tracing
@@ -46,10 +47,12 @@ def queue_unavailable() -> Iterator[None]:
 
 def submit_classify(pixels: bytes, size: tuple[int, int], top: int, model: str,
                     expires_at: float | None = None, probabilities: bool = False,
-                    version: int | None = None, pinned: bool = False, shadow: int | None = None) -> str:
+                    version: int | None = None, pinned: bool = False, shadow: int | None = None,
+                    route: str = "predict") -> str:
     """Queue one image for the batched classify task under a new random id, recorded as issued in the same
     script (see enqueue_classify); the waiter looks out for its result before it is sent. `version`,
-    `pinned` and `shadow` are the request's route (imageclf.api.models.route)."""
+    `pinned` and `shadow` are the request's route (imageclf.api.models.route); `route` names the endpoint in the
+    prediction log."""
     task_id = str(uuid.uuid4())
     waiter = _waiter()
     waiter.expect(task_id)
@@ -63,7 +66,8 @@ def submit_classify(pixels: bytes, size: tuple[int, int], top: int, model: str,
                     max_depth=settings.MAX_QUEUE_DEPTH, probabilities=probabilities,
                     issued=_issued_record({"kind": "predict", "model": model}),
                     wait_replicas=settings.REDIS_WAIT_REPLICAS, wait_ms=settings.REDIS_WAIT_MS,
-                    version=version, pinned=pinned, shadow=shadow, trace=trace, watched=True)
+                    version=version, pinned=pinned, shadow=shadow, trace=trace, watched=True,
+                    route=route, key=key_id())
             except QueueFull as full:
                 raise overloaded(full.depth) from None
         _check_replicas(confirmed)
@@ -71,6 +75,12 @@ def submit_classify(pixels: bytes, size: tuple[int, int], top: int, model: str,
         waiter.forget(task_id)
         raise
     return task_id
+
+
+def key_id() -> str | None:
+    """The caller's key id (a hash of the key: never the key), None without API_KEYS."""
+    owner = g.get("owner")
+    return None if owner in (None, ANONYMOUS) else str(owner)
 
 
 def _issued_record(record: dict[str, Any]) -> str:

@@ -47,7 +47,7 @@ def model_versions(entry: dict[str, Any]) -> list[str]:
     return [str(v) for v in versions] or [str(entry.get("served_version") or 1)]
 
 
-def run(request: InferRequest, size: Route, timeout_s: float | None = None) -> InferAnswer:
+def run(request: InferRequest, size: Route, timeout_s: float | None = None, route: str = "v2") -> InferAnswer:
     """Queue each image, sized for `size` (the request's served_input), wait for every answer, gather the outputs.
 
     `timeout_s` (a gRPC client's deadline) bounds the wait and, like /predict's `deadline`, makes
@@ -63,7 +63,7 @@ def run(request: InferRequest, size: Route, timeout_s: float | None = None) -> I
     top, wants_rows = request.top_k(), request.needs_probabilities()
     expires_at = time.time() + timeout_s if timeout_s is not None else None
     ids = [submit_classify(p, shape, top, request.model, expires_at, probabilities=wants_rows, version=size.version,
-                           pinned=size.pinned, shadow=size.shadow) for p in pixels]
+                           pinned=size.pinned, shadow=size.shadow, route=route) for p in pixels]
     wait_s = settings.PREDICT_TIMEOUT_S if timeout_s is None else timeout_s
     deadline = time.monotonic() + wait_s
     results: list[dict[str, Any]] = []

@@ -96,7 +96,8 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
                      wait_replicas: int = 0, wait_ms: int = 1000, version: int | None = None,
                      pinned: bool = False, shadow: int | None = None,
                      trace: dict[str, str] | None = None, watched: bool = False,
-                     part: dict[str, Any] | None = None) -> int:
+                     part: dict[str, Any] | None = None, route: str | None = None, key: str | None = None
+                     ) -> int:
     """Store the pixels ((height, width) = `size`, RGB) with a TTL and queue the classify task, in one script.
 
     With `max_depth`, raises QueueFull instead, storing nothing, when `queue` already holds that many
@@ -110,8 +111,9 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
     (imageclf.core.tracing). A `watched` request is recorded until
     its answer is stored, so that its message is sent again if lost (imageclf.core.request_watch). A job's `part` holds
     several images, their pixels one after another: `part` adds `items` (the record of each) and, where they
-    differ, `versions` and `sizes` (imageclf.workers.jobs.chunks); it is answered by one record. Returns the
-    replicas that confirmed (0 without WAIT).
+    differ, `versions` and `sizes` (imageclf.workers.jobs.chunks); it is answered by one record. `route` (predict,
+    v2, grpc, job) and `key` (the caller's key id) go into the prediction log (imageclf.core.prediction_log).
+    Returns the replicas that confirmed (0 without WAIT).
     """
     queue = queue or celery.conf.task_default_queue
     kwargs: dict[str, Any] = {"pixels_key": PIXELS_PREFIX + task_id, "size": list(size), "top": top,
@@ -130,6 +132,10 @@ def enqueue_classify(celery: Celery, client: redis.Redis, task_id: str, pixels: 
         kwargs["trace"] = trace
     if part:
         kwargs.update(part)
+    if route:
+        kwargs["route"] = route
+    if key:
+        kwargs["key"] = key
     # Flower shows kwargsrepr and parses it again (ast.literal_eval) on every event it indexes: only what
     # a person reads there, not the pixels' key or timestamps.
     shown = {**({"images": len(part["items"])} if part else {}), "top": top, "size": list(size),

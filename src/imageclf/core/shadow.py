@@ -48,14 +48,15 @@ def pair_key(model: str, version: int, against: int) -> str:
 
 
 def queue_shadow(pipe: redis.client.Pipeline, celery: Any, model: str, queue: str, limit: int, kwargs: dict[str, Any],
-                 row: np.ndarray, version: int, per_image_ms: float) -> None:
-    """Queue (on `pipe`) the shadow copy of an answered request: its pixels, for `kwargs['shadow']`."""
+                 row: np.ndarray, version: int, per_image_ms: float, request_id: str = "") -> None:
+    """Queue (on `pipe`) the shadow copy of an answered request (`request_id`): its pixels, for
+    `kwargs['shadow']`."""
     shadow = int(kwargs["shadow"])
     class_id = int(np.argmax(row))
     copy = {"pixels_key": kwargs["pixels_key"], "size": kwargs.get("size"), "top": 1, "sent_at": time.time(),
             "version": shadow, "pinned": True,
             "compare": {"version": version, "class_id": class_id, "probability": float(row[class_id]),
-                        "inference_ms": per_image_ms}}
+                        "inference_ms": per_image_ms, "id": request_id, "key": kwargs.get("key")}}
     message = task_message(celery, f"shadow-{uuid.uuid4()}", copy, queue, repr({"shadow_of": version,
                                                                               "version": shadow}))
     pipe.eval(_QUEUE_SHADOW, 2, queue, pair_key(model, shadow, version), limit, message)

@@ -53,14 +53,15 @@ class Parts:
 
     def __init__(self, group: ProcessGroup) -> None:
         self.group = group
-        self.commands: dict[str, tuple[list[str], dict[str, str] | None]] = {}
+        self.commands: dict[str, tuple[list[str], dict[str, str] | None, str | None]] = {}
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.commands[name] = (argv, env)
-        self.group.start(name, argv, env)
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, user: str | None = None) -> None:
+        self.commands[name] = (argv, env, user)
+        self.group.start(name, argv, env, user=user)
 
     def restart(self, name: str, position: int) -> None:
-        self.group.start(name, *self.commands[name], position=position)
+        argv, env, user = self.commands[name]
+        self.group.start(name, argv, env, position=position, user=user)
 
 
 def start_all(group: Parts, metrics_dir: str) -> str:
@@ -78,6 +79,8 @@ def start_all(group: Parts, metrics_dir: str) -> str:
     else:
         log("redis", f"using {redis_url}")
     env["REDIS_URL"] = redis_url
+    if settings.PREDICTION_LOG:
+        env["DATABASE_URL"] = _database(group)
 
     group.start("workers", [sys.executable, "-m", "imageclf.launch.start_workers"], env)
 
@@ -114,6 +117,34 @@ def restart_dead(parts: Parts, policy: RestartPolicy) -> None:
         log(name, f"{exit_reason(proc.returncode)}; restarting in {backoff_s:g} s")
         time.sleep(backoff_s)
         parts.restart(name, position)
+
+
+def _database(group: Parts) -> str:
+    """DATABASE_URL, or the embedded PostgreSQL started here; its schema brought up to date."""
+    url = settings.DATABASE_URL
+    if not url:
+        from imageclf.launch import postgres_server
+
+        data_dir = settings.POSTGRES_DATA_DIR
+        user = postgres_server.prepare(data_dir)
+        port = free_port(5432)
+        url = postgres_server.database_url(port)
+        group.start("postgres", postgres_server.postgres_argv(port, data_dir), user=user)
+        if not wait_until(lambda: postgres_server.accepting(url), 30):
+            raise RuntimeError("the embedded PostgreSQL did not start")
+        log("postgres", f"listening on {url} (embedded; data in {data_dir}/)")
+    else:
+        log("postgres", "using DATABASE_URL")
+    import sqlalchemy as sa
+
+    from imageclf.core.database import migrate, sqlalchemy_url
+
+    engine = sa.create_engine(sqlalchemy_url(url))
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    return url
 
 
 def main() -> int:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,12 +32,16 @@ class ServiceProcess:
         self.url = ""
         self.flower_url = ""
         self.grpc_url = ""
+        self.postgres_dir = ""
 
     def start(self, ready_timeout_s: float = 300.0, ready: Callable[[str], bool] | None = None) -> ServiceProcess:
         """Start it and wait until `ready(url)` (default: /readyz answers 200)."""
         port, flower_port, grpc_port = free_port(), free_port(), free_port()
         env = {**os.environ, **self.env, "PORT": str(port), "FLOWER_PORT": str(flower_port),
                "GRPC_PORT": str(grpc_port), "HOST": "127.0.0.1"}
+        if not env.get("DATABASE_URL") and not env.get("POSTGRES_DATA_DIR"):  # its own embedded PostgreSQL
+            self.postgres_dir = tempfile.mkdtemp(prefix="imageclf-postgres-")
+            env["POSTGRES_DATA_DIR"] = self.postgres_dir
         self.url, self.flower_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{flower_port}"
         self.grpc_url = f"127.0.0.1:{grpc_port}"
         self.log = open(self.log_path, "w")
@@ -69,4 +75,6 @@ class ServiceProcess:
                 self.proc.wait()
                 raise RuntimeError(f"imageclf.launch.run did not stop within {timeout_s:g} s") from None
         self.log.close()
+        if self.postgres_dir:
+            shutil.rmtree(self.postgres_dir, ignore_errors=True)
         return self.proc.returncode

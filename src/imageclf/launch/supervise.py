@@ -66,11 +66,11 @@ class ProcessGroup:
         self.children: list[tuple[str, subprocess.Popen]] = []
 
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
-              position: int | None = None) -> subprocess.Popen:
-        """Start a child; `position` puts it back where a restarted one was, so the stop order stays the start
-        order (Redis last)."""
+              position: int | None = None, user: str | None = None) -> subprocess.Popen:
+        """Start a child (as `user`, when given); `position` puts it back where a restarted one was, so the stop
+        order stays the start order (Redis last)."""
         proc = subprocess.Popen(list(argv), env=dict(env) if env is not None else None, start_new_session=True,
-                                preexec_fn=_term_when_parent_dies if sys.platform == "linux" else None)
+                                preexec_fn=_term_when_parent_dies if sys.platform == "linux" else None, user=user)
         self.children.insert(len(self.children) if position is None else position, (name, proc))
         return proc
 

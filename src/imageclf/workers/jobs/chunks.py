@@ -100,7 +100,7 @@ def job_chunk(self: Any, job_id: str, chunk: dict[str, Any]) -> None:
     if client.hget(job_key(job_id), "status") not in (b"PENDING", b"PROGRESS"):
         return  # cancelled while decoding: nothing to queue
     for k, part in enumerate(decoded.parts(chunk["part"])):
-        _send_part(client, spec, chunk, part_id(chunk["id"], k), part)
+        _send_part(client, job_id, spec, chunk, part_id(chunk["id"], k), part)
 
 
 class _Decoded:
@@ -124,7 +124,7 @@ class _Decoded:
             yield [item for item in self.slots[first:first + size] if item is not None]
 
 
-def _send_part(client: redis.Redis, spec: dict[str, Any], chunk: dict[str, Any], task_id: str,
+def _send_part(client: redis.Redis, job_id: str, spec: dict[str, Any], chunk: dict[str, Any], task_id: str,
                part: list[tuple[dict[str, Any], bytes, int | None]]) -> None:
     """Queue one part for the model, or answer it at once when none of its items could be decoded."""
     if not part:
@@ -134,7 +134,7 @@ def _send_part(client: redis.Redis, spec: dict[str, Any], chunk: dict[str, Any],
         return
     sizes = [list(_size(chunk, version)[:2]) for _, _, version in part]
     versions = [version for _, _, version in part]
-    extra: dict[str, Any] = {"items": [record.pop("i") for record, _, _ in part]}
+    extra: dict[str, Any] = {"items": [record.pop("i") for record, _, _ in part], "job": job_id}
     if any(record for record, _, _ in part):  # a video's frames: their times (an image's record is its index)
         extra["records"] = [record for record, _, _ in part]
     if any(size != sizes[0] for size in sizes):
@@ -144,7 +144,8 @@ def _send_part(client: redis.Redis, spec: dict[str, Any], chunk: dict[str, Any],
     enqueue_classify(celery_app, client, task_id, b"".join(pixels for _, pixels, _ in part),
                      (sizes[0][0], sizes[0][1]), spec["top"], settings.RESULT_TTL_S,
                      queue=settings.bulk_queue(spec["model"]), version=versions[0],
-                     pinned=bool(spec.get("pinned")) or "evaluate" in spec, part=extra)
+                     pinned=bool(spec.get("pinned")) or "evaluate" in spec, part=extra, route="job",
+                     key=spec.get("key"))
 
 
 def _size(chunk: dict[str, Any], version: int | None) -> tuple[int, int, str]:

@@ -30,7 +30,7 @@ from celery.utils.log import get_logger
 from PIL import Image
 
 from imageclf import settings
-from imageclf.core import tracing
+from imageclf.core import database, prediction_log, tracing
 from imageclf.core.celery_app import celery_app, pixel_store
 from imageclf.core.payloads import PROBABILITIES_PREFIX, drop_pixels, fetch_pixels
 from imageclf.core.result_store import store_success
@@ -187,12 +187,14 @@ def classify(requests: list) -> dict:
     kept: set[str] = set()  # pixels a shadow copy will read
     drops = []
     for part in (answered, shadows) if shadows else (answered,):
+        computed = []
         try:
             # One transaction: the pixels are deleted only with the answers stored (a refused write, a Redis
             # killed mid-way, keeps both for the requeued requests).
             with client.pipeline(transaction=True) as pipe:
                 for model, group in part:
-                    _store(pipe, served.name, model, _classify_group(model, group, summary, parts), kept, parts)
+                    computed.append((model, _classify_group(model, group, summary, parts)))
+                    _store(pipe, served.name, model, computed[-1][1], kept, parts)
                 if part is answered:
                     parts.store(pipe, served.name)
                 record_busy(pipe, served.name, time.perf_counter() - busy_since)
@@ -202,6 +204,7 @@ def classify(requests: list) -> dict:
                 drop_on_shards = drop_pixels(pipe, done, watched=any(_watched(req) for req in requests))
                 pipe.execute()
             drops.append(drop_on_shards)
+            _log(served.name, computed)
         except _REDIS_AWAY:  # maybe not stored: computed again after a requeue (the same answers), pixels kept
             logger.warning("batch of %d: Redis went away while storing its answers; they go back to the queue",
                            len(requests))
@@ -212,6 +215,47 @@ def classify(requests: list) -> dict:
         drop_on_shards()
     summary["parts"] = parts.shown()
     return summary
+
+
+def _log(name: str, computed: list[tuple[Classifier, list]]) -> None:
+    """Hand the stored answers' rows to the prediction log's writer (imageclf.core.prediction_log): computed
+    here, from the probabilities in hand, and written by another thread; nothing here waits for the database."""
+    writer = _log_writer()
+    if writer is None:
+        return
+    at = time.time()
+    for model, answers in computed:
+        answered = [(who, row) for req, _, row, slot in answers if (who := _logged_as(req, slot)) is not None]
+        writer.add(prediction_log.rows(name, model.version, answered, at, settings.PREDICTION_LOG_TOP,
+                                       settings.PREDICTION_LOG_SHARE))
+
+
+def _logged_as(req: Any, slot: int | None) -> dict[str, Any] | None:
+    """What names an answered image in the prediction log (None: a job part from before jobs were named)."""
+    kwargs = req.kwargs
+    if slot is not None:
+        job = kwargs.get("job")
+        if job is None:
+            return None
+        item = int(kwargs["items"][slot])
+        return {"request_id": prediction_log.job_item_id(job, item), "route": "job", "job": job, "item": item,
+                "key": kwargs.get("key")}
+    compare = kwargs.get("compare")
+    if compare is not None:
+        return {"request_id": compare.get("id") or req.id, "route": "shadow", "key": compare.get("key")}
+    return {"request_id": req.id, "route": kwargs.get("route") or "predict", "key": kwargs.get("key")}
+
+
+_writer: prediction_log.Writer | None = None
+
+
+def _log_writer() -> prediction_log.Writer | None:
+    """This pool process's writer, started on first use (None: PREDICTION_LOG=off or no DATABASE_URL)."""
+    global _writer
+    if _writer is None and settings.PREDICTION_LOG and settings.DATABASE_URL:
+        _writer = prediction_log.Writer(database.connection, pixel_store(), settings.PREDICTION_LOG_BUFFER)
+        prediction_log.start_retention(database.engine, pixel_store(), settings.PREDICTION_LOG_DAYS)
+    return _writer
 
 
 def _pixels_key(req: Any) -> str:
@@ -247,7 +291,7 @@ def _store(pipe: redis.client.Pipeline, name: str, model: Classifier, answers: l
         store_success(pipe, req.id, result, settings.RESULT_TTL_S)
         if req.kwargs.get("shadow") is not None:
             queue_shadow(pipe, celery_app, name, settings.shadow_copies_queue(name), settings.SHADOW_MAX_QUEUED,
-                         req.kwargs, row, model.version, per_image_ms)
+                         req.kwargs, row, model.version, per_image_ms, req.id)
             kept.add(_pixels_key(req))
 
 

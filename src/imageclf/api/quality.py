@@ -1,0 +1,129 @@
+"""Ground truth and what it says: `POST /feedback` (labels on logged answers) and `GET /models/<m>/quality`
+(live accuracy and drift per version), over the prediction log (imageclf.core.live_quality)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Blueprint, g, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from imageclf import settings
+from imageclf.api.auth import ANONYMOUS
+from imageclf.api.errors import APIError
+from imageclf.api.json_bodies import parse_json
+from imageclf.api.quotas import charge_request
+from imageclf.api.submissions import redis_client
+from imageclf.core import database
+from imageclf.core.live_quality import FeedbackError, drift, label, parse_window, quality
+from imageclf.core.model_records import read_labels
+from imageclf.workers.jobs.store import read_items, read_job
+
+bp = Blueprint("quality", __name__)
+DEFAULT_WINDOW = timedelta(hours=24)
+#: Labels in one POST /feedback at most.
+MAX_FEEDBACK = 10_000
+
+
+def engine() -> sa.Engine:
+    """The database, or 409 when the prediction log is off."""
+    if not settings.PREDICTION_LOG or not settings.DATABASE_URL:
+        raise APIError(409, "the prediction log is off (PREDICTION_LOG=off, or no DATABASE_URL): there is nothing "
+                            "to label or measure")
+    try:
+        return database.engine()
+    except sa.exc.SQLAlchemyError as exc:
+        raise APIError(503, f"the database is unavailable, try again later ({type(exc).__name__})",
+                       {"Retry-After": "5"}) from None
+
+
+@bp.post("/feedback")
+def feedback() -> ResponseReturnValue:
+    """Label logged answers: a JSON object or list of {"id", "label"} or {"job", "item", "label"}, or a CSV file
+    (`id,label`, or `file,label` with a `job` field)."""
+    entries = _entries()
+    if not entries:
+        raise APIError(400, "send at least one label")
+    if len(entries) > MAX_FEEDBACK:
+        raise APIError(413, f"{len(entries)} labels in one request; the limit is {MAX_FEEDBACK}")
+    charge_request(len(entries))
+    owner = None if g.get("owner") in (None, ANONYMOUS) else str(g.owner)
+    try:
+        labelled = label(engine(), entries, owner, lambda model: read_labels(redis_client(), model), _item_of)
+    except FeedbackError as exc:
+        raise APIError(exc.status, str(exc)) from None
+    except sa.exc.OperationalError as exc:
+        raise APIError(503, f"the database is unavailable, try again later ({type(exc).__name__})",
+                       {"Retry-After": "5"}) from None
+    return jsonify(labelled=len(labelled), labels=labelled)
+
+
+def _entries() -> list[dict[str, Any]]:
+    upload = request.files.get("file")
+    if upload is not None:
+        return _csv_entries(upload.read(), request.form.get("job"))
+    body = parse_json(request.get_data(), "the feedback")
+    entries = body if isinstance(body, list) else [body]
+    if not all(isinstance(entry, dict) for entry in entries):
+        raise APIError(400, "send {\"id\": ..., \"label\": ...}, a list of them, or a CSV file")
+    return entries
+
+
+def _csv_entries(data: bytes, job: str | None) -> list[dict[str, Any]]:
+    try:
+        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise APIError(400, f"the CSV cannot be read: {exc}") from None
+    if rows and "id" in rows[0] and "label" in rows[0]:
+        return [{"id": row["id"], "label": row["label"]} for row in rows]
+    if rows and "file" in rows[0] and "label" in rows[0]:
+        if not job:
+            raise APIError(400, "a file,label CSV names a job's images: send the job's id in the 'job' field")
+        return [{"job": job, "item": row["file"], "label": row["label"]} for row in rows]
+    raise APIError(400, "the CSV needs a header line 'id,label' (or 'file,label' with a 'job' field)")
+
+
+def _item_of(job: str, name: str) -> int | None:
+    """The index of the job's image named `name` (its name in the job, or that name's last part): from its result
+    once it ended, else from its listing."""
+    found = read_job(redis_client(), job)
+    if found is None:
+        raise FeedbackError(404, f"job {job!r} is unknown or expired: name its images by index")
+    try:
+        names = ([str(item.get("name", "")) for item in found["result"].get("items", [])] if "result" in found
+                 else [str(item.get("name", "")) for item in read_items(job)])
+    except (OSError, ValueError, AttributeError):
+        raise FeedbackError(404, f"the listing of job {job!r} is gone: name its images by index") from None
+    for index, listed in enumerate(names):
+        if name in (listed, listed.rsplit("/", 1)[-1]):
+            return index
+    return None
+
+
+@bp.get("/models/<model>/quality")
+def model_quality(model: str) -> ResponseReturnValue:
+    """Per version: labelled count, accuracy, top-5, per-class precision/recall/F1, confusion matrix and ECE
+    (`window`, default 24h, or the `last` N labelled), and drift against each version's reference."""
+    labels = read_labels(redis_client(), model)
+    if model not in settings.MODELS and labels is None:
+        raise APIError(404, f"unknown model {model!r}")
+    try:
+        window, last = parse_window(request.args.get("window"), request.args.get("last"))
+    except FeedbackError as exc:
+        raise APIError(exc.status, str(exc)) from None
+    if labels is None:
+        raise APIError(503, f"the classes of {model!r} are not known yet (no worker has loaded it)",
+                       {"Retry-After": "5"})
+    db = engine()
+    try:
+        figures = quality(db, model, labels, window, last)
+        drifted = drift(db, model, len(labels), window or DEFAULT_WINDOW)
+    except sa.exc.OperationalError as exc:
+        raise APIError(503, f"the database is unavailable, try again later ({type(exc).__name__})",
+                       {"Retry-After": "5"}) from None
+    return jsonify(model=model, window=request.args.get("window") or (None if last else "24h"), last=last,
+                   versions=figures, drift=drifted)
