@@ -20,7 +20,7 @@ from PIL import Image
 from imageclf.launch.service_process import ServiceProcess
 from imageclf.launch.supervise import ProcessGroup, wait_until
 from imageclf.models.evaluation import Evaluation, Prediction
-from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, labelled_photos
+from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, labelled_photos, screenshot
 
 MODEL = "mobilenet_v1_0.75"
 ALICE, BOB, ADMIN = "alice-key-1", "bob-key-2", "admin-key-3"
@@ -188,6 +188,25 @@ def test_a_shift_is_flagged_and_the_same_distribution_is_not(logged: ServiceProc
     shifted = _drift(logged, shifted_since)
     assert shifted["drifted"] is True, {k: v["psi"] for k, v in shifted["signals"].items()}
     assert max(s["psi"] for s in shifted["signals"].values()) >= 0.2
+    listed = httpx.get(logged.url + "/models", headers=_key(ALICE), timeout=30).json()["models"]
+    verdict = next(m for m in listed if m["name"] == MODEL)["drift"]["1"]
+    assert set(verdict["psi"]) == {"confidence", "entropy", "classes"} and verdict["window_answers"] >= 750
+
+
+def test_the_models_view_shows_live_accuracy_and_drift(logged: ServiceProcess, browser):
+    context = browser.new_context(viewport={"width": 1300, "height": 700})
+    page = context.new_page()
+    page.goto(logged.url + "/#models")
+    page.fill("#api-key", ALICE)
+    page.wait_for_function(
+        "() => { const c = document.querySelector('article[data-model] tr[data-version=\"1\"] td.live');"
+        " return c && c.textContent.includes('labelled') && c.textContent.includes('drift'); }", timeout=30_000)
+    live = page.locator('tr[data-version="1"] td.live').text_content()
+    figures = httpx.get(logged.url + f"/models/{MODEL}/quality", headers=_key(ALICE), timeout=30).json()
+    expected = figures["versions"]["1"]
+    assert f"right of {expected['labelled']} labelled" in live, live
+    screenshot(page, "web-quality")
+    context.close()
 
 
 def _postgres(service: ServiceProcess) -> psutil.Process | None:

@@ -16,6 +16,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from imageclf.api.errors import APIError
+from imageclf.api.quality import recent_drift
 from imageclf.api.submissions import queue_unavailable, redis_client
 from imageclf.core.model_records import InputLookup, ModelRoutes, ModelUnavailable, read_failures, read_served
 from imageclf.core.readiness import live_workers
@@ -175,4 +176,7 @@ def _versions(workers: list[dict[str, Any]], stats: dict[str, dict[str, float]],
 @bp.get("/models")
 def models() -> ResponseReturnValue:
     with queue_unavailable():
-        return jsonify(default=served()[0], models=describe_models())
+        described = describe_models()
+        for entry in described:
+            entry["drift"] = recent_drift(entry["name"])
+    return jsonify(default=served()[0], models=described)

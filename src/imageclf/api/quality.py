@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -102,6 +104,33 @@ def _item_of(job: str, name: str) -> int | None:
         if name in (listed, listed.rsplit("/", 1)[-1]):
             return index
     return None
+
+
+#: Seconds GET /models reuses a model's drift verdicts (each is a few queries over the log).
+DRIFT_EVERY_S = 30.0
+_drift_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+_drift_lock = threading.Lock()
+
+
+def recent_drift(model: str) -> dict[str, Any] | None:
+    """Each version's drift verdict over the last 24 hours and its signals' PSI, for GET /models (None: the log
+    is off, the database away, or the model's classes unknown)."""
+    if not settings.PREDICTION_LOG or not settings.DATABASE_URL:
+        return None
+    with _drift_lock:
+        at, verdicts = _drift_cache.get(model, (0.0, None))
+        if time.monotonic() - at < DRIFT_EVERY_S:
+            return verdicts
+        labels = read_labels(redis_client(), model)
+        try:
+            report = drift(database.engine(), model, len(labels), DEFAULT_WINDOW) if labels else None
+        except (sa.exc.SQLAlchemyError, RuntimeError):
+            report = None
+        verdicts = None if report is None else {
+            version: {"drifted": r["drifted"], "window_answers": r["window_answers"],
+                      "psi": {name: s["psi"] for name, s in r["signals"].items()}} for version, r in report.items()}
+        _drift_cache[model] = (time.monotonic(), verdicts)
+        return verdicts
 
 
 @bp.get("/models/<model>/quality")

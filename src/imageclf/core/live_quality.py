@@ -169,9 +169,10 @@ def reset_reference(engine: sa.Engine, model: str, versions: Iterable[int]) -> N
 
 def drift(engine: sa.Engine, model: str, classes: int, window: timedelta) -> dict[str, Any]:
     """Per version that answered in the window: each signal's PSI against the reference, the flag, and both
-    histograms."""
+    histograms (counted by PostgreSQL: no answer leaves the database)."""
     now = datetime.now(timezone.utc)
-    answers = sa.select(predictions.c.version, predictions.c.confidence, predictions.c.entropy,
+    bound = math.log(max(2, classes))
+    answers = sa.select(predictions.c.confidence, predictions.c.entropy,
                         predictions.c.top_ids[1].label("predicted")).where(predictions.c.model == model,
                                                                            predictions.c.route != "shadow")
     out: dict[str, Any] = {}
@@ -181,50 +182,50 @@ def drift(engine: sa.Engine, model: str, classes: int, window: timedelta) -> dic
         for version in sorted(versions):
             since = connection.execute(sa.select(drift_references.c.since).where(
                 drift_references.c.model == model, drift_references.c.version == version)).scalar()
-            reference_query = answers.where(predictions.c.version == version)
-            if since is not None:
-                reference_query = reference_query.where(predictions.c.at >= since)
-            reference = list(connection.execute(reference_query.order_by(predictions.c.at).limit(
-                DRIFT_REFERENCE_SIZE)))
-            current = list(connection.execute(answers.where(predictions.c.version == version,
-                                                            predictions.c.at >= now - window)))
-            out[str(version)] = _compare(reference, current, classes, since)
+            mine = answers.where(predictions.c.version == version)
+            reference = (mine.where(predictions.c.at >= since) if since is not None else mine).order_by(
+                predictions.c.at).limit(DRIFT_REFERENCE_SIZE)
+            current = mine.where(predictions.c.at >= now - window)
+            out[str(version)] = _compare(_counts(connection, reference, bound), _counts(connection, current, bound),
+                                         since)
     return out
 
 
-def _compare(reference: list[Any], current: list[Any], classes: int, since: datetime | None) -> dict[str, Any]:
-    bound = math.log(max(2, classes))
+def _counts(connection: sa.Connection, answers: sa.Select, bound: float) -> dict[str, Any]:
+    """The answers' confidence and entropy histograms (_BINS equal bins) and predicted-class counts."""
+    sub = answers.subquery()
+    found: dict[str, Any] = {"answers": 0}
+    for name, column, top in (("confidence", sub.c.confidence, 1.0), ("entropy", sub.c.entropy, bound)):
+        histogram = [0] * _BINS
+        for bucket, n in connection.execute(sa.select(sa.func.width_bucket(column, 0.0, top, _BINS), sa.func.count())
+                                            .group_by(sa.text("1"))):
+            histogram[min(max(int(bucket), 1), _BINS) - 1] += n  # 0 below, _BINS + 1 at the top edge
+        found[name] = histogram
+    found["classes"] = Counter({int(c): n for c, n in connection.execute(
+        sa.select(sub.c.predicted, sa.func.count()).group_by(sub.c.predicted)) if c is not None})
+    found["answers"] = sum(found["confidence"])
+    return found
+
+
+def _compare(reference: dict[str, Any], current: dict[str, Any], since: datetime | None) -> dict[str, Any]:
     signals: dict[str, dict[str, Any]] = {}
-    for name, values, edges in (
-            ("confidence", lambda rows: [r.confidence for r in rows], [i / _BINS for i in range(_BINS + 1)]),
-            ("entropy", lambda rows: [r.entropy for r in rows], [bound * i / _BINS for i in range(_BINS + 1)])):
-        ref, cur = _histogram(values(reference), edges), _histogram(values(current), edges)
-        signals[name] = {"psi": _psi(ref, cur), "edges": [round(e, 4) for e in edges], "reference": ref,
-                         "window": cur}
-    top = [c for c, _ in Counter(r.predicted for r in reference).most_common(20)]
-    ref_classes, cur_classes = _frequencies(reference, top), _frequencies(current, top)
+    for name in ("confidence", "entropy"):
+        signals[name] = {"psi": _psi(reference[name], current[name]), "reference": reference[name],
+                         "window": current[name]}
+    top = [c for c, _ in reference["classes"].most_common(20)]
+    ref_classes, cur_classes = _frequencies(reference["classes"], top), _frequencies(current["classes"], top)
     signals["classes"] = {"psi": _psi(ref_classes, cur_classes), "classes": [*map(str, top), "other"],
                           "reference": ref_classes, "window": cur_classes}
-    enough = len(reference) >= DRIFT_MIN_ANSWERS and len(current) >= DRIFT_MIN_ANSWERS
+    enough = reference["answers"] >= DRIFT_MIN_ANSWERS and current["answers"] >= DRIFT_MIN_ANSWERS
     for signal in signals.values():
         psi = signal["psi"]
         signal["drifted"] = None if not enough or psi is None else psi >= DRIFT_THRESHOLD
-    return {"reference_answers": len(reference), "window_answers": len(current),
-            "reference_since": since.isoformat() if since else None, "threshold": DRIFT_THRESHOLD,
+    return {"reference_answers": reference["answers"], "window_answers": current["answers"],
+            "reference_since": since.isoformat() if since else None, "threshold": DRIFT_THRESHOLD, "bins": _BINS,
             "drifted": any(s["drifted"] for s in signals.values()) if enough else None, "signals": signals}
 
 
-def _histogram(values: list[float], edges: list[float]) -> list[int]:
-    counts = [0] * (len(edges) - 1)
-    top = edges[-1]
-    for value in values:
-        index = int((min(max(value, 0.0), top) / top) * (len(edges) - 1)) if top > 0 else 0
-        counts[min(index, len(counts) - 1)] += 1
-    return counts
-
-
-def _frequencies(rows: list[Any], classes: list[int]) -> list[int]:
-    counted = Counter(r.predicted for r in rows)
+def _frequencies(counted: Counter, classes: list[int]) -> list[int]:
     kept = [counted[c] for c in classes]
     return [*kept, sum(counted.values()) - sum(kept)]
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 import time
 import zlib
@@ -198,11 +197,6 @@ def delete_older_than(engine: sa.Engine, days: float, chunk: int = 50_000) -> in
         removed += done
         if done < chunk:
             return removed
-
-
-def entropy_bound(classes: int) -> float:
-    """The largest entropy a row over `classes` classes can have (natural log)."""
-    return math.log(max(2, classes))
 
 
 #: Redis lock: one process of all runs the hourly retention.

@@ -1,4 +1,5 @@
-"""`make run`: Redis (embedded when REDIS_URL is unset), the workers, Flower and the API, in the foreground.
+"""`make run`: Redis and PostgreSQL (embedded when REDIS_URL and DATABASE_URL are unset), the workers, Flower
+and the API, in the foreground.
 
 Ctrl-C or SIGTERM stops everything it started. A part that dies is started again, as a
 process supervisor would, after a backoff that doubles with each death in the last minute

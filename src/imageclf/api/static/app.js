@@ -363,8 +363,18 @@ function versionActions(entry, version) {
   return el("span", {class: "actions"}, share, set, move);
 }
 
-function modelTable(entry) {
+function liveText(quality, drift) {
+  // The last 24 hours: accuracy over the labelled answers (POST /feedback), and the drift verdict.
+  const parts = [];
+  if (quality && quality.labelled) parts.push(`${percent(100 * quality.accuracy)} right of ${quality.labelled} labelled`);
+  if (drift && drift.drifted === true) parts.push("drift");
+  else if (drift && drift.drifted === false) parts.push("no drift");
+  return parts.length ? parts.join(" · ") : "—";
+}
+
+function modelTable(entry, quality = {}) {
   const routing = entry.routing || {};
+  const drift = entry.drift || {};
   const rows = Object.entries(entry.versions).map(([version, s]) => el("tr", {"data-version": version},
     el("th", {scope: "row", text: `v${version}${Number(version) === routing.default ? " (default)" : ""}`}),
     el("td", {class: `state-${s.state}`, text: s.state, title: s.error || s.reason || ""}),
@@ -374,8 +384,9 @@ function modelTable(entry) {
     el("td", {text: s.mean_batch_size ? String(s.mean_batch_size) : "—"}),
     el("td", {text: s.inference_ms_per_image ? `${s.inference_ms_per_image} ms` : "—"}),
     el("td", {class: "shadow", text: shadowText(s.shadow)}),
+    el("td", {class: "live", text: liveText(quality[version], drift[version])}),
     el("td", {}, versionActions(entry, version))));
-  const head = ["Version", "State", "Share", "Requests", "Mean batch", "Per image", "Shadow", ""];
+  const head = ["Version", "State", "Share", "Requests", "Mean batch", "Per image", "Shadow", "Live (24 h)", ""];
   const notes = [...(routing.notes || []), ...(entry.policy_error ? [entry.policy_error] : []),
                  ...Object.entries(entry.versions).filter(([, s]) => s.error).map(([v, s]) => `v${v}: ${s.error}`)];
   return el("article", {class: "model", "data-model": entry.name},
@@ -392,7 +403,10 @@ async function loadModels() {
   $("models-error").hidden = true;
   try {
     const {data} = await call("GET", "/models");
-    $("models-body").replaceChildren(...data.models.map(modelTable));
+    // Live quality per model, where the prediction log is on (409 otherwise: the column stays empty).
+    const quality = await Promise.all(data.models.map((m) => call("GET", `/models/${encodeURIComponent(m.name)}/quality`)
+      .then(({data: q}) => q.versions || {}).catch(() => ({}))));
+    $("models-body").replaceChildren(...data.models.map((m, i) => modelTable(m, quality[i])));
   } catch (err) {
     $("models-error").textContent = err.message;
     $("models-error").hidden = false;
