@@ -72,7 +72,7 @@ def role_of(process: psutil.Process, parents: dict[int, str]) -> str:
             return "decoder"
         return "decoder" if "--queues jobs" in line else "model worker main"
     for key, role in (("gunicorn", "API (gunicorn)"), ("imageclf.api.grpc_server", "gRPC server"), ("flower", "Flower"),
-                      ("redis-server", "Redis"), ("imageclf", "supervisors")):
+                      ("redis-server", "Redis"), ("postgres", "PostgreSQL"), ("imageclf", "supervisors")):
         if key in line:
             return role
     return "other"

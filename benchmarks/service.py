@@ -98,7 +98,8 @@ def service_counters(url: str) -> dict[str, float]:
 
 #: Process roles by a piece of their command line, first match wins.
 _ROLES = (("gunicorn", "API (gunicorn)"), ("imageclf.api.grpc_server", "gRPC server"), ("flower", "Flower"),
-          ("--queues jobs", "decoders"), ("redis-server", "Redis"), ("celery", "model worker's consumer"),
+          ("--queues jobs", "decoders"), ("redis-server", "Redis"), ("postgres", "PostgreSQL"),
+          ("celery", "model worker's consumer"),
           ("benchmarks.service", "load client"), ("imageclf", "supervisors"))
 
 
