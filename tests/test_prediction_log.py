@@ -65,9 +65,10 @@ def _feedback(service: ServiceProcess, body: object, key: str = ALICE) -> httpx.
 
 
 def _written(service: ServiceProcess, entries: list[dict], key: str = ALICE, timeout_s: float = 60) -> httpx.Response:
-    """POST /feedback until the rows have reached the database (the writer is asynchronous by design)."""
+    """POST /feedback until the rows have reached the database (the writer is asynchronous by design), as a client
+    would: again after a 503 (the database restarting) too."""
     deadline = time.monotonic() + timeout_s
-    while (answer := _feedback(service, entries, key)).status_code == 404 and time.monotonic() < deadline:
+    while (answer := _feedback(service, entries, key)).status_code in (404, 503) and time.monotonic() < deadline:
         time.sleep(0.3)
     return answer
 
