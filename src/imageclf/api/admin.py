@@ -29,7 +29,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Blueprint, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
@@ -196,16 +195,13 @@ def put_policy(model: str) -> ResponseReturnValue:
 @bp.post("/models/<model>/reference")
 def reset_reference(model: str) -> ResponseReturnValue:
     """Start the drift reference of every version of `model` again: its answers from now on."""
-    from imageclf.api.quality import engine
+    from imageclf.api.quality import database_unavailable, engine
     from imageclf.core.live_quality import reset_reference as reset
 
-    db = engine()
-    with db.connect() as connection:
-        versions = [row[0] for row in connection.execute(sa.text(
-            "SELECT DISTINCT version FROM predictions WHERE model = :model"), {"model": model})]
+    with database_unavailable():
+        versions = reset(engine(), model)
     if not versions:
         raise APIError(404, f"no logged answers of model {model!r}")
-    reset(db, model, versions)
     _log(model, "drift reference reset", versions=versions)
     return jsonify(name=model, versions=versions, by=g.admin)
 

@@ -269,10 +269,10 @@ def _quality_families(client: redis.Redis) -> list[Metric]:
         try:
             engine = database.engine()
             day = timedelta(hours=24)
-            for (model, version), (count, right) in sorted(labelled_counts(engine, day).items()):
-                accuracy.add_metric([model, str(version)], right / count)
-            for (model, version), (count, _) in sorted(labelled_counts(engine, timedelta(days=36500)).items()):
-                labelled.add_metric([model, str(version)], count)
+            for (model, version), (kept, recent, right) in sorted(labelled_counts(engine, day).items()):
+                labelled.add_metric([model, str(version)], kept)
+                if recent:
+                    accuracy.add_metric([model, str(version)], right / recent)
             for model in settings.MODELS:
                 labels = read_labels(client, model)
                 if not labels:

@@ -7,6 +7,8 @@ import csv
 import io
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -36,8 +38,15 @@ def engine() -> sa.Engine:
     if not settings.PREDICTION_LOG or not settings.DATABASE_URL:
         raise APIError(409, "the prediction log is off (PREDICTION_LOG=off, or no DATABASE_URL): there is nothing "
                             "to label or measure")
-    try:
+    with database_unavailable():
         return database.engine()
+
+
+@contextmanager
+def database_unavailable() -> Iterator[None]:
+    """Turn the database's errors into a 503 that tells the client to retry (as queue_unavailable does Redis')."""
+    try:
+        yield
     except sa.exc.SQLAlchemyError as exc:
         raise APIError(503, f"the database is unavailable, try again later ({type(exc).__name__})",
                        {"Retry-After": "5"}) from None
@@ -55,12 +64,10 @@ def feedback() -> ResponseReturnValue:
     charge_request(len(entries))
     owner = None if g.get("owner") in (None, ANONYMOUS) else str(g.owner)
     try:
-        labelled = label(engine(), entries, owner, lambda model: read_labels(redis_client(), model), _item_of)
+        with database_unavailable():
+            labelled = label(engine(), entries, owner, lambda model: read_labels(redis_client(), model), _item_of)
     except FeedbackError as exc:
         raise APIError(exc.status, str(exc)) from None
-    except sa.exc.OperationalError as exc:
-        raise APIError(503, f"the database is unavailable, try again later ({type(exc).__name__})",
-                       {"Retry-After": "5"}) from None
     return jsonify(labelled=len(labelled), labels=labelled)
 
 
@@ -148,11 +155,8 @@ def model_quality(model: str) -> ResponseReturnValue:
         raise APIError(503, f"the classes of {model!r} are not known yet (no worker has loaded it)",
                        {"Retry-After": "5"})
     db = engine()
-    try:
+    with database_unavailable():
         figures = quality(db, model, labels, window, last)
         drifted = drift(db, model, len(labels), window or DEFAULT_WINDOW)
-    except sa.exc.OperationalError as exc:
-        raise APIError(503, f"the database is unavailable, try again later ({type(exc).__name__})",
-                       {"Retry-After": "5"}) from None
     return jsonify(model=model, window=request.args.get("window") or (None if last else "24h"), last=last,
                    versions=figures, drift=drifted)

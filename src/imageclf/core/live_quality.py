@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -146,25 +146,28 @@ def quality(engine: sa.Engine, model: str, labels: list[str], window: timedelta 
     return out
 
 
-def labelled_counts(engine: sa.Engine, window: timedelta) -> dict[tuple[str, int], tuple[int, int]]:
-    """(model, version) -> (labelled answers, right ones) in the window: the Prometheus figures."""
-    query = sa.select(predictions.c.model, predictions.c.version, sa.func.count(),
-                      sa.func.count().filter(predictions.c.top_ids[1] == predictions.c.label)).where(
-        predictions.c.label.is_not(None),
-        predictions.c.labelled_at >= datetime.now(timezone.utc) - window).group_by(
-        predictions.c.model, predictions.c.version)
+def labelled_counts(engine: sa.Engine, window: timedelta) -> dict[tuple[str, int], tuple[int, int, int]]:
+    """(model, version) -> (labelled answers kept, those labelled in the window, the right ones among them), in
+    one pass: the Prometheus figures."""
+    recent = predictions.c.labelled_at >= datetime.now(timezone.utc) - window
+    query = sa.select(predictions.c.model, predictions.c.version, sa.func.count(), sa.func.count().filter(recent),
+                      sa.func.count().filter(recent, predictions.c.top_ids[1] == predictions.c.label)).where(
+        predictions.c.label.is_not(None)).group_by(predictions.c.model, predictions.c.version)
     with engine.connect() as connection:
-        return {(row[0], row[1]): (row[2], row[3]) for row in connection.execute(query)}
+        return {(row[0], row[1]): (row[2], row[3], row[4]) for row in connection.execute(query)}
 
 
-def reset_reference(engine: sa.Engine, model: str, versions: Iterable[int]) -> None:
-    """Start each version's drift reference again: its answers from now on."""
+def reset_reference(engine: sa.Engine, model: str) -> list[int]:
+    """Start the drift reference of every logged version of `model` again, from now; the versions reset."""
     now = datetime.now(timezone.utc)
     with engine.begin() as connection:
+        versions = [row[0] for row in connection.execute(
+            sa.select(predictions.c.version).distinct().where(predictions.c.model == model))]
         for version in versions:
             statement = sa.dialects.postgresql.insert(drift_references).values(model=model, version=version, since=now)
             connection.execute(statement.on_conflict_do_update(index_elements=["model", "version"],
                                                                set_={"since": now}))
+    return sorted(versions)
 
 
 def drift(engine: sa.Engine, model: str, classes: int, window: timedelta) -> dict[str, Any]:
