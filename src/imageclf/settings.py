@@ -163,6 +163,13 @@ RESULT_TTL_S: int = _int("RESULT_TTL_S", 3600)
 
 #: Where job uploads and videos are written (never into Redis); the API and the decoder workers share it.
 UPLOAD_DIR: str = _str("UPLOAD_DIR", os.path.join("var", "uploads"))
+#: Where images kept for review are saved (imageclf.core.review_queue): a folder the API and the model workers share,
+#: or an object store prefix (s3://bucket/prefix, credentials and endpoint from the AWS_* variables).
+REVIEW_DIR: str = _str("REVIEW_DIR", os.path.join(UPLOAD_DIR, "review"))
+#: Run the promotion controller (imageclf.core.promotion) in the API processes; whichever holds its lock in Redis acts.
+PROMOTION_CONTROLLER: bool = _str("PROMOTION_CONTROLLER", "on").lower() not in ("off", "0", "false", "no")
+#: Seconds between the promotion controller's checks of each model's plan.
+PROMOTION_CHECK_S: float = max(0.2, _float("PROMOTION_CHECK_S", 5.0))
 #: Seconds a /predict answer is kept for the same upload (bytes, model, version, preprocessing, top); 0: no cache.
 CACHE_TTL_S: float = max(0.0, _float("CACHE_TTL_S", 0.0))
 #: The HMAC-SHA256 key of completion webhooks' X-Imageclf-Signature header; unset, a `callback_url` is refused.

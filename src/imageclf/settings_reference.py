@@ -55,7 +55,8 @@ def _shown(default: ast.expr | None) -> str:
     except ValueError:
         pass
     if isinstance(default, ast.Call) and ast.unparse(default.func) == "os.path.join":
-        return os.path.join(*(str(ast.literal_eval(arg)) for arg in default.args))
+        return os.path.join(*(str(ast.literal_eval(arg)) if isinstance(arg, ast.Constant) else "$" + ast.unparse(arg)
+                              for arg in default.args))
     return ast.unparse(default)
 
 

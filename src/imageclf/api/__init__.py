@@ -6,23 +6,40 @@ Pillow and sends pixels to the workers through Redis.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
+from redis import Redis
 
 from imageclf import settings
-from imageclf.api import admin, health, jobs, models, openapi, predict, quality, results, usage, v2, web
+from imageclf.api import (
+    admin,
+    health,
+    jobs,
+    models,
+    openapi,
+    predict,
+    promotion,
+    quality,
+    results,
+    review,
+    usage,
+    v2,
+    web,
+)
 from imageclf.api.auth import init_auth
 from imageclf.api.errors import register_error_handlers
 from imageclf.api.forms import UploadRequest
 from imageclf.api.keyring import KeyRing
-from imageclf.api.metrics import init_metrics
+from imageclf.api.metrics import init_metrics, line_log
 from imageclf.api.unread_bodies import DrainUnreadBodies
 from imageclf.api.waiter import ResultWaiter
-from imageclf.core import tracing
+from imageclf.core import database, tracing
 from imageclf.core.model_records import InputLookup
+from imageclf.core.promotion import start_controller
 from imageclf.core.redis_clients import connect
 from imageclf.models.decode_budget import DecodeBudget
 
@@ -53,11 +70,25 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     init_auth(app, KeyRing(settings.API_KEYS, settings.API_KEYS_FILE))
     init_metrics(app)
     for blueprint in (predict.bp, jobs.bp, results.bp, models.bp, health.bp, openapi.bp, web.bp, v2.bp, admin.bp,
-                      usage.bp, quality.bp):
+                      usage.bp, quality.bp, review.bp, promotion.bp):
         app.register_blueprint(blueprint)
+    if settings.PROMOTION_CONTROLLER:
+        start_promotion_controller(app.extensions["redis"])
     # Flask's documented way to add WSGI middleware; mypy does not allow assigning to a method.
     app.wsgi_app = DrainUnreadBodies(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])  # type: ignore[method-assign]
     return app
+
+
+_controller_started = False
+
+
+def start_promotion_controller(client: Redis) -> None:
+    """The promotion controller's loop, once per process (imageclf.core.promotion: the one holding its lock acts)."""
+    global _controller_started
+    if not _controller_started:
+        _controller_started = True
+        start_controller(client, lambda: database.engine() if settings.PREDICTION_LOG and settings.DATABASE_URL
+                         else None, line_log(logging.getLogger("imageclf.promotion")))
 
 
 def celery_init_app(app: Flask) -> Celery:

@@ -4,7 +4,9 @@
                                                extension; each entry also carries GET /models' figures)
     POST /v2/repository/models/<m>/load        serve the model again after an unload
     POST /v2/repository/models/<m>/unload      its workers drop every version; requests get 503 meanwhile
-    PUT  /models/<m>/policy                    change version_policy, traffic and shadow (config.json)
+    PUT  /models/<m>/policy                    change version_policy, traffic, shadow, review and promotion
+                                               (config.json)
+    POST /models/<m>/promotion/<action>        pause, resume or abort the candidate's rollout
     POST /models/<m>/versions                  upload a new version (imageclf.launch.add_model's checks)
 
 Files stay the source of truth: a policy is written to the model's config.json (atomically,
@@ -16,7 +18,6 @@ with TensorFlow, which this process never imports). Every change is logged with 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import re
@@ -24,8 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,25 @@ from flask import Blueprint, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from imageclf import settings
-from imageclf.api.auth import known_owner, owner_of, presented_key
+from imageclf.api.auth import admin_key
 from imageclf.api.errors import APIError
 from imageclf.api.json_bodies import parse_json
 from imageclf.api.metrics import line_log
 from imageclf.api.models import describe_models, served
 from imageclf.api.submissions import queue_unavailable, redis_client
 from imageclf.core.model_records import InputLookup, ModelUnavailable, clear_unloaded, record_unloaded
-from imageclf.models.repository import POLICY_KEYS, RepositoryError, model_dir, read_raw_config, versions, write_config
+from imageclf.core.promotion import ACTIONS, request_action
+from imageclf.models.promotion_plan import parse_promotion
+from imageclf.models.repository import (
+    POLICY_KEYS,
+    RepositoryError,
+    locked,
+    model_dir,
+    read_raw_config,
+    versions,
+    write_config,
+)
+from imageclf.models.review_rules import parse_review
 from imageclf.models.serving_policy import check_against, parse_policy
 
 bp = Blueprint("admin", __name__)
@@ -60,17 +71,7 @@ _STATES = {"ready": "READY", "loading": "LOADING", "draining": "UNLOADING", "fai
 @bp.before_request
 def _admin_only() -> None:
     """403 while ADMIN_API_KEYS is unset or for any other key (plain API_KEYS included); `g.admin` names the key."""
-    if not settings.ADMIN_API_KEYS:
-        raise APIError(403, "the control API is off: set ADMIN_API_KEYS (comma-separated keys) to enable it, and "
-                            "send one as Authorization: Bearer <key> or X-API-Key")
-    key = presented_key(request.headers.get("Authorization", ""), request.headers.get("X-API-Key"))
-    if not key:
-        raise APIError(401, "the control API needs an admin key (ADMIN_API_KEYS) as Authorization: Bearer <key> "
-                            "or X-API-Key", {"WWW-Authenticate": "Bearer"})
-    owner = known_owner(key, [owner_of(k) for k in settings.ADMIN_API_KEYS])
-    if owner is None:
-        raise APIError(403, "this route needs an admin key (ADMIN_API_KEYS); API_KEYS do not open it")
-    g.admin = f"admin key {owner[:12]}"
+    g.admin = admin_key("the control API")
 
 
 def _log(model: str, action: str, **details: Any) -> None:
@@ -92,17 +93,6 @@ def _folder(model: str) -> Path:
                             "API's host: built-in models have one version, and the API must see the repository to "
                             "change it")
     return folder
-
-
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """One change to a model's files at a time, across API processes and threads."""
-    with open(folder / ".control.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @bp.post("/v2/repository/index")
@@ -175,7 +165,7 @@ def put_policy(model: str) -> ResponseReturnValue:
     unknown = sorted(set(body) - set(POLICY_KEYS))
     if unknown:
         raise APIError(400, f"unknown key(s) {', '.join(map(repr, unknown))}; a policy has {', '.join(POLICY_KEYS)}")
-    with _locked(folder):
+    with locked(folder):
         try:
             raw = read_raw_config(folder)
             for key, value in body.items():
@@ -185,11 +175,28 @@ def put_policy(model: str) -> ResponseReturnValue:
                     raw[key] = value
             policy = parse_policy(raw, Path("the policy"))
             check_against(policy, versions(folder), Path("the policy"))
+            parse_review(raw.get("review"), Path("the policy"))
+            plan = parse_promotion(raw.get("promotion"), Path("the policy"))
+            if plan is not None and plan.candidate not in policy.select(versions(folder)):
+                raise RepositoryError(f"the policy: the promotion's candidate {plan.candidate} is not served "
+                                      f"(served: {', '.join(map(str, policy.select(versions(folder))))})")
         except RepositoryError as exc:
             raise APIError(400, f"{exc}; the current policy stays") from None
         write_config(folder, raw)
     _log(model, "policy", **policy.describe())
     return jsonify(name=model, policy=policy.describe(), applied_within_s=settings.MODEL_POLL_S, by=g.admin)
+
+
+@bp.post("/models/<model>/promotion/<action>")
+def promotion_action(model: str, action: str) -> ResponseReturnValue:
+    """Pause, resume or abort the rollout (applied by the controller's next check, imageclf.core.promotion)."""
+    _known(model)
+    if action not in ACTIONS:
+        raise APIError(404, f"no promotion action {action[:40]!r}; one of {', '.join(ACTIONS)}")
+    with queue_unavailable():
+        request_action(redis_client(), model, action, g.admin)
+    _log(model, f"promotion {action}")
+    return jsonify(name=model, requested=action, applied_within_s=settings.PROMOTION_CHECK_S, by=g.admin), 202
 
 
 @bp.post("/models/<model>/reference")
@@ -227,7 +234,7 @@ def add_version(model: str) -> ResponseReturnValue:
         if sample is not None and sample.filename:
             sample.save(Path(staging) / "sample")
             command += ["--sample", str(Path(staging) / "sample")]
-        with _locked(folder):
+        with locked(folder):
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=ADD_MODEL_TIMEOUT_S,
                                       cwd=Path(current_app.root_path).parent)

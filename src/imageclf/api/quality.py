@@ -23,7 +23,7 @@ from imageclf.api.json_bodies import parse_json
 from imageclf.api.quotas import charge_request
 from imageclf.api.submissions import redis_client
 from imageclf.core import database
-from imageclf.core.live_quality import FeedbackError, drift, label, parse_window, quality
+from imageclf.core.live_quality import FeedbackError, drift, label, label_studio_entries, parse_window, quality
 from imageclf.core.model_records import read_labels
 from imageclf.workers.jobs.store import read_items, read_job
 
@@ -56,7 +56,7 @@ def database_unavailable() -> Iterator[None]:
 def feedback() -> ResponseReturnValue:
     """Label logged answers: a JSON object or list of {"id", "label"} or {"job", "item", "label"}, or a CSV file
     (`id,label`, or `file,label` with a `job` field)."""
-    entries = _entries()
+    entries, skipped = feedback_entries()
     if not entries:
         raise APIError(400, "send at least one label")
     if len(entries) > MAX_FEEDBACK:
@@ -68,18 +68,31 @@ def feedback() -> ResponseReturnValue:
             labelled = label(engine(), entries, owner, lambda model: read_labels(redis_client(), model), _item_of)
     except FeedbackError as exc:
         raise APIError(exc.status, str(exc)) from None
-    return jsonify(labelled=len(labelled), labels=labelled)
+    return jsonify(labelled=len(labelled), labels=labelled, **({"skipped": skipped} if skipped else {}))
 
 
-def _entries() -> list[dict[str, Any]]:
+def feedback_entries() -> tuple[list[dict[str, Any]], int]:
+    """The labels a request sends, and how many tasks of a Label Studio export it skipped (no annotation)."""
     upload = request.files.get("file")
     if upload is not None:
-        return _csv_entries(upload.read(), request.form.get("job"))
+        data = upload.read()
+        if data.lstrip()[:1] == b"[":  # a Label Studio export, uploaded as a file
+            return _label_studio(parse_json(data, "the Label Studio export"))
+        return _csv_entries(data, request.form.get("job")), 0
     body = parse_json(request.get_data(), "the feedback")
+    if isinstance(body, list) and body and all(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in body):
+        return _label_studio(body)
     entries = body if isinstance(body, list) else [body]
     if not all(isinstance(entry, dict) for entry in entries):
-        raise APIError(400, "send {\"id\": ..., \"label\": ...}, a list of them, or a CSV file")
-    return entries
+        raise APIError(400, "send {\"id\": ..., \"label\": ...}, a list of them, a CSV file or a Label Studio export")
+    return entries, 0
+
+
+def _label_studio(tasks: Any) -> tuple[list[dict[str, Any]], int]:
+    try:
+        return label_studio_entries(tasks)
+    except FeedbackError as exc:
+        raise APIError(exc.status, str(exc)) from None
 
 
 def _csv_entries(data: bytes, job: str | None) -> list[dict[str, Any]]:

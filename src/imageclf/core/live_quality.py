@@ -77,6 +77,28 @@ def logged_id(entry: dict[str, Any], item_of: Callable[[str, str], int | None]) 
     raise FeedbackError(400, "'item' must be the image's index in its job, or its file name")
 
 
+def label_studio_entries(tasks: Any) -> tuple[list[dict[str, Any]], int]:
+    """The labels of a Label Studio JSON export of tasks this service exported (`data.imageclf_id`): each task's
+    latest annotation that was not cancelled, its first choice; and how many tasks had none (skipped)."""
+    if not isinstance(tasks, list):
+        raise FeedbackError(400, "a Label Studio export is a JSON list of tasks")
+    entries, skipped = [], 0
+    for number, task in enumerate(tasks):
+        data = task.get("data") if isinstance(task, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("imageclf_id"), str):
+            raise FeedbackError(400, f"task {number} has no data.imageclf_id: import tasks exported by GET "
+                                     "/review/export?format=labelstudio")
+        choices = [value["choices"][0]
+                   for annotation in task.get("annotations") or [] if not annotation.get("was_cancelled")
+                   for result in annotation.get("result") or []
+                   if isinstance(value := result.get("value"), dict) and value.get("choices")]
+        if not choices:
+            skipped += 1
+            continue
+        entries.append({"id": data["imageclf_id"], "label": choices[-1]})
+    return entries, skipped
+
+
 def label(engine: sa.Engine, entries: list[dict[str, Any]], owner: str | None,
           labels_of: Callable[[str], list[str] | None], item_of: Callable[[str, str], int | None]) -> list[dict]:
     """Set the label of every entry's logged answers (every version that answered it; a repeated label replaces

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,6 +28,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 logger = logging.getLogger(__name__)
+
+
+class Pending:
+    """An image selected for review, waiting in its row for the writer's keeper (imageclf.core.review_queue)."""
+
+    __slots__ = ("image", "reasons", "rules")
+
+    def __init__(self, image: np.ndarray, reasons: list[str], rules: Any) -> None:
+        self.image, self.reasons, self.rules = image, reasons, rules
 
 metadata = sa.MetaData()
 #: The table the migrations create (imageclf/core/migrations), for queries.
@@ -46,6 +56,9 @@ predictions = sa.Table(
     sa.Column("entropy", sa.REAL),
     sa.Column("label", sa.Integer),
     sa.Column("labelled_at", sa.DateTime(timezone=True)),
+    sa.Column("review", postgresql.ARRAY(sa.Text)),
+    sa.Column("review_file", sa.Text),
+    sa.Column("phash", sa.BigInteger),
 )
 drift_references = sa.Table(
     "drift_references", metadata,
@@ -54,7 +67,8 @@ drift_references = sa.Table(
     sa.Column("since", sa.DateTime(timezone=True)),
 )
 COLUMNS = ("request_id", "version", "model", "at", "key_id", "route", "job_id", "item", "top_ids", "top_probs",
-           "confidence", "entropy")
+           "confidence", "entropy", "review", "review_file", "phash")
+_REVIEW_FILE = COLUMNS.index("review_file")
 #: Redis hash: model -> rows a worker had to drop (its buffer full while the database was away).
 DROPPED_KEY = "imageclf:prediction_log:dropped"
 #: Rows in one COPY at most.
@@ -75,8 +89,10 @@ def sampled(request_id: str, share: float) -> bool:
 
 def rows(model: str, version: int, answered: list[tuple[dict[str, Any], np.ndarray]], at: float,
          top: int, share: float) -> list[tuple]:
-    """The log's rows for one model call: `answered` is (what identifies the image, its probability row)."""
-    kept = [(who, row) for who, row in answered if sampled(who["request_id"], share)]
+    """The log's rows for one model call: `answered` is (what identifies the image, its probability row). An image
+    selected for review (`who["review"]`, imageclf.core.review_queue.Pending) is always logged, whatever the share:
+    the writer's keeper saves it and fills in the row's review columns."""
+    kept = [(who, row) for who, row in answered if "review" in who or sampled(who["request_id"], share)]
     if not kept:
         return []
     probabilities = np.stack([row for _, row in kept]).astype(np.float64, copy=False)
@@ -89,15 +105,18 @@ def rows(model: str, version: int, answered: list[tuple[dict[str, Any], np.ndarr
     entropy = -(probabilities * np.log(clipped)).sum(axis=1)
     when = datetime.fromtimestamp(at, timezone.utc)
     return [(who["request_id"], version, model, when, who.get("key"), who["route"], who.get("job"), who.get("item"),
-             [int(i) for i in ids], [float(p) for p in ps], float(ps[0]), float(max(0.0, h)))
+             [int(i) for i in ids], [float(p) for p in ps], float(ps[0]), float(max(0.0, h)), None, who.get("review"),
+             None)
             for (who, _), ids, ps, h in zip(kept, best, best_p, entropy)]
 
 
 class Writer:
     """A thread that writes queued rows with COPY, keeping at most `capacity` while the database is away."""
 
-    def __init__(self, connect: Any, client: redis.Redis, capacity: int, retry_s: float = 1.0) -> None:
+    def __init__(self, connect: Any, client: redis.Redis, capacity: int, retry_s: float = 1.0,
+                 keep: Callable[[Any, list[tuple]], list[tuple]] | None = None) -> None:
         self._connect = connect  # () -> a psycopg connection
+        self._keep = keep  # (connection, rows) -> the rows, their images kept for review (imageclf.core.review_queue)
         self._client = client
         self._rows: collections.deque[tuple] = collections.deque()
         self._capacity = capacity
@@ -136,6 +155,8 @@ class Writer:
                     self._wake.wait(left)
                 batch = [self._rows.popleft() for _ in range(min(len(self._rows), _MOST_PER_COPY))]
             try:
+                if self._keep is not None and any(isinstance(row[_REVIEW_FILE], Pending) for row in batch):
+                    batch = self._keep(self._open(), batch)  # once: a retried COPY does not keep them again
                 self._write(batch)
             except Exception as exc:  # the database away or refusing: keep the rows, try again
                 with self._wake:
@@ -155,7 +176,7 @@ class Writer:
                 self._away = False
             self._report_dropped()
 
-    def _write(self, batch: list[tuple]) -> None:
+    def _open(self) -> Any:
         if self._connection is None or self._connection.closed:
             self._connection = self._connect()
             # Rows go into a temporary table, then one INSERT … ON CONFLICT: a batch written again after a lost
@@ -163,13 +184,20 @@ class Writer:
             self._connection.execute("CREATE TEMPORARY TABLE incoming (LIKE predictions INCLUDING DEFAULTS)"
                                      " ON COMMIT DELETE ROWS")
             self._connection.commit()
-        with self._connection.cursor() as cursor:
+        return self._connection
+
+    def _write(self, batch: list[tuple]) -> None:
+        with self._open().cursor() as cursor:
             with cursor.copy(f"COPY incoming ({', '.join(COLUMNS)}) FROM STDIN") as copy:
                 for row in batch:
                     copy.write_row(row)
-            cursor.execute(f"INSERT INTO predictions ({', '.join(COLUMNS)}) SELECT DISTINCT ON (request_id, version) "
-                           f"{', '.join(COLUMNS)} FROM incoming ON CONFLICT (request_id, version) DO UPDATE SET "
-                           + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[2:]))
+            # A row that arrives after its request was labelled (a shadow copy answered late) takes the label.
+            cursor.execute(
+                f"INSERT INTO predictions ({', '.join(COLUMNS)}, label, labelled_at) SELECT DISTINCT ON "
+                f"(i.request_id, i.version) {', '.join('i.' + c for c in COLUMNS)}, l.label, l.labelled_at "
+                "FROM incoming i LEFT JOIN LATERAL (SELECT label, labelled_at FROM predictions p WHERE p.request_id = "
+                "i.request_id AND p.label IS NOT NULL LIMIT 1) l ON true ON CONFLICT (request_id, version) DO UPDATE "
+                "SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[2:]))
         self._connection.commit()
 
     def _close(self) -> None:

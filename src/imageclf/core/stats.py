@@ -39,6 +39,28 @@ def record_batch(pipe: redis.client.Pipeline, model: str, version: int, size: in
     pipe.hincrby(key, v + "inference_le:" + _bucket(INFERENCE_BUCKETS_S, inference_s), 1)
 
 
+#: Request latencies kept per version (the newest), for the promotion's p95 guard.
+LATENCY_WINDOW = 1000
+
+
+def latency_key(model: str, version: int) -> str:
+    """Redis list of a version's newest request latencies in ms (queued by the API → answer stored)."""
+    return f"imageclf:latency:{model}:{version}"
+
+
+def record_latencies(pipe: redis.client.Pipeline, model: str, version: int, seconds: list[float]) -> None:
+    """Add the latencies of a batch's clients' requests (not a job's images, not shadow copies), on `pipe`."""
+    if seconds:
+        key = latency_key(model, version)
+        pipe.lpush(key, *(round(s * 1000, 2) for s in seconds))
+        pipe.ltrim(key, 0, LATENCY_WINDOW - 1)
+
+
+def record_errors(client: redis.Redis, model: str, version: int, images: int) -> None:
+    """Count `images` whose model call failed (the promotion's error-rate guard reads them)."""
+    client.hincrby(STATS_PREFIX + model, f"{version}|errors", images)
+
+
 def record_busy(pipe: redis.client.Pipeline, model: str, seconds: float) -> None:
     """Time a model process spent on one batch: fetching pixels, the model call, preparing the answers."""
     pipe.hincrbyfloat(STATS_PREFIX + model, "busy_seconds_sum", seconds)

@@ -11,10 +11,13 @@ key) at fault, because that one line is what `make run` prints when it refuses t
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +46,10 @@ _CHOICES = {
     "output": ("softmax", "logits", "sigmoid"),
 }
 _KEYS = ("preprocess", "scale", "mean", "std", "channels", "layout", "input_size", "resize", "output")
-#: The keys that say which versions serve and who gets which (imageclf.models.serving_policy), not how to preprocess.
-POLICY_KEYS = ("version_policy", "traffic", "shadow")
+#: The keys an operator changes while the model serves, not how it preprocesses: which versions serve and who gets
+#: which (imageclf.models.serving_policy), which answers are kept for review (imageclf.models.review_rules) and how a
+#: candidate is promoted (imageclf.models.promotion_plan).
+POLICY_KEYS = ("version_policy", "traffic", "shadow", "review", "promotion")
 
 
 class RepositoryError(ValueError):
@@ -137,6 +142,18 @@ def read_raw_config(model_dir: Path) -> dict[str, Any]:
 def read_config(model_dir: Path) -> ModelConfig:
     """The model's config.json (all defaults when the file does not exist)."""
     return parse_config(read_raw_config(model_dir), model_dir / "config.json")
+
+
+@contextmanager
+def locked(model_dir: Path) -> Iterator[None]:
+    """One change to a model's config.json at a time, across processes and threads (the control API, the
+    promotion controller)."""
+    with open(model_dir / ".control.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def write_config(model_dir: Path, raw: dict[str, Any]) -> None:

@@ -34,10 +34,12 @@ from imageclf.core import database, prediction_log, tracing
 from imageclf.core.celery_app import celery_app, pixel_store
 from imageclf.core.payloads import PROBABILITIES_PREFIX, drop_pixels, fetch_pixels
 from imageclf.core.result_store import store_success
+from imageclf.core.review_queue import Keeper
 from imageclf.core.shadow import queue_shadow, record_comparison
-from imageclf.core.stats import record_batch, record_busy
+from imageclf.core.stats import record_batch, record_busy, record_errors, record_latencies
 from imageclf.workers.model.batching import AdaptiveBatches
 from imageclf.workers.model.process import served_model
+from imageclf.workers.model.review import selector
 from imageclf.workers.roles import worker_role
 
 if TYPE_CHECKING:
@@ -225,9 +227,20 @@ def _log(name: str, computed: list[tuple[Classifier, list]]) -> None:
         return
     at = time.time()
     for model, answers in computed:
-        answered = [(who, row) for req, _, row, slot in answers if (who := _logged_as(req, slot)) is not None]
+        answered = [(who, row) for req, _, row, slot, image in answers
+                    if (who := _selected(name, model.version, _logged_as(req, slot), row, image)) is not None]
         writer.add(prediction_log.rows(name, model.version, answered, at, settings.PREDICTION_LOG_TOP,
                                        settings.PREDICTION_LOG_SHARE))
+
+
+def _selected(name: str, version: int, who: dict[str, Any] | None, row: np.ndarray, image: np.ndarray
+              ) -> dict[str, Any] | None:
+    """`who`, with the image to keep when the model's review rules select it (imageclf.workers.model.review)."""
+    if who is not None:
+        pending = selector().pending(name, version, who, row, image)
+        if pending is not None:
+            who["review"] = pending
+    return who
 
 
 def _logged_as(req: Any, slot: int | None) -> dict[str, Any] | None:
@@ -242,7 +255,8 @@ def _logged_as(req: Any, slot: int | None) -> dict[str, Any] | None:
                 "key": kwargs.get("key")}
     compare = kwargs.get("compare")
     if compare is not None:
-        return {"request_id": compare.get("id") or req.id, "route": "shadow", "key": compare.get("key")}
+        return {"request_id": compare.get("id") or req.id, "route": "shadow", "key": compare.get("key"),
+                "against": compare.get("class_id")}
     return {"request_id": req.id, "route": kwargs.get("route") or "predict", "key": kwargs.get("key")}
 
 
@@ -253,7 +267,8 @@ def _log_writer() -> prediction_log.Writer | None:
     """This pool process's writer, started on first use (None: PREDICTION_LOG=off or no DATABASE_URL)."""
     global _writer
     if _writer is None and settings.PREDICTION_LOG and settings.DATABASE_URL:
-        _writer = prediction_log.Writer(database.connection, pixel_store(), settings.PREDICTION_LOG_BUFFER)
+        _writer = prediction_log.Writer(database.connection, pixel_store(), settings.PREDICTION_LOG_BUFFER,
+                                        keep=Keeper(pixel_store()).keep)
         prediction_log.start_retention(database.engine, pixel_store(), settings.PREDICTION_LOG_DAYS)
     return _writer
 
@@ -279,7 +294,10 @@ def _store(pipe: redis.client.Pipeline, name: str, model: Classifier, answers: l
     # Metrics first: a client woken by its answer and scraping /metrics already sees its batch counted.
     record_batch(pipe, name, model.version, len(answers), inference_ms / 1000.0,
                  sum(1 for req, *_ in answers if "compare" not in req.kwargs))
-    for req, result, row, slot in answers:
+    record_latencies(pipe, name, model.version, [result["done_at"] - sent for req, result, _, slot, _ in answers
+                                                 if slot is None and "compare" not in req.kwargs
+                                                 and isinstance(sent := req.kwargs.get("sent_at"), (int, float))])
+    for req, result, row, slot, _ in answers:
         if slot is not None:
             parts.answer(req, slot, {"predictions": result["predictions"], "model_version": model.version})
             continue
@@ -369,7 +387,7 @@ def _model_for(kwargs: dict, versions: dict[int, Classifier], default: Classifie
 
 def _classify_group(model: Classifier, group: list, summary: dict, parts: _Parts) -> list:
     """One model call for a version's images: each answered one's (request, result, probability row, place in
-    its part).
+    its part, image).
 
     On an inference error every image of the group is marked failed.
     """
@@ -382,6 +400,10 @@ def _classify_group(model: Classifier, group: list, summary: dict, parts: _Parts
         inference_ms = (time.perf_counter() - t0) * 1000.0
     except Exception as exc:
         logger.exception("inference failed for a batch of %d (version %s)", len(group), model.version)
+        try:
+            record_errors(pixel_store(), served_model().name, model.version, len(group))
+        except redis.RedisError:  # counted for the promotion's error-rate guard when Redis can take it
+            pass
         for req, _, _, slot in group:
             if slot is not None:
                 parts.answer(req, slot, {"error": f"{type(exc).__name__}: {exc}"})
@@ -403,7 +425,7 @@ def _classify_group(model: Classifier, group: list, summary: dict, parts: _Parts
                             "padded": padded, "inference_ms": round(inference_ms, 1)}))
     done_at = time.time()
     answers = []
-    for (req, _, top, slot), row in zip(group, probabilities):
+    for (req, image, top, slot), row in zip(group, probabilities):
         result = {
             "model": model.name,
             "model_version": model.version,
@@ -414,7 +436,7 @@ def _classify_group(model: Classifier, group: list, summary: dict, parts: _Parts
             "deliveries": getattr(req, "deliveries", 1),
             "done_at": done_at,
         }
-        answers.append((req, result, row, slot))
+        answers.append((req, result, row, slot, image))
     summary["batch_size"] += len(group)
     summary["inference_ms"] = round(summary["inference_ms"] + inference_ms, 2)
     summary["groups"].append([model.version, len(group), round(inference_ms, 2), [r.id for r in requests]])
