@@ -245,8 +245,9 @@ def test_labels_exports_and_imports_agree_with_the_live_figures(svc: ServiceProc
 
 
 class Load:
-    """16 clients classifying without pause, and a labeller giving every answer its ground truth (version 1's
-    class) a moment later, as feedback."""
+    """16 clients, each classifying an image every THINK_S after its last answer, and a labeller giving every
+    answer its ground truth (version 1's class) a moment later, as feedback. The pause leaves the workers the
+    headroom a service keeps for its shadow copies, which wait behind every client's request."""
 
     def __init__(self, svc: ServiceProcess, expected: dict[int, np.ndarray], clients: int = 16) -> None:
         self.svc, self.truth = svc, [LABELS[int(row.argmax())] for row in expected[1]]
@@ -274,6 +275,7 @@ class Load:
                     if answer.status_code == 200:
                         self.answered.append((time.monotonic(), answer.json()["id"], self.truth[i % 60]))
                 i += 16
+                self._stop.wait(THINK_S)
 
     def _labeller(self) -> None:
         with httpx.Client(timeout=60) as client:
@@ -299,6 +301,9 @@ class Load:
         for thread in self._threads:
             thread.join(60)
         return self.statuses
+
+
+THINK_S = 0.2
 
 
 def promotion(svc: ServiceProcess) -> dict:
@@ -353,7 +358,7 @@ def test_a_good_candidate_is_promoted_through_every_step_to_the_default(svc: Ser
         assert all(figure["ok"] for figure in step["figures"].values()), step
         assert step["figures"]["agreement_at_least"]["value"] == 1.0
     written = config(svc)
-    assert written["traffic"] == {"3": 0, "default": 2} and "shadow" not in written
+    assert written["traffic"]["default"] == 2 and "2" not in written["traffic"] and "shadow" not in written
     assert wait_until(lambda: predict(svc, IMAGES[0])["model_version"] == 2, 30)
 
 
