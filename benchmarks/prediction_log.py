@@ -6,7 +6,10 @@
   1,000 classes, 32 images a batch), per image;
 - rows written per second by one writer (its COPY thread, batches of 32 handed to it as fast as it takes them);
 - GET /models/<m>/quality's two queries (live quality of a version, drift) at `--rows` rows in the log, a
-  fifth of them labelled, one day of traffic.
+  fifth of them labelled, one day of traffic;
+- the review queue: the model process' CPU to apply a model's review rules to an answer
+  (imageclf.workers.model.review), and the writer thread's time to keep a selected image (perceptual hash, the
+  near-duplicate query over `--kept` images already kept, the PNG written to REVIEW_DIR).
 """
 
 from __future__ import annotations
@@ -98,6 +101,67 @@ def fill(engine: sa.Engine, count: int) -> None:
         connection.execute(sa.text("ANALYZE predictions"))
 
 
+def selection_us(batches: int = 300) -> float:
+    """Microseconds of CPU to apply review rules that select nothing to one answer (the common case)."""
+    from imageclf import settings
+    from imageclf.workers.model.review import Selector
+
+    repository = Path(tempfile.mkdtemp(prefix="bench-review-"))
+    (repository / "m").mkdir()
+    (repository / "m" / "config.json").write_text(json.dumps({"review": {"confidence_below": 0.01,
+                                                                         "random_share": 0.01}}))
+    settings.MODEL_REPOSITORY = str(repository)
+    selector = Selector(_NoRedis())  # type: ignore[arg-type]
+    probabilities = np.random.default_rng(4).dirichlet(np.full(CLASSES, 0.05), size=32).astype(np.float32)
+    image = np.zeros((224, 224, 3), np.uint8)
+    who = [{"request_id": f"s{i}", "route": "predict"} for i in range(32)]
+    started = time.process_time()
+    for _ in range(batches):
+        for w, row in zip(who, probabilities):
+            selector.pending("m", 1, w, row, image)
+    return (time.process_time() - started) / (batches * 32) * 1e6
+
+
+def keep_ms(engine: sa.Engine, kept: int, images: int = 200) -> float:
+    """Milliseconds of the writer thread to keep one selected image, `kept` images already in the queue."""
+    from imageclf.core.prediction_log import Pending
+    from imageclf.core.review_queue import Keeper
+    from imageclf.launch.redis_server import start_scratch_redis
+    from imageclf.launch.supervise import ProcessGroup
+    from imageclf.models.review_rules import ReviewRules
+
+    generator = np.random.default_rng(5)
+    with engine.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO predictions (request_id, version, model, at, route, top_ids, top_probs, confidence, entropy,"
+            " review, review_file, phash) SELECT 'k' || i, 1, 'm', now(), 'predict', '{1}', '{0.5}', 0.5, 1, "
+            "'{random_share}', 'x.png', (random() * 9e18)::bigint FROM generate_series(1, :n) i"), {"n": kept})
+        connection.execute(sa.text("ANALYZE predictions"))
+    group = ProcessGroup()
+    folder = Path(tempfile.mkdtemp(prefix="bench-keep-"))
+    try:
+        import redis
+
+        from imageclf import settings
+
+        client = redis.Redis.from_url(start_scratch_redis(group, folder))
+        settings.REVIEW_DIR = str(folder / "review")
+        keeper, rules = Keeper(client), ReviewRules(random_share=100, max_per_day=10**9)
+        pending = [rows("m", 1, [({"request_id": f"n{i}", "route": "predict",
+                                   "review": Pending(generator.integers(0, 256, (224, 224, 3), np.uint8),
+                                                     ["random_share"], rules)},
+                                  generator.dirichlet(np.full(CLASSES, 0.05)))], time.time(), 5, 100)[0]
+                   for i in range(images)]
+        connection = database.connection()
+        started = time.perf_counter()
+        keeper.keep(connection, pending)
+        elapsed = time.perf_counter() - started
+        connection.close()
+    finally:
+        group.stop_all()
+    return elapsed / images * 1000
+
+
 def timed(call: Any, repeat: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -111,6 +175,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--writer-rows", type=int, default=200_000)
+    parser.add_argument("--kept", type=int, default=60_000, help="images already in the review queue (2,000 a day "
+                                                                  "for 30 days)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="bench-pg-")
@@ -140,6 +206,9 @@ def main() -> int:
         report["quality_24h_s"] = round(timed(lambda: quality(engine, "m", labels, day, None)), 3)
         report["quality_last_1000_s"] = round(timed(lambda: quality(engine, "m", labels, None, 1000)), 3)
         report["drift_24h_s"] = round(timed(lambda: drift(engine, "m", CLASSES, day)), 3)
+        report["review_selection_us_per_image"] = round(selection_us(), 2)
+        report["kept"] = args.kept
+        report["review_keep_ms_per_image"] = round(keep_ms(engine, args.kept), 2)
         engine.dispose()
     finally:
         server.send_signal(2)
@@ -156,7 +225,11 @@ def main() -> int:
             f"| live quality of a version, last 24 h, {args.rows:,} rows (a fifth labelled) | "
             f"{report['quality_24h_s']} s |",
             f"| live quality, last 1,000 labelled | {report['quality_last_1000_s']} s |",
-            f"| drift, last 24 h, {args.rows:,} rows | {report['drift_24h_s']} s |", ""]))
+            f"| drift, last 24 h, {args.rows:,} rows | {report['drift_24h_s']} s |",
+            f"| applying a model's review rules to an answer, in the model process | "
+            f"{report['review_selection_us_per_image']} µs CPU |",
+            f"| keeping a selected 224×224 image (hash, near-duplicate query over {args.kept:,} kept, PNG), "
+            f"writer thread | {report['review_keep_ms_per_image']} ms |", ""]))
     return 0
 
 

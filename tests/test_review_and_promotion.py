@@ -30,7 +30,7 @@ from PIL import Image
 from imageclf.launch.service_process import ServiceProcess
 from imageclf.launch.supervise import ProcessGroup, wait_until
 from imageclf.models.images import decode_to_pixels
-from tests.helpers import ROOT
+from tests.helpers import ROOT, screenshot
 from tests.user_models import LABELS, colour_classifier, write_model
 
 ADMIN = "review-admin-key"
@@ -373,3 +373,40 @@ def test_operators_pause_resume_and_abort_a_rollout(svc: ServiceProcess):
         assert promotion(svc)["history"][0]["by"].startswith("admin key")
     assert config(svc)["traffic"]["1"] == 0
     assert httpx.post(svc.url + "/models/plants/promotion/launch", headers=AS_ADMIN, timeout=10).status_code == 404
+
+
+def test_the_quality_and_review_views(svc: ServiceProcess, browser):
+    put_policy(svc, review={"random_share": 100, "distance": 4}, promotion=None)
+    waiting = {predict(svc, png(texture(np.random.default_rng(9000 + i))))["id"] for i in range(6)}
+    assert len(kept_ids(svc, waiting)) == 6
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    page.goto(svc.url + "/#quality")
+    page.wait_for_selector('article[data-model="plants"] tr[data-action="promote"]', timeout=30_000)
+    decisions = page.locator('article[data-model="plants"] .promotion tbody tr').evaluate_all(
+        "rows => rows.map(r => r.dataset.action)")
+    assert decisions == [h["action"] for h in promotion(svc)["history"]]
+    assert page.locator("tr[data-action='rollback'] .figures .failed-guard").first.text_content().startswith("accuracy drop")
+    assert page.locator("svg.chart polyline").count() >= 2  # a line per labelled version
+    assert page.locator("table.drift tbody tr").count() >= 1
+    screenshot(page, "web-quality-view")
+
+    page.goto(svc.url + "/#review")
+    page.fill("#review-key", ADMIN)
+    page.dispatch_event("#review-key", "change")
+    page.wait_for_function("() => document.querySelectorAll('#review-grid li').length === 6", timeout=30_000)
+    page.wait_for_function("() => [...document.querySelectorAll('#review-grid img')].every(i => i.complete &&"
+                           " i.naturalWidth > 0)", timeout=30_000)
+    screenshot(page, "web-review")
+    first = page.locator("#review-grid button").first.get_attribute("data-id")
+    page.locator("#review-grid button").first.click()
+    page.fill("#labeller-search", "no such class")
+    page.click("#labeller-save")
+    assert "not one of the model's classes" in page.locator("#labeller-error").text_content()
+    page.fill("#labeller-search", "scab")
+    page.click("#labeller-save")
+    page.wait_for_function("() => document.querySelectorAll('#review-grid li').length === 5", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#labeller').open", timeout=10_000)  # the next image is up
+    labelled = {item["id"]: item["label"] for item in queue(svc, labelled="true")["items"]}
+    assert labelled[first] == "scab"
+    context.close()

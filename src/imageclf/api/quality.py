@@ -22,8 +22,17 @@ from imageclf.api.errors import APIError
 from imageclf.api.json_bodies import parse_json
 from imageclf.api.quotas import charge_request
 from imageclf.api.submissions import redis_client
+from imageclf.api.uploads import query_number
 from imageclf.core import database
-from imageclf.core.live_quality import FeedbackError, drift, label, label_studio_entries, parse_window, quality
+from imageclf.core.live_quality import (
+    FeedbackError,
+    accuracy_over_time,
+    drift,
+    label,
+    label_studio_entries,
+    parse_window,
+    quality,
+)
 from imageclf.core.model_records import read_labels
 from imageclf.workers.jobs.store import read_items, read_job
 
@@ -173,3 +182,18 @@ def model_quality(model: str) -> ResponseReturnValue:
         drifted = drift(db, model, len(labels), window or DEFAULT_WINDOW)
     return jsonify(model=model, window=request.args.get("window") or (None if last else "24h"), last=last,
                    versions=figures, drift=drifted)
+
+
+@bp.get("/models/<model>/quality/history")
+def quality_history(model: str) -> ResponseReturnValue:
+    """Per version, the live accuracy of each of `buckets` periods (default 24) of `window` (default 24h)."""
+    if model not in settings.MODELS:
+        raise APIError(404, f"unknown model {model!r}")
+    try:
+        window, _ = parse_window(request.args.get("window"), None)
+    except FeedbackError as exc:
+        raise APIError(exc.status, str(exc)) from None
+    buckets = int(query_number("buckets", 24, 1, 1000, integer=True))
+    with database_unavailable():
+        series = accuracy_over_time(engine(), model, window or DEFAULT_WINDOW, buckets)
+    return jsonify(model=model, window=request.args.get("window") or "24h", buckets=buckets, versions=series)

@@ -93,8 +93,9 @@ def queue() -> ResponseReturnValue:
         rows = review_queue.listed(db, model, reason, labelled, limit, offset)
         counts = review_queue.counts(db, model)
     labels_of: dict[str, list[str]] = {}
+    classes = _labels(model) if model else None  # for a labeller's search box
     return jsonify(items=[_entry(row, labels_of) for row in rows], counts=counts, reasons=list(REASONS),
-                   limit=limit, offset=offset)
+                   classes=classes, limit=limit, offset=offset)
 
 
 def _kept(request_id: str) -> dict[str, Any]:

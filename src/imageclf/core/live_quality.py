@@ -168,6 +168,26 @@ def quality(engine: sa.Engine, model: str, labels: list[str], window: timedelta 
     return out
 
 
+def accuracy_over_time(engine: sa.Engine, model: str, window: timedelta, buckets: int = 24
+                       ) -> dict[str, list[dict[str, Any]]]:
+    """Per version: the labelled answers and the top-1 accuracy of each of `buckets` equal periods of `window`,
+    by when they were answered (a period without labels is left out)."""
+    now = datetime.now(timezone.utc)
+    start, width = now - window, window / buckets
+    bucket = sa.func.floor(sa.extract("epoch", predictions.c.at - start) / width.total_seconds()).label("bucket")
+    query = sa.select(predictions.c.version, bucket, sa.func.count(),
+                      sa.func.count().filter(predictions.c.top_ids[1] == predictions.c.label)).where(
+        predictions.c.model == model, predictions.c.label.is_not(None), predictions.c.at >= start).group_by(
+        predictions.c.version, bucket).order_by(predictions.c.version, bucket)
+    out: dict[str, list[dict[str, Any]]] = {}
+    with engine.connect() as connection:
+        for version, number, labelled, right in connection.execute(query):
+            out.setdefault(str(version), []).append({
+                "start": (start + width * int(min(number, buckets - 1))).isoformat(), "labelled": labelled,
+                "accuracy": round(right / labelled, 6)})
+    return out
+
+
 def labelled_counts(engine: sa.Engine, window: timedelta) -> dict[tuple[str, int], tuple[int, int, int]]:
     """(model, version) -> (labelled answers kept, those labelled in the window, the right ones among them), in
     one pass: the Prometheus figures."""

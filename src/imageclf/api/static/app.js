@@ -1,8 +1,9 @@
 // The imageclf page: one image -> POST /predict; several images, zips or a video -> POST /jobs,
 // polled at /result/<id> with a progress bar and a cancel button. The Models view (#models) shows
 // GET /models per version and, with an admin key, moves a canary share, promotes or rolls back
-// through PUT /models/<m>/policy. Text from the service and from file names is only ever set as
-// textContent, never as HTML.
+// through PUT /models/<m>/policy. The Quality view (#quality) charts live accuracy per version, drift
+// and the promotion's history; the Review view (#review) labels the images the review rules kept.
+// Text from the service and from file names is only ever set as textContent, never as HTML.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -414,17 +415,234 @@ async function loadModels() {
   modelsTimer = setTimeout(loadModels, MODELS_POLL_MS);
 }
 
+// --- The Quality view ----------------------------------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+const LINE_COLOURS = ["#1f5fbf", "#c2410c", "#15803d", "#7e22ce", "#b91c1c", "#0e7490"];
+let qualityTimer = null;
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  node.append(...children);
+  return node;
+}
+
+function accuracyChart(model, series) {
+  // Live accuracy per version over the last 24 hours: one line per version, one point per hour with labels.
+  const width = 480, height = 160, left = 34, bottom = 18, buckets = 24;
+  const x = (start) => left + (width - left - 8) * ((Date.parse(start) - (Date.now() - 864e5)) / 864e5);
+  const y = (accuracy) => 6 + (height - bottom - 6) * (1 - accuracy);
+  const chart = svg("svg", {viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img",
+    "aria-label": `Live accuracy of ${model} per version, last 24 hours`});
+  for (const tick of [0, 0.5, 1]) {
+    chart.append(svg("line", {x1: left, x2: width - 4, y1: y(tick), y2: y(tick), class: "axis"}),
+      svg("text", {x: 2, y: y(tick) + 3}, `${tick * 100}%`));
+  }
+  chart.append(svg("text", {x: left, y: height - 4}, "24 h ago"), svg("text", {x: width - 30, y: height - 4}, "now"));
+  const legend = el("p", {class: "legend"});
+  Object.entries(series).forEach(([version, points], i) => {
+    const colour = LINE_COLOURS[i % LINE_COLOURS.length];
+    const spots = points.map((p) => `${x(p.start) + (width - left) / buckets / 2},${y(p.accuracy)}`);
+    chart.append(svg("polyline", {points: spots.join(" "), fill: "none", stroke: colour, "stroke-width": 2}),
+      ...points.map((p, j) => svg("circle", {cx: spots[j].split(",")[0], cy: spots[j].split(",")[1], r: 3,
+        fill: colour}, svg("title", {}, `v${version}: ${percent(100 * p.accuracy)} of ${p.labelled} labelled`))));
+    legend.append(el("span", {}, el("span", {class: "swatch", style: {background: colour}}),
+      `v${version}: ${points.reduce((n, p) => n + p.labelled, 0)} labelled`));
+  });
+  return el("figure", {class: "accuracy"}, chart, el("figcaption", {}, legend));
+}
+
+function driftTable(drift) {
+  const rows = Object.entries(drift || {}).map(([version, d]) => el("tr", {"data-version": version},
+    el("th", {scope: "row", text: `v${version}`}),
+    el("td", {text: String(d.window_answers)}),
+    ...["confidence", "entropy", "classes"].map((name) => {
+      const signal = d.signals[name];
+      return el("td", {class: signal.drifted ? "flagged" : "", text: signal.psi === null ? "—" : signal.psi.toFixed(3)});
+    }),
+    el("td", {class: d.drifted ? "flagged" : "", text: d.drifted === null ? "too few answers" : d.drifted ? "drift"
+                                                                                               : "no drift"})));
+  if (!rows.length) return el("p", {class: "hint", text: "No answers in the last 24 hours."});
+  const head = ["Version", "Answers", "PSI confidence", "PSI entropy", "PSI classes", "Verdict"];
+  return el("div", {class: "scroll"}, el("table", {class: "drift"},
+    el("thead", {}, el("tr", {}, ...head.map((h) => el("th", {scope: "col", text: h})))), el("tbody", {}, ...rows)));
+}
+
+function guardText(figures) {
+  return Object.entries(figures || {}).map(([guard, f]) => el("span", {class: f.ok === false ? "failed-guard" : "",
+    text: `${guard.replace(/_/g, " ")} ${f.value === null ? "—" : f.value} (limit ${f.limit})` +
+          `${f.ok === null ? ", waiting for evidence" : ""}; `}));
+}
+
+function promotionBlock(promotion) {
+  if (!promotion.plan && !promotion.history.length) {
+    return el("p", {class: "hint", text: "No promotion plan (config.json key \"promotion\")."});
+  }
+  const next = promotion.next;
+  const summary = `Candidate v${promotion.candidate ?? promotion.plan?.candidate}: ${promotion.status}` +
+    (promotion.share !== null && promotion.share !== undefined ? `, canary ${percent(promotion.share)}` : "") +
+    (next ? `; next: ${next.share === "default" ? "the default" : percent(next.share)} after ` +
+            `${next.hold_left_s} s more, with ${next.min_compared} compared and ${next.min_labelled} labelled` : "");
+  const rows = promotion.history.map((h) => el("tr", {"data-action": h.action},
+    el("td", {text: new Date(h.at * 1000).toLocaleTimeString()}),
+    el("td", {text: h.action + (h.dry_run ? " (dry run)" : "")}),
+    el("td", {text: percent(h.share)}),
+    el("td", {class: h.guard ? "failed-guard" : "", text: h.reason}),
+    el("td", {class: "figures"}, ...guardText(h.figures))));
+  return el("div", {class: "promotion"},
+    el("p", {class: "status", text: summary}),
+    ...(promotion.note ? [el("p", {class: "notes", text: promotion.note})] : []),
+    el("div", {class: "scroll"}, el("table", {},
+      el("thead", {}, el("tr", {}, ...["Time", "Decision", "Share", "Why", "Figures"].map((h) =>
+        el("th", {scope: "col", text: h})))),
+      el("tbody", {}, ...rows))));
+}
+
+async function loadQuality() {
+  clearTimeout(qualityTimer);
+  if ($("quality").hidden) return;
+  $("quality-error").hidden = true;
+  try {
+    const {data} = await call("GET", "/models");
+    const blocks = await Promise.all(data.models.map(async (m) => {
+      const name = encodeURIComponent(m.name);
+      const quiet = (url) => call("GET", url).then(({data: d}) => d).catch(() => null);
+      const [history, quality, promotion] = await Promise.all([quiet(`/models/${name}/quality/history`),
+        quiet(`/models/${name}/quality`), quiet(`/models/${name}/promotion`)]);
+      return el("article", {class: "model", "data-model": m.name}, el("h3", {text: m.name}),
+        el("h4", {text: "Live accuracy"}),
+        history ? accuracyChart(m.name, history.versions) : el("p", {class: "hint", text: "The prediction log is off."}),
+        el("h4", {text: "Drift"}), quality ? driftTable(quality.drift) : el("p", {class: "hint", text: "—"}),
+        el("h4", {text: "Promotion"}), promotion ? promotionBlock(promotion) : el("p", {class: "hint", text: "—"}));
+    }));
+    $("quality-body").replaceChildren(...blocks);
+  } catch (err) {
+    $("quality-error").textContent = err.message;
+    $("quality-error").hidden = false;
+  }
+  qualityTimer = setTimeout(loadQuality, 5000);
+}
+
+// --- The Review view -----------------------------------------------------------------------------
+
+let reviewItems = [];
+let reviewClasses = [];
+let labelling = null;
+
+function reviewHeaders() {
+  const key = $("review-key").value.trim();
+  sessionStorage.setItem(ADMIN_STORAGE, key);
+  return key ? {Authorization: `Bearer ${key}`} : {};
+}
+
+async function reviewCall(method, url, body) {
+  const response = await fetch(url, {method, headers: {...reviewHeaders(),
+    ...(body ? {"Content-Type": "application/json"} : {})}, body: body ? JSON.stringify(body) : undefined});
+  const data = response.headers.get("Content-Type")?.includes("json") ? await response.json() : null;
+  if (!response.ok) throw new Error(explain(response.status, data && data.error));
+  return data;
+}
+
+async function imageUrl(path) {
+  // The queue's images need the admin key, which an <img> cannot send: fetched, then shown from a blob.
+  const response = await fetch(path, {headers: reviewHeaders()});
+  if (!response.ok) throw new Error(explain(response.status, ""));
+  return URL.createObjectURL(await response.blob());
+}
+
+async function loadReview() {
+  if ($("review").hidden) return;
+  $("review-error").hidden = true;
+  const model = $("review-model").value;
+  const reason = $("review-reason").value;
+  try {
+    const query = new URLSearchParams({model, labelled: "false", limit: "200", ...(reason ? {reason} : {})});
+    const data = await reviewCall("GET", `/review?${query}`);
+    reviewItems = data.items;
+    reviewClasses = data.classes || [];
+    if ($("review-reason").options.length === 1) {
+      $("review-reason").append(...data.reasons.map((r) => el("option", {value: r, text: r.replace(/_/g, " ")})));
+    }
+    $("labeller-classes").replaceChildren(...reviewClasses.map((c) => el("option", {value: c})));
+    $("review-counts").textContent = `${data.counts.waiting} waiting for a label, ${data.counts.labelled} labelled.`;
+    $("review-grid").replaceChildren(...reviewItems.map(reviewTile));
+  } catch (err) {
+    $("review-error").textContent = err.message;
+    $("review-error").hidden = false;
+  }
+}
+
+function reviewTile(item) {
+  const top = item.predictions[0] || {};
+  const img = el("img", {alt: `Kept image ${item.id}`});
+  imageUrl(item.thumbnail).then((url) => { img.src = url; }).catch(() => { img.alt = "image gone"; });
+  const button = el("button", {type: "button", "data-id": item.id,
+    "aria-label": `Label image ${item.id}: the model said ${top.label} at ${percent(100 * item.confidence)}`},
+    img, el("span", {text: `${top.label ?? "?"} · ${percent(100 * item.confidence)} · v${item.version}`}),
+    el("span", {}, ...item.reasons.map((r) => el("span", {class: "badge", text: r.replace(/_/g, " ")}))));
+  button.addEventListener("click", () => openLabeller(item));
+  return el("li", {}, button);
+}
+
+async function openLabeller(item) {
+  labelling = item;
+  $("labeller-error").hidden = true;
+  $("labeller-search").value = "";
+  $("labeller-why").textContent = `Kept because: ${item.reasons.join(", ").replace(/_/g, " ")}. ` +
+    `Version ${item.version} answered ${item.predictions.map((p) => `${p.label} ${percent(100 * p.probability)}`)
+      .join(", ")}.`;
+  $("labeller-choices").replaceChildren(...item.predictions.map((p) => {
+    const choice = el("button", {type: "button", class: "secondary", text: p.label});
+    choice.addEventListener("click", () => { $("labeller-search").value = p.label; });
+    return choice;
+  }));
+  $("labeller-image").src = await imageUrl(item.image).catch(() => "");
+  $("labeller").showModal();
+  $("labeller-search").focus();
+}
+
+async function saveLabel(event) {
+  event.preventDefault();
+  const label = $("labeller-search").value.trim();
+  if (reviewClasses.length && !reviewClasses.includes(label)) {
+    $("labeller-error").textContent = `"${label}" is not one of the model's classes: pick one from the list.`;
+    $("labeller-error").hidden = false;
+    return;
+  }
+  try {
+    await reviewCall("POST", `/review/${encodeURIComponent(labelling.id).replace(/%3A/g, ":")}`, {label});
+  } catch (err) {
+    $("labeller-error").textContent = err.message;
+    $("labeller-error").hidden = false;
+    return;
+  }
+  $("labeller").close();
+  const next = reviewItems[reviewItems.findIndex((i) => i.id === labelling.id) + 1];  // the list may be reloaded
+  await loadReview();
+  if (next && reviewItems.some((i) => i.id === next.id)) openLabeller(next);
+}
+
+// --- Views ---------------------------------------------------------------------------------------
+
+const VIEWS = {"#models": ["models", loadModels], "#quality": ["quality", loadQuality], "#review": ["review", loadReview]};
+
 function showView() {
-  const models = location.hash === "#models";
-  $("models").hidden = !models;
-  $("drop").hidden = models;  // the form's options stay: the API key is there
-  $("models-link").textContent = models ? "Classify" : "Models";
-  $("models-link").href = models ? "#" : "#models";
-  if (models) { clearOutput(); loadModels(); }
+  const [shown, load] = VIEWS[location.hash] || [null, null];
+  for (const [id] of Object.values(VIEWS)) $(id).hidden = id !== shown;
+  $("drop").hidden = shown !== null;  // the form's options stay: the API key is there
+  $("classify-link").hidden = shown === null;
+  if (shown) { clearOutput(); load(); }
 }
 
 window.addEventListener("hashchange", showView);
 $("admin-key").value = sessionStorage.getItem(ADMIN_STORAGE) || "";
+$("review-key").value = sessionStorage.getItem(ADMIN_STORAGE) || "";
+$("review-model").addEventListener("change", loadReview);
+$("review-reason").addEventListener("change", loadReview);
+$("review-key").addEventListener("change", loadReview);
+$("labeller-form").addEventListener("submit", saveLabel);
+$("labeller-cancel").addEventListener("click", () => $("labeller").close());
 showView();
 
 $("files").addEventListener("change", () => { classify([...$("files").files]); $("files").value = ""; });
