@@ -93,7 +93,8 @@ def fill(engine: sa.Engine, count: int) -> None:
                 at = now - timedelta(seconds=float(generator.uniform(0, 86400)))
                 copy.write_row((f"f{i}", 1, "m", at, None, "predict", None, None, top,
                                 [confidence, *sorted(generator.uniform(0, 1 - confidence, 4), reverse=True)],
-                                confidence, float(generator.uniform(0, 6.9)), label, at if labelled else None))
+                                confidence, float(generator.uniform(0, 6.9)), None, None, None, label,
+                                at if labelled else None))
         raw.commit()
     finally:
         raw.close()

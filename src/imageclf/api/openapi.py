@@ -301,11 +301,14 @@ PATHS: dict[str, Any] = {
         "responses": {"200": _json({"type": "object"}, "unloaded"),
                       "202": _json({"type": "object"}, "still unloading"), **_ADMIN}}},
     "/models/{model}/policy": {"put": {
-        "summary": "Control API: change version_policy, traffic and shadow (written to config.json)",
+        "summary": "Control API: change version_policy, traffic, shadow, review and promotion (written to "
+                   "config.json)",
         "parameters": [_MODEL_PATH],
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
             "type": "object", "properties": {"version_policy": {"type": "object"}, "traffic": {"type": "object"},
-                                             "shadow": {"type": ["object", "null"]}}}}}},
+                                             "shadow": {"type": ["object", "null"]},
+                                             "review": {"type": ["object", "null"]},
+                                             "promotion": {"type": ["object", "null"]}}}}}},
         "responses": {"200": _json({"type": "object"}, "written; workers apply it within MODEL_POLL_S"),
                       "400": _error("a bad policy, or one naming a version not present or not served; the "
                                     "current policy stays"),
@@ -327,7 +330,8 @@ PATHS: dict[str, Any] = {
                 "type": "array", "items": {"$ref": "#/components/schemas/Feedback"}}]}},
             "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
                 "file": {"type": "string", "format": "binary",
-                         "description": "CSV with a header `id,label`, or `file,label` with `job`"},
+                         "description": "CSV with a header `id,label`, or `file,label` with `job`; or a Label "
+                                        "Studio JSON export of tasks this service exported"},
                 "job": {"type": "string"}}}}}},
         "responses": {"200": _json({"type": "object"}, "labelled (a repeated label replaces the earlier one)"),
                       "400": _error("a label the model does not have, or an entry naming nothing"),
@@ -348,6 +352,73 @@ PATHS: dict[str, Any] = {
         "parameters": [_MODEL_PATH],
         "responses": {"200": _json({"type": "object"}, "reset"), "404": _error("no logged answers of the model"),
                       **_ADMIN}}},
+    "/models/{model}/quality/history": {"get": {
+        "summary": "Live accuracy per version over time: labelled answers and accuracy per period of the window",
+        "parameters": [_MODEL_PATH,
+                       {"name": "window", "in": "query", "schema": {"type": "string", "default": "24h"},
+                        "description": "a number and s, m, h or d"},
+                       {"name": "buckets", "in": "query", "schema": {"type": "integer", "default": 24},
+                        "description": "periods the window is cut into"}],
+        "responses": {"200": _json({"type": "object"}, "per version: [{start, labelled, accuracy}]"),
+                      "404": _error("unknown model"), "409": _error("the prediction log is off")}}},
+    "/models/{model}/promotion": {"get": {
+        "summary": "The candidate's promotion by evidence: plan, status, share, next step and the history of "
+                   "decisions with their figures",
+        "parameters": [_MODEL_PATH, {"name": "history", "in": "query", "schema": {"type": "integer", "default": 200},
+                                     "description": "decisions listed, newest first"}],
+        "responses": {"200": _json({"type": "object"}, "the rollout"), "404": _error("unknown model")}}},
+    "/models/{model}/promotion/{action}": {"post": {
+        "summary": "Control API: pause, resume or abort the candidate's rollout (applied by the controller's next "
+                   "check)",
+        "parameters": [_MODEL_PATH, {"name": "action", "in": "path", "required": True,
+                                     "schema": {"type": "string", "enum": ["pause", "resume", "abort"]}}],
+        "responses": {"202": _json({"type": "object"}, "requested"), "404": _error("unknown model or action"),
+                      **_ADMIN}}},
+    "/review": {"get": {
+        "summary": "The review queue (admin key): images the model's review rules kept, newest first",
+        "parameters": [{"name": "model", "in": "query", "schema": {"type": "string"}},
+                       {"name": "reason", "in": "query", "schema": {"type": "string", "enum": [
+                           "confidence_below", "shadow_disagrees", "drift", "random_share"]}},
+                       {"name": "labelled", "in": "query", "schema": {"type": "string", "default": "false",
+                                                                      "enum": ["false", "true", "all"]}},
+                       {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 100}},
+                       {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}}],
+        "responses": {"200": _json({"type": "object"}, "items (id, model, version, reasons, predictions, label, "
+                                                       "image, thumbnail), counts, classes"),
+                      "400": _error("an unknown reason"), **_ADMIN}}},
+    "/review/{id}": {"post": {
+        "summary": "Label a kept image (feedback for every version's answer to it)",
+        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["label"], "properties": {"label": {"type": ["string", "integer"]}}}}}},
+        "responses": {"200": _json({"type": "object"}, "labelled"), "400": _error("not a class of the model"),
+                      "404": _error("no such kept image"), **_ADMIN}}},
+    "/review/{id}/image": {"get": {
+        "summary": "A kept image as the model saw it (PNG)",
+        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                       {"name": "size", "in": "query", "schema": {"type": "integer"},
+                        "description": "a thumbnail's longer side in pixels"}],
+        "responses": {"200": {"description": "PNG", "content": {"image/png": {}}},
+                      "404": _error("no such kept image, or its file is gone"), **_ADMIN}}},
+    "/review/export": {"get": {
+        "summary": "A zip of kept images: an ImageFolder tree, images with a file,label CSV, or a Label Studio "
+                   "import with the model's answer as a pre-annotation",
+        "parameters": [{"name": "format", "in": "query", "schema": {"type": "string", "default": "imagefolder",
+                                                                    "enum": ["imagefolder", "csv", "labelstudio"]}},
+                       {"name": "model", "in": "query", "schema": {"type": "string"}},
+                       {"name": "labelled", "in": "query", "schema": {"type": "string", "enum": [
+                           "false", "true", "all"]}, "description": "default: true (labelstudio: all)"}],
+        "responses": {"200": {"description": "zip", "content": {"application/zip": {}}},
+                      "400": _error("an unknown format"), **_ADMIN}}},
+    "/review/import": {"post": {
+        "summary": "Labels back from a Label Studio JSON export or a CSV id,label, through feedback",
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "format": "binary"}}}}}},
+        "responses": {"200": _json({"type": "object"}, "labelled and skipped (tasks without an annotation)"),
+                      "400": _error("not an export of this service, or a label the model does not have"),
+                      "404": _error("an id with no logged answer"), **_ADMIN}}},
     "/metrics": {"get": {"summary": "Prometheus metrics",
                          "responses": {"200": {"description": "text exposition format",
                                                "content": {"text/plain": {"schema": {"type": "string"}}}}}}},

@@ -191,13 +191,15 @@ class Writer:
             with cursor.copy(f"COPY incoming ({', '.join(COLUMNS)}) FROM STDIN") as copy:
                 for row in batch:
                     copy.write_row(row)
-            # A row that arrives after its request was labelled (a shadow copy answered late) takes the label.
+            # A shadow answer that arrives after its request was labelled (it runs after the client's answer, on
+            # the bulk lane) takes the label; other rows come before any label can.
+            labelled = ("(SELECT p.{0} FROM predictions p WHERE i.route = 'shadow' AND p.request_id = i.request_id "
+                        "AND p.label IS NOT NULL LIMIT 1)")
             cursor.execute(
                 f"INSERT INTO predictions ({', '.join(COLUMNS)}, label, labelled_at) SELECT DISTINCT ON "
-                f"(i.request_id, i.version) {', '.join('i.' + c for c in COLUMNS)}, l.label, l.labelled_at "
-                "FROM incoming i LEFT JOIN LATERAL (SELECT label, labelled_at FROM predictions p WHERE p.request_id = "
-                "i.request_id AND p.label IS NOT NULL LIMIT 1) l ON true ON CONFLICT (request_id, version) DO UPDATE "
-                "SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[2:]))
+                f"(i.request_id, i.version) {', '.join('i.' + c for c in COLUMNS)}, {labelled.format('label')}, "
+                f"{labelled.format('labelled_at')} FROM incoming i ON CONFLICT (request_id, version) DO UPDATE SET "
+                + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[2:]))
         self._connection.commit()
 
     def _close(self) -> None:

@@ -470,9 +470,14 @@ function driftTable(drift) {
 }
 
 function guardText(figures) {
-  return Object.entries(figures || {}).map(([guard, f]) => el("span", {class: f.ok === false ? "failed-guard" : "",
-    text: `${guard.replace(/_/g, " ")} ${f.value === null ? "—" : f.value} (limit ${f.limit})` +
-          `${f.ok === null ? ", waiting for evidence" : ""}; `}));
+  // "accuracy drop 0.52 (at most 0.01)": the guard's figure in the step, against its limit.
+  return Object.entries(figures || {}).map(([guard, f]) => {
+    const [, name, bound] = guard.match(/^(.*)_(at_most|at_least)$/) || [null, guard, "limit"];
+    const value = f.value === null ? "—" : Number(f.value.toPrecision(3));
+    return el("span", {class: f.ok === false ? "failed-guard" : "",
+      text: `${name.replace(/_/g, " ")} ${value} (${bound.replace("_", " ")} ${f.limit})` +
+            `${f.ok === null ? ", waiting for evidence" : ""}; `});
+  });
 }
 
 function promotionBlock(promotion) {
