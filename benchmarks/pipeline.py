@@ -433,6 +433,7 @@ def main() -> int:
     parser.add_argument("--env", action="append", default=[], help="extra NAME=VALUE for the service")
     parser.add_argument("--intake", type=int, default=2000,
                         help="requests queued straight into Redis to measure one worker's intake (0: skip)")
+    parser.add_argument("--review", type=json.loads, help="the model's review rules (config.json 'review'), as JSON")
     parser.add_argument("--pixel-shards", type=int, default=0,
                         help="also start this many Redis servers for the pixels (PIXELS_REDIS_URLS)")
     args = parser.parse_args()
@@ -440,6 +441,8 @@ def main() -> int:
     image = _jpeg_1024x768(args.image)
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     near_free_model(work / "repository")
+    if args.review:
+        (work / "repository" / MODEL_NAME / "config.json").write_text(json.dumps({"review": args.review}))
     env = {"MODEL": MODEL_NAME, "MODEL_REPOSITORY": str(work / "repository"), "CUDA_VISIBLE_DEVICES": "",
            "UPLOAD_DIR": str(work / "uploads"), "MODEL_CACHE_DIR": str(work / "cache"),
            **dict(item.split("=", 1) for item in args.env)}
@@ -461,6 +464,7 @@ def main() -> int:
         for proc in shard_procs:
             proc.terminate()
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "image_bytes": len(image),
+              "review": args.review,
               "decode_floor_ms": round(decode_ms, 3), "env": env, "levels": levels,
               "projection": projection(levels, decode_ms), "worker_intake": intake}
     args.out.parent.mkdir(parents=True, exist_ok=True)

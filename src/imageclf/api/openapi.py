@@ -187,6 +187,8 @@ _CALLBACK = {"name": "callback_url", "in": "query", "schema": {"type": "string",
              "description": "POST the final GET /result JSON here when it ends (signed with WEBHOOK_SECRET; also a "
                             "form field)"}
 
+_WINDOW = {"name": "window", "in": "query", "schema": {"type": "string", "default": "24h"},
+           "description": "a number and s, m, h or d"}
 PATHS: dict[str, Any] = {
     "/predict": {"post": {
         "summary": "Classify one image, answered synchronously",
@@ -340,8 +342,7 @@ PATHS: dict[str, Any] = {
     "/models/{model}/quality": {"get": {
         "summary": "Live quality per version over the labelled answers, and drift against each version's reference",
         "parameters": [_MODEL_PATH,
-                       {"name": "window", "in": "query", "schema": {"type": "string", "default": "24h"},
-                        "description": "a number and s, m, h or d"},
+                       _WINDOW,
                        {"name": "last", "in": "query", "schema": {"type": "integer", "minimum": 1},
                         "description": "the last N labelled answers of each version instead of a window"}],
         "responses": {"200": _json({"type": "object"}, "per version: labelled, accuracy, top5_accuracy, per_class, "
@@ -355,8 +356,7 @@ PATHS: dict[str, Any] = {
     "/models/{model}/quality/history": {"get": {
         "summary": "Live accuracy per version over time: labelled answers and accuracy per period of the window",
         "parameters": [_MODEL_PATH,
-                       {"name": "window", "in": "query", "schema": {"type": "string", "default": "24h"},
-                        "description": "a number and s, m, h or d"},
+                       _WINDOW,
                        {"name": "buckets", "in": "query", "schema": {"type": "integer", "default": 24},
                         "description": "periods the window is cut into"}],
         "responses": {"200": _json({"type": "object"}, "per version: [{start, labelled, accuracy}]"),

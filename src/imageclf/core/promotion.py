@@ -35,6 +35,7 @@ import redis
 import sqlalchemy as sa
 
 from imageclf import settings
+from imageclf.core.live_quality import drift
 from imageclf.core.model_records import InputLookup, ModelUnavailable, read_labels
 from imageclf.core.prediction_log import predictions
 from imageclf.core.redis_clients import text
@@ -120,10 +121,12 @@ class Controller:
             self._drift_at = time.monotonic()
 
     def check(self, model: str, folder: Path, plan: PromotionPlan) -> None:
+        with self._client.pipeline(transaction=True) as pipe:  # taken and removed at once: none is lost
+            pipe.hget(state_key(model), "requested")
+            pipe.hdel(state_key(model), "requested")
+            taken = pipe.execute()[0]
+        requested = json.loads(taken) if taken else None
         state = read_state(self._client, model)
-        requested = state.pop("requested", None)
-        if requested is not None:
-            self._client.hdel(state_key(model), "requested")
         if state.get("candidate") != plan.candidate:
             state = self._start(model, folder, plan, "plan")
         elif state.get("plan") != plan.describe():  # guards or steps edited: they apply from the current step
@@ -238,15 +241,14 @@ class Controller:
         if base.get("default") != default:  # the default changed under the rollout: count from here
             self._set(model, baseline=now)
             base = now
-        compared = now["compared"] - base["compared"]
+        requests = now["requests"] - base["requests"]
         labelled = self._labelled(model, (plan.candidate, default), state["step_started"])
         return Evidence(
-            compared=compared, agreed=now["agreed"] - base["agreed"],
+            compared=now["compared"] - base["compared"], agreed=now["agreed"] - base["agreed"],
             candidate_labelled=labelled[plan.candidate][0], candidate_correct=labelled[plan.candidate][1],
             default_labelled=labelled[default][0], default_correct=labelled[default][1],
-            candidate_latencies=now["requests"] - base.get("requests", now["requests"]),
-            candidate_p95_ms=self._p95(model, plan.candidate, now["requests"] - base.get("requests", now["requests"])),
-            default_p95_ms=self._p95(model, default, now["default_requests"] - base.get("default_requests", 0)),
+            candidate_latencies=requests, candidate_p95_ms=self._p95(model, plan.candidate, requests),
+            default_p95_ms=self._p95(model, default, now["default_requests"] - base["default_requests"]),
             images=now["images"] - base["images"], errors=now["errors"] - base["errors"])
 
     def _p95(self, model: str, version: int, new: int) -> float | None:
@@ -272,8 +274,6 @@ class Controller:
         return found
 
     def _refresh_drift(self, model: str) -> None:
-        from imageclf.core.live_quality import drift
-
         engine, labels = self._engine(), read_labels(self._client, model)
         if engine is None or not labels:
             return

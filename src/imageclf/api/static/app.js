@@ -393,9 +393,14 @@ function modelTable(entry, quality = {}) {
   return el("article", {class: "model", "data-model": entry.name},
     el("h3", {text: entry.name}),
     ...(notes.length ? [el("ul", {class: "notes"}, ...notes.map((n) => el("li", {text: n})))] : []),
-    el("div", {class: "scroll"}, el("table", {},
-      el("thead", {}, el("tr", {}, ...head.map((h) => el("th", {scope: "col", text: h})))),
-      el("tbody", {}, ...rows))));
+    table(head, rows));
+}
+
+function table(head, rows, attrs = {}) {
+  // A table that scrolls sideways on a narrow screen, with one header row.
+  return el("div", {class: "scroll"}, el("table", attrs,
+    el("thead", {}, el("tr", {}, ...head.map((h) => el("th", {scope: "col", text: h})))),
+    el("tbody", {}, ...rows)));
 }
 
 async function loadModels() {
@@ -464,9 +469,8 @@ function driftTable(drift) {
     el("td", {class: d.drifted ? "flagged" : "", text: d.drifted === null ? "too few answers" : d.drifted ? "drift"
                                                                                                : "no drift"})));
   if (!rows.length) return el("p", {class: "hint", text: "No answers in the last 24 hours."});
-  const head = ["Version", "Answers", "PSI confidence", "PSI entropy", "PSI classes", "Verdict"];
-  return el("div", {class: "scroll"}, el("table", {class: "drift"},
-    el("thead", {}, el("tr", {}, ...head.map((h) => el("th", {scope: "col", text: h})))), el("tbody", {}, ...rows)));
+  return table(["Version", "Answers", "PSI confidence", "PSI entropy", "PSI classes", "Verdict"], rows,
+               {class: "drift"});
 }
 
 function guardText(figures) {
@@ -498,10 +502,7 @@ function promotionBlock(promotion) {
   return el("div", {class: "promotion"},
     el("p", {class: "status", text: summary}),
     ...(promotion.note ? [el("p", {class: "notes", text: promotion.note})] : []),
-    el("div", {class: "scroll"}, el("table", {},
-      el("thead", {}, el("tr", {}, ...["Time", "Decision", "Share", "Why", "Figures"].map((h) =>
-        el("th", {scope: "col", text: h})))),
-      el("tbody", {}, ...rows))));
+    table(["Time", "Decision", "Share", "Why", "Figures"], rows));
 }
 
 async function loadQuality() {
