@@ -116,10 +116,15 @@ def queue(svc: ServiceProcess, **params) -> dict:
     return answer.json()
 
 
-def kept_ids(svc: ServiceProcess, asked: set[str], settle_s: float = 3.0) -> dict[str, list[str]]:
-    """The kept images among `asked`: id -> reasons, once the writers had time to write every row."""
-    time.sleep(settle_s)  # the writer lingers 0.5 s; the shadow copies run after the answers
-    return {item["id"]: item["reasons"] for item in queue(svc)["items"] if item["id"] in asked}
+def kept_ids(svc: ServiceProcess, asked: set[str], until=lambda kept: True, timeout_s: float = 60) -> dict:
+    """The kept images among `asked` (id -> reasons) once `until(kept)` holds (the writers are asynchronous, and
+    the shadow copies run after the answers), or as they are after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        kept = {item["id"]: item["reasons"] for item in queue(svc)["items"] if item["id"] in asked}
+        if until(kept) or time.monotonic() > deadline:
+            return kept
+        time.sleep(0.5)
 
 
 def test_review_needs_an_admin_key(svc: ServiceProcess):
@@ -156,6 +161,8 @@ def test_the_rules_select_exactly_the_images_they_describe(svc: ServiceProcess, 
             wanted[answer["id"]] = first or shadow
     assert {"confidence_below", "shadow_disagrees", "random_share"} <= {r for rs in wanted.values() for r in rs}
     assert len(wanted) < len(IMAGES)  # some images match no rule
+    assert kept_ids(svc, {a["id"] for a in answers}, lambda kept: kept == wanted) == wanted
+    time.sleep(2)  # and nothing more comes
     assert kept_ids(svc, {a["id"] for a in answers}) == wanted
 
 
@@ -170,8 +177,9 @@ def test_dedup_keeps_one_of_ten_near_identical_frames(svc: ServiceProcess):
     others = [png(texture(np.random.default_rng(5000 + i))) for i in range(5)]
     frame_ids = {predict(svc, frame)["id"] for frame in frames}
     other_ids = {predict(svc, other)["id"] for other in others}
+    assert set(kept_ids(svc, other_ids, lambda kept: set(kept) == other_ids)) == other_ids
+    time.sleep(2)  # the frames went first: their rows are written by now
     assert len(kept_ids(svc, frame_ids)) == 1
-    assert set(kept_ids(svc, other_ids, settle_s=0)) == other_ids
 
 
 FIGURES = ("labelled", "accuracy", "top5_accuracy", "per_class", "confusion")
@@ -378,7 +386,7 @@ def test_operators_pause_resume_and_abort_a_rollout(svc: ServiceProcess):
 def test_the_quality_and_review_views(svc: ServiceProcess, browser):
     put_policy(svc, review={"random_share": 100, "distance": 4}, promotion=None)
     waiting = {predict(svc, png(texture(np.random.default_rng(9000 + i))))["id"] for i in range(6)}
-    assert len(kept_ids(svc, waiting)) == 6
+    assert len(kept_ids(svc, waiting, lambda kept: len(kept) == 6)) == 6
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     page = context.new_page()
     page.goto(svc.url + "/#quality")
@@ -386,7 +394,8 @@ def test_the_quality_and_review_views(svc: ServiceProcess, browser):
     decisions = page.locator('article[data-model="plants"] .promotion tbody tr').evaluate_all(
         "rows => rows.map(r => r.dataset.action)")
     assert decisions == [h["action"] for h in promotion(svc)["history"]]
-    assert page.locator("tr[data-action='rollback'] .figures .failed-guard").first.text_content().startswith("accuracy drop")
+    failed = page.locator("tr[data-action='rollback'] .figures .failed-guard").first.text_content()
+    assert failed.startswith("accuracy drop"), failed
     assert page.locator("svg.chart polyline").count() >= 2  # a line per labelled version
     assert page.locator("table.drift tbody tr").count() >= 1
     screenshot(page, "web-quality-view")
