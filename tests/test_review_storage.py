@@ -83,3 +83,26 @@ def test_kept_images_go_to_an_object_store_once_per_near_duplicate(postgres: str
     kept = Image.open(io.BytesIO(review_queue.read_image(first[0][review_file])))
     assert kept.size == (160, 160) and np.array_equal(np.asarray(kept), scene)  # lossless, as the model saw it
     assert first[0][review_file].startswith("plants/") and later[0][review_file] is None
+
+
+def test_a_drifting_version_has_its_answers_selected(redis_url: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    """The drift flag the promotion controller refreshes (imageclf.core.promotion.DRIFT_PREFIX) selects the answers
+    of the drifting version only, when the rules ask for it."""
+    import json
+
+    from imageclf.core.promotion import DRIFT_PREFIX
+    from imageclf.workers.model.review import Selector
+
+    (tmp_path / "plants").mkdir()
+    (tmp_path / "plants" / "config.json").write_text(json.dumps({"review": {"drift": True}}))
+    monkeypatch.setattr(settings, "MODEL_REPOSITORY", str(tmp_path))
+    client = redis.Redis.from_url(redis_url)
+    client.set(DRIFT_PREFIX + "plants", json.dumps([2]), ex=60)
+    selector = Selector(client)
+    image, row = np.zeros((8, 8, 3), np.uint8), np.array([0.9, 0.1])
+    assert selector.pending("plants", 1, {"request_id": "r1", "route": "predict"}, row, image) is None
+    drifting = selector.pending("plants", 2, {"request_id": "r2", "route": "predict"}, row, image)
+    assert drifting is not None and drifting.reasons == ["drift"]
+    shadow = selector.pending("plants", 2, {"request_id": "r3", "route": "shadow", "against": 1}, row, image)
+    assert shadow is not None and shadow.reasons == ["drift"]  # disagreeing, but that rule is off
