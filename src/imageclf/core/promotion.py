@@ -1,8 +1,10 @@
 """Promotion by evidence: the controller that moves a candidate version's canary share step by step, or back to 0.
 
-One controller acts at a time, whichever API process holds its lock in Redis (each API process runs the loop;
-the others wait). Every PROMOTION_CHECK_S it reads each served model's `promotion` plan (config.json,
-imageclf.models.promotion_plan) and, for a rollout in progress, the evidence of the current step's period:
+One controller acts for a model at a time, whichever API process holds that model's lock in Redis (each API
+process runs the loop and competes for the models it serves and whose repository folder it sees; the others
+wait, and take over within a few checks when the holder dies). Every PROMOTION_CHECK_S it reads the model's
+`promotion` plan (config.json, imageclf.models.promotion_plan) and, for a rollout in progress, the evidence of
+the current step's period:
 
 - shadow comparisons of the candidate against the default on the same images (imageclf.core.shadow): the
   top-1 agreement. While it promotes, the controller has the default's interactive requests shadowed to the
@@ -49,7 +51,8 @@ from imageclf.models.serving_policy import check_against, parse_policy
 STATE_PREFIX = "imageclf:promotion:"
 #: Redis: the versions of a model whose answers drift now (JSON list), for the review rules' `drift`.
 DRIFT_PREFIX = "imageclf:drift:"
-_LOCK = "imageclf:promotion-controller"
+#: Redis lock per model: the process holding it acts for that model (one that serves the model and sees its folder).
+_LOCK = "imageclf:promotion-controller:"
 #: Decisions kept per model.
 HISTORY = 1000
 #: Seconds between two refreshes of the drift flags.
@@ -94,8 +97,10 @@ def read_drifting(client: redis.Redis, model: str) -> set[int]:
 class Controller:
     """The checks of every served model's plan; `check_all` is one round (run by the loop holding the lock)."""
 
-    def __init__(self, client: redis.Redis, engine: Any, log: logging.Logger) -> None:
+    def __init__(self, client: redis.Redis, engine: Any, log: logging.Logger, token: str = "", ttl_ms: int = 0
+                 ) -> None:
         self._client = client
+        self._token, self._ttl_ms = token, ttl_ms  # this process' claim on each model's lock
         self._engine = engine  # () -> a SQLAlchemy engine, or None when the prediction log is off
         self._log = log
         self._drift_at = 0.0
@@ -104,8 +109,8 @@ class Controller:
         refresh_drift = time.monotonic() - self._drift_at >= DRIFT_EVERY_S
         for model in settings.MODELS:
             folder = model_dir(settings.MODEL_REPOSITORY, model)
-            if folder is None:
-                continue
+            if folder is None or not self._client.eval(_RENEW, 1, _LOCK + model, self._token, self._ttl_ms):
+                continue  # not a repository model here, or another process acts for it
             try:
                 raw = read_raw_config(folder)
                 plan = parse_promotion(raw.get("promotion"), folder / "config.json")
@@ -313,16 +318,15 @@ class Controller:
 
 
 def start_controller(client: redis.Redis, engine: Any, log: logging.Logger) -> None:
-    """In an API process: the controller's loop, acting while this process holds the lock."""
-    token, ttl_ms = uuid.uuid4().hex, int(max(10.0, 3 * settings.PROMOTION_CHECK_S) * 1000)
-    controller = Controller(client, engine, log)
+    """In an API process: the controller's loop, acting for each model whose lock this process holds."""
+    ttl_ms = int(max(10.0, 3 * settings.PROMOTION_CHECK_S) * 1000)
+    controller = Controller(client, engine, log, uuid.uuid4().hex, ttl_ms)
 
     def loop() -> None:
         away = False
         while True:
             try:
-                if client.eval(_RENEW, 1, _LOCK, token, ttl_ms):
-                    controller.check_all()
+                controller.check_all()
                 away = False
             except Exception as exc:  # Redis or the database away, a config mid-edit: the next round tries again
                 if not away:
