@@ -83,7 +83,8 @@ _controller_started = False
 
 
 def start_promotion_controller(client: Redis) -> None:
-    """The promotion controller's loop, once per process (imageclf.core.promotion: the one holding its lock acts)."""
+    """The promotion controller's loop, once per process (imageclf.core.promotion: it acts for the models whose
+    lock it holds)."""
     global _controller_started
     if not _controller_started:
         _controller_started = True

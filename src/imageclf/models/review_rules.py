@@ -53,11 +53,6 @@ class ReviewRules:
             found.append("random_share")
         return found
 
-    def describe(self) -> dict[str, Any]:
-        return {"confidence_below": self.confidence_below, "shadow_disagrees": self.shadow_disagrees,
-                "drift": self.drift, "random_share": self.random_share, "max_per_day": self.max_per_day,
-                "distance": self.distance}
-
 
 def parse_review(raw: Any, path: Path) -> ReviewRules | None:
     """The `review` key of a config.json (None: no key, nothing is kept); RepositoryError names what is wrong."""
