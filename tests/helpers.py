@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -84,3 +86,25 @@ def grpc_health(address: str, service: str) -> str:
     with grpc.insecure_channel(address) as channel:
         answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+
+
+@contextmanager
+def embedded_postgres(folder: Path) -> Iterator[str]:
+    """A throwaway embedded PostgreSQL in `folder`, its schema migrated; yields its URL."""
+    import sqlalchemy as sa
+
+    from imageclf.core import database
+    from imageclf.launch import postgres_server
+
+    user = postgres_server.prepare(str(folder))
+    server = subprocess.Popen(postgres_server.postgres_argv(port := free_port(), str(folder)), user=user)
+    url = postgres_server.database_url(port)
+    try:
+        assert wait_until(lambda: postgres_server.accepting(url), 30)
+        engine = sa.create_engine(database.sqlalchemy_url(url))
+        database.migrate(engine)
+        engine.dispose()
+        yield url
+    finally:
+        server.send_signal(2)  # SIGINT: PostgreSQL's fast shutdown
+        server.wait(60)

@@ -20,7 +20,7 @@ from PIL import Image
 from imageclf.launch.service_process import ServiceProcess
 from imageclf.launch.supervise import ProcessGroup, wait_until
 from imageclf.models.evaluation import Evaluation, Prediction
-from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, labelled_photos, screenshot
+from tests.helpers import CLASS_INDEX, MOBILENET_FILE, SHARED, embedded_postgres, labelled_photos, screenshot
 
 MODEL = "mobilenet_v1_0.75"
 ALICE, BOB, ADMIN = "alice-key-1", "bob-key-2", "admin-key-3"
@@ -238,24 +238,15 @@ def test_killing_the_database_fails_no_request_and_its_rows_arrive_later(logged:
 
 def test_retention_removes_old_rows(tmp_path: Path):
     """imageclf.core.prediction_log.delete_older_than on a real PostgreSQL (the embedded one)."""
-    import subprocess
     from datetime import datetime, timedelta, timezone
 
     import sqlalchemy as sa
 
     from imageclf.core import database
     from imageclf.core.prediction_log import delete_older_than, predictions
-    from imageclf.launch import postgres_server
-    from imageclf.launch.redis_server import free_port
 
-    user = postgres_server.prepare(str(tmp_path / "pg"))
-    port = free_port()
-    server = subprocess.Popen(postgres_server.postgres_argv(port, str(tmp_path / "pg")), user=user)
-    url = postgres_server.database_url(port)
-    try:
-        assert wait_until(lambda: postgres_server.accepting(url), 30)
+    with embedded_postgres(tmp_path / "pg") as url:
         engine = sa.create_engine(database.sqlalchemy_url(url))
-        database.migrate(engine)
         now = datetime.now(timezone.utc)
         rows = [{"request_id": f"r{i}", "version": 1, "model": "m", "at": now - timedelta(days=age),
                  "route": "predict", "top_ids": [1], "top_probs": [0.9], "confidence": 0.9, "entropy": 0.1}
@@ -267,6 +258,3 @@ def test_retention_removes_old_rows(tmp_path: Path):
             kept = sorted(r[0] for r in connection.execute(sa.select(predictions.c.request_id)))
         assert kept == ["r0", "r1", "r2"]
         engine.dispose()
-    finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(30)

@@ -5,7 +5,6 @@ Redis for the day's quota."""
 from __future__ import annotations
 
 import io
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,34 +13,19 @@ import numpy as np
 import psycopg
 import pytest
 import redis
-import sqlalchemy as sa
 from PIL import Image
 
 from imageclf import settings
-from imageclf.core import database, review_queue
+from imageclf.core import review_queue
 from imageclf.core.prediction_log import COLUMNS, Pending, rows
-from imageclf.launch import postgres_server
-from imageclf.launch.redis_server import free_port
-from imageclf.launch.supervise import wait_until
 from imageclf.models.review_rules import ReviewRules
-from tests.helpers import S3_CREDENTIALS
+from tests.helpers import S3_CREDENTIALS, embedded_postgres
 
 
 @pytest.fixture()
 def postgres(tmp_path: Path) -> Iterator[str]:
-    user = postgres_server.prepare(str(tmp_path / "pg"))
-    port = free_port()
-    server = subprocess.Popen(postgres_server.postgres_argv(port, str(tmp_path / "pg")), user=user)
-    url = postgres_server.database_url(port)
-    try:
-        assert wait_until(lambda: postgres_server.accepting(url), 30)
-        engine = sa.create_engine(database.sqlalchemy_url(url))
-        database.migrate(engine)
-        engine.dispose()
+    with embedded_postgres(tmp_path / "pg") as url:
         yield url
-    finally:
-        server.send_signal(2)
-        server.wait(60)
 
 
 def _row(request_id: str, image: np.ndarray, rules: ReviewRules) -> tuple:
