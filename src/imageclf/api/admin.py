@@ -37,7 +37,8 @@ from imageclf.api.auth import admin_key
 from imageclf.api.errors import APIError
 from imageclf.api.json_bodies import parse_json
 from imageclf.api.metrics import line_log
-from imageclf.api.models import describe_models, served
+from imageclf.api.models import describe_models
+from imageclf.api.served import known_model
 from imageclf.api.submissions import queue_unavailable, redis_client
 from imageclf.core.model_records import InputLookup, ModelUnavailable, clear_unloaded, record_unloaded
 from imageclf.core.promotion import ACTIONS, request_action
@@ -78,15 +79,9 @@ def _log(model: str, action: str, **details: Any) -> None:
     changes.info(json.dumps({"event": "control", "model": model, "action": action, "by": g.admin, **details}))
 
 
-def _known(model: str) -> None:
-    if model not in served():
-        raise APIError(404, f"unknown model {model!r}; this service serves: {', '.join(served())} (MODELS; a new "
-                            "model needs its own workers)")
-
-
 def _folder(model: str) -> Path:
     """The model's repository folder as this process sees it; 409 when it has none here."""
-    _known(model)
+    known_model(model)
     folder = model_dir(settings.MODEL_REPOSITORY, model)
     if folder is None:
         raise APIError(409, f"model {model!r} has no folder in MODEL_REPOSITORY ({settings.MODEL_REPOSITORY}) on the "
@@ -116,7 +111,7 @@ def repository_index() -> ResponseReturnValue:
 
 @bp.post("/v2/repository/models/<model>/unload")
 def unload(model: str) -> ResponseReturnValue:
-    _known(model)
+    known_model(model)
     with queue_unavailable():
         record_unloaded(redis_client(), model, g.admin)
     _log(model, "unload")
@@ -126,7 +121,7 @@ def unload(model: str) -> ResponseReturnValue:
 
 @bp.post("/v2/repository/models/<model>/load")
 def load(model: str) -> ResponseReturnValue:
-    _known(model)
+    known_model(model)
     with queue_unavailable():
         was_unloaded = clear_unloaded(redis_client(), model)
     _log(model, "load", was_unloaded=was_unloaded)
@@ -177,9 +172,10 @@ def put_policy(model: str) -> ResponseReturnValue:
             check_against(policy, versions(folder), Path("the policy"))
             parse_review(raw.get("review"), Path("the policy"))
             plan = parse_promotion(raw.get("promotion"), Path("the policy"))
-            if plan is not None and plan.candidate not in policy.select(versions(folder)):
+            serving = policy.select(versions(folder))
+            if plan is not None and plan.candidate not in serving:
                 raise RepositoryError(f"the policy: the promotion's candidate {plan.candidate} is not served "
-                                      f"(served: {', '.join(map(str, policy.select(versions(folder))))})")
+                                      f"(served: {', '.join(map(str, serving))})")
         except RepositoryError as exc:
             raise APIError(400, f"{exc}; the current policy stays") from None
         write_config(folder, raw)
@@ -190,7 +186,7 @@ def put_policy(model: str) -> ResponseReturnValue:
 @bp.post("/models/<model>/promotion/<action>")
 def promotion_action(model: str, action: str) -> ResponseReturnValue:
     """Pause, resume or abort the rollout (applied by the controller's next check, imageclf.core.promotion)."""
-    _known(model)
+    known_model(model)
     if action not in ACTIONS:
         raise APIError(404, f"no promotion action {action[:40]!r}; one of {', '.join(ACTIONS)}")
     with queue_unavailable():

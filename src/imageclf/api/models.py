@@ -17,6 +17,7 @@ from flask.typing import ResponseReturnValue
 
 from imageclf.api.errors import APIError
 from imageclf.api.quality import recent_drift
+from imageclf.api.served import served
 from imageclf.api.submissions import queue_unavailable, redis_client
 from imageclf.core.model_records import InputLookup, ModelRoutes, ModelUnavailable, read_failures, read_served
 from imageclf.core.readiness import live_workers
@@ -29,11 +30,6 @@ bp = Blueprint("models", __name__)
 #: What a worker's heartbeat says about the worker itself; the rest describes its served version.
 _WORKER_KEYS = ("role", "model", "pid", "backend", "cuda_visible_devices", "served_version", "versions", "rss_mb",
                 "rss_mb_two_versions", "batch_size", "batch_size_from", "batch_curve", "unloaded")
-
-
-def served() -> list[str]:
-    """The served models' names, the default first."""
-    return current_app.config["MODELS"]
 
 
 def requested_model() -> str:

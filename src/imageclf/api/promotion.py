@@ -12,7 +12,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from imageclf import settings
-from imageclf.api.errors import APIError
+from imageclf.api.served import known_model
 from imageclf.api.submissions import queue_unavailable, redis_client
 from imageclf.api.uploads import query_number
 from imageclf.core.promotion import read_history, read_state
@@ -24,8 +24,7 @@ bp = Blueprint("promotion", __name__)
 
 @bp.get("/models/<model>/promotion")
 def promotion(model: str) -> ResponseReturnValue:
-    if model not in settings.MODELS:
-        raise APIError(404, f"unknown model {model!r}; this service serves: {', '.join(settings.MODELS)}")
+    known_model(model)
     count = int(query_number("history", 200, 1, 1000, integer=True))
     with queue_unavailable():
         state = read_state(redis_client(), model)

@@ -21,6 +21,7 @@ from imageclf.api.auth import ANONYMOUS
 from imageclf.api.errors import APIError
 from imageclf.api.json_bodies import parse_json
 from imageclf.api.quotas import charge_request
+from imageclf.api.served import known_model
 from imageclf.api.submissions import redis_client
 from imageclf.api.uploads import query_number
 from imageclf.core import database
@@ -52,6 +53,15 @@ def engine() -> sa.Engine:
 
 
 @contextmanager
+def feedback_errors() -> Iterator[None]:
+    """Turn what live_quality refuses (FeedbackError: a label, an id, a window) into its 4xx."""
+    try:
+        yield
+    except FeedbackError as exc:
+        raise APIError(exc.status, str(exc)) from None
+
+
+@contextmanager
 def database_unavailable() -> Iterator[None]:
     """Turn the database's errors into a 503 that tells the client to retry (as queue_unavailable does Redis')."""
     try:
@@ -72,11 +82,8 @@ def feedback() -> ResponseReturnValue:
         raise APIError(413, f"{len(entries)} labels in one request; the limit is {MAX_FEEDBACK}")
     charge_request(len(entries))
     owner = None if g.get("owner") in (None, ANONYMOUS) else str(g.owner)
-    try:
-        with database_unavailable():
-            labelled = label(engine(), entries, owner, lambda model: read_labels(redis_client(), model), _item_of)
-    except FeedbackError as exc:
-        raise APIError(exc.status, str(exc)) from None
+    with feedback_errors(), database_unavailable():
+        labelled = label(engine(), entries, owner, lambda model: read_labels(redis_client(), model), _item_of)
     return jsonify(labelled=len(labelled), labels=labelled, **({"skipped": skipped} if skipped else {}))
 
 
@@ -86,22 +93,17 @@ def feedback_entries() -> tuple[list[dict[str, Any]], int]:
     if upload is not None:
         data = upload.read()
         if data.lstrip()[:1] == b"[":  # a Label Studio export, uploaded as a file
-            return _label_studio(parse_json(data, "the Label Studio export"))
+            with feedback_errors():
+                return label_studio_entries(parse_json(data, "the Label Studio export"))
         return _csv_entries(data, request.form.get("job")), 0
     body = parse_json(request.get_data(), "the feedback")
     if isinstance(body, list) and body and all(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in body):
-        return _label_studio(body)
+        with feedback_errors():
+            return label_studio_entries(body)
     entries = body if isinstance(body, list) else [body]
     if not all(isinstance(entry, dict) for entry in entries):
         raise APIError(400, "send {\"id\": ..., \"label\": ...}, a list of them, a CSV file or a Label Studio export")
     return entries, 0
-
-
-def _label_studio(tasks: Any) -> tuple[list[dict[str, Any]], int]:
-    try:
-        return label_studio_entries(tasks)
-    except FeedbackError as exc:
-        raise APIError(exc.status, str(exc)) from None
 
 
 def _csv_entries(data: bytes, job: str | None) -> list[dict[str, Any]]:
@@ -169,10 +171,8 @@ def model_quality(model: str) -> ResponseReturnValue:
     labels = read_labels(redis_client(), model)
     if model not in settings.MODELS and labels is None:
         raise APIError(404, f"unknown model {model!r}")
-    try:
+    with feedback_errors():
         window, last = parse_window(request.args.get("window"), request.args.get("last"))
-    except FeedbackError as exc:
-        raise APIError(exc.status, str(exc)) from None
     if labels is None:
         raise APIError(503, f"the classes of {model!r} are not known yet (no worker has loaded it)",
                        {"Retry-After": "5"})
@@ -187,12 +187,9 @@ def model_quality(model: str) -> ResponseReturnValue:
 @bp.get("/models/<model>/quality/history")
 def quality_history(model: str) -> ResponseReturnValue:
     """Per version, the live accuracy of each of `buckets` periods (default 24) of `window` (default 24h)."""
-    if model not in settings.MODELS:
-        raise APIError(404, f"unknown model {model!r}")
-    try:
+    known_model(model)
+    with feedback_errors():
         window, _ = parse_window(request.args.get("window"), None)
-    except FeedbackError as exc:
-        raise APIError(exc.status, str(exc)) from None
     buckets = int(query_number("buckets", 24, 1, 1000, integer=True))
     with database_unavailable():
         series = accuracy_over_time(engine(), model, window or DEFAULT_WINDOW, buckets)

@@ -28,11 +28,12 @@ from imageclf import settings
 from imageclf.api.auth import admin_key
 from imageclf.api.errors import APIError
 from imageclf.api.json_bodies import parse_json
-from imageclf.api.quality import MAX_FEEDBACK, database_unavailable, engine, feedback_entries
+from imageclf.api.quality import MAX_FEEDBACK, database_unavailable, engine, feedback_entries, feedback_errors
+from imageclf.api.served import known_model, served
 from imageclf.api.submissions import redis_client
 from imageclf.api.uploads import query_number
 from imageclf.core import review_queue
-from imageclf.core.live_quality import FeedbackError, label
+from imageclf.core.live_quality import label
 from imageclf.core.model_records import read_labels
 from imageclf.models.review_rules import REASONS
 
@@ -58,8 +59,8 @@ def _labels(model: str) -> list[str]:
 
 def _filters() -> tuple[str | None, str | None, bool | None]:
     model, reason = request.args.get("model") or None, request.args.get("reason") or None
-    if model is not None and model not in settings.MODELS:
-        raise APIError(404, f"unknown model {model!r}; this service serves: {', '.join(settings.MODELS)}")
+    if model is not None:
+        known_model(model)
     if reason is not None and reason not in REASONS:
         raise APIError(400, f"'reason' must be one of {', '.join(REASONS)}, got {reason[:40]!r}")
     labelled = request.args.get("labelled", "false").lower()
@@ -145,12 +146,9 @@ def import_labels() -> ResponseReturnValue:
 
 
 def _label(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    try:
-        with database_unavailable():
-            return label(engine(), entries, None, lambda model: read_labels(redis_client(), model),
-                         lambda job, name: None)
-    except FeedbackError as exc:
-        raise APIError(exc.status, str(exc)) from None
+    with feedback_errors(), database_unavailable():
+        return label(engine(), entries, None, lambda model: read_labels(redis_client(), model),
+                     lambda job, name: None)
 
 
 @bp.get("/review/export")
@@ -163,9 +161,9 @@ def export() -> ResponseReturnValue:
         raise APIError(400, f"'format' must be one of {', '.join(FORMATS)}, got {kind[:40]!r}")
     model, reason, labelled = _filters()
     if model is None:
-        if len(settings.MODELS) != 1:
-            raise APIError(400, f"name the model: ?model= one of {', '.join(settings.MODELS)}")
-        model = settings.MODELS[0]
+        if len(served()) != 1:
+            raise APIError(400, f"name the model: ?model= one of {', '.join(served())}")
+        model = served()[0]
     if "labelled" not in request.args:
         labelled = None if kind == "labelstudio" else True
     labels = _labels(model)
@@ -174,14 +172,15 @@ def export() -> ResponseReturnValue:
         rows = review_queue.listed(db, model, reason, labelled, limit=10**9)
     spool = tempfile.SpooledTemporaryFile(max_size=64 * 2**20)
     with zipfile.ZipFile(spool, "w", zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
-        _write(archive, kind, model, labels, rows)
+        _write(archive, kind, labels, rows)
     spool.seek(0)
     return send_file(spool, mimetype="application/zip", as_attachment=True,
                      download_name=f"{model}-review-{kind}.zip")
 
 
-def _write(archive: zipfile.ZipFile, kind: str, model: str, labels: list[str], rows: list[dict[str, Any]]) -> None:
-    lines, tasks = ["file,label,id"], []
+def _write(archive: zipfile.ZipFile, kind: str, labels: list[str], rows: list[dict[str, Any]]) -> None:
+    lines: list[str] = ["file,label,id"]  # csv
+    tasks: list[dict[str, Any]] = []  # labelstudio
     for row in rows:
         name = row["review_file"].rsplit("/", 1)[-1]
         truth = labels[row["label"]] if row["label"] is not None else None
@@ -195,8 +194,10 @@ def _write(archive: zipfile.ZipFile, kind: str, model: str, labels: list[str], r
             archive.writestr(path, review_queue.read_image(row["review_file"]))
         except OSError:  # gone from REVIEW_DIR (deleted by hand): the export goes on without it
             continue
-        lines.append(_csv_line(path, truth or "", row["request_id"]))
-        tasks.append(_task(row, path, labels, truth))
+        if kind == "csv":
+            lines.append(_csv_line(path, truth or "", row["request_id"]))
+        elif kind == "labelstudio":
+            tasks.append(_task(row, path, labels, truth))
     if kind == "csv":
         archive.writestr("labels.csv", "\n".join(lines) + "\n")
     elif kind == "labelstudio":

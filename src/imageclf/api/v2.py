@@ -16,8 +16,8 @@ from flask.typing import ResponseReturnValue
 
 from imageclf.api.errors import APIError
 from imageclf.api.inference_protocol import EXTENSIONS, encode_http, parse_http
-from imageclf.api.models import served
 from imageclf.api.quotas import charge_request
+from imageclf.api.served import served
 from imageclf.api.submissions import queue_unavailable, redis_client
 from imageclf.api.v2_inference import described, known_model, model_versions, run, served_input
 from imageclf.core.readiness import live_workers

@@ -16,7 +16,8 @@ import numpy as np
 from imageclf import settings
 from imageclf.api.errors import APIError
 from imageclf.api.inference_protocol import InferAnswer, InferRequest
-from imageclf.api.models import Route, describe_models, route, served
+from imageclf.api.models import Route, describe_models, route
+from imageclf.api.served import served
 from imageclf.api.submissions import queue_unavailable, redis_client, submit_classify, wait_for
 from imageclf.api.uploads import decode_upload
 from imageclf.core.payloads import PROBABILITIES_PREFIX
